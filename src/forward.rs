@@ -1,0 +1,199 @@
+//! Copying bytes both ways once the upstream is connected.
+//!
+//! Each direction ends on its own: a FIN from one side is passed on as a FIN to the other
+//! while the opposite direction keeps flowing. A reset or write failure on either side ends
+//! both, and the survivor is reset too so it does not wait for data that will never come.
+//! Idleness is judged over both directions together, so a long one-way stream stays up.
+
+use socket2::SockRef;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Per-direction copy buffer: big enough for loopback-speed bulk transfer, allocated only
+/// once a direction carries data.
+const BUFFER: usize = 64 * 1024;
+
+/// How a forwarded connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished with a FIN.
+    Closed,
+    /// The client reset the connection or stopped accepting data.
+    ClientReset,
+    /// The upstream reset the connection or stopped accepting data.
+    UpstreamReset,
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
+    /// The relay was shutting down and the drain period ran out.
+    Shutdown,
+}
+
+impl End {
+    /// The stable word logged as the reason of a forwarded connection.
+    pub fn word(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientReset => "client_reset",
+            End::UpstreamReset => "upstream_reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What moved, and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes from client to upstream, the replayed hello included.
+    pub up: u64,
+    /// Bytes from upstream to client.
+    pub down: u64,
+    /// How it ended.
+    pub end: End,
+}
+
+/// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
+/// then copies both ways until both are done, one side fails, `idle` passes without a byte,
+/// or `stop` fires.
+pub async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    preface: Vec<u8>,
+    idle: Duration,
+    stop: &CancellationToken,
+) -> Transfer {
+    let clock = Activity::new();
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let to_upstream = pump(&client, &upstream, preface, &up, &clock);
+    let to_client = pump(&upstream, &client, Vec::new(), &down, &clock);
+    tokio::pin!(to_upstream, to_client);
+    let (mut up_done, mut down_done) = (false, false);
+    let end = loop {
+        if up_done && down_done {
+            break End::Closed;
+        }
+        tokio::select! {
+            result = &mut to_upstream, if !up_done => match result {
+                Ok(()) => up_done = true,
+                Err(Broken::Reader) => break End::ClientReset,
+                Err(Broken::Writer) => break End::UpstreamReset,
+            },
+            result = &mut to_client, if !down_done => match result {
+                Ok(()) => down_done = true,
+                Err(Broken::Reader) => break End::UpstreamReset,
+                Err(Broken::Writer) => break End::ClientReset,
+            },
+            () = clock.idle_for(idle) => break End::IdleTimeout,
+            () = stop.cancelled() => break End::Shutdown,
+        }
+    };
+    if matches!(end, End::ClientReset | End::UpstreamReset) {
+        abort(&client);
+        abort(&upstream);
+    }
+    Transfer {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// Which end of a one-way copy failed.
+enum Broken {
+    Reader,
+    Writer,
+}
+
+/// Copies `from` to `to` until `from` sends FIN, then passes the FIN on.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    preface: Vec<u8>,
+    moved: &AtomicU64,
+    clock: &Activity,
+) -> Result<(), Broken> {
+    write_all(to, &preface, moved, clock).await?;
+    drop(preface);
+    let mut buffer = Vec::new();
+    loop {
+        from.readable().await.map_err(|_| Broken::Reader)?;
+        if buffer.is_empty() {
+            buffer = vec![0; BUFFER];
+        }
+        match from.try_read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                clock.touch();
+                write_all(to, &buffer[..n], moved, clock).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(Broken::Reader),
+        }
+    }
+    // A peer that already reset makes this fail; the other direction will notice.
+    let _ = SockRef::from(to).shutdown(Shutdown::Write);
+    Ok(())
+}
+
+async fn write_all(
+    to: &TcpStream,
+    mut bytes: &[u8],
+    moved: &AtomicU64,
+    clock: &Activity,
+) -> Result<(), Broken> {
+    while !bytes.is_empty() {
+        to.writable().await.map_err(|_| Broken::Writer)?;
+        match to.try_write(bytes) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+                clock.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(Broken::Writer),
+        }
+    }
+    Ok(())
+}
+
+/// Closes with RST instead of FIN, so the peer learns the connection broke.
+fn abort(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// The time of the last byte moved in either direction.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.start + last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}

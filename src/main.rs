@@ -1,0 +1,180 @@
+//! The `snirelay` command: argument parsing, logging, signals and exit codes. Everything
+//! else lives in the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use snirelay::config::Config;
+use snirelay::policy::DestinationPolicy;
+use snirelay::resolve::{Pin, Resolver};
+use snirelay::rules::Pattern;
+use snirelay::server::{self, Relay};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// SNI-passthrough TCP relay: forwards TLS connections for allowlisted names without
+/// terminating TLS.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay until SIGINT or SIGTERM.
+    Run {
+        /// The rules file.
+        #[arg(long, default_value = "rules.json")]
+        config: PathBuf,
+        /// Listen here instead of the config's `listen` (repeatable).
+        #[arg(long = "listen", value_name = "ADDR")]
+        listen: Vec<SocketAddr>,
+        /// Use this address for NAME instead of DNS, like curl's --resolve (repeatable).
+        #[arg(long = "resolve", value_name = "NAME=IP[:PORT]")]
+        resolve: Vec<Pin>,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a rules file and print a summary.
+    Check {
+        /// The rules file.
+        #[arg(long, default_value = "rules.json")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            listen,
+            resolve,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run(config, listen, resolve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("snirelay: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let wildcards = config
+        .rules
+        .iter()
+        .filter(|r| matches!(r.pattern, Pattern::Wildcard(_)))
+        .count();
+    let pinned = config.rules.iter().filter(|r| r.upstream.is_some()).count();
+    let list = |addrs: &[SocketAddr]| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    println!("{}: ok", path.display());
+    println!(
+        "  rules: {} ({} exact, {wildcards} wildcard, {pinned} with a pinned upstream)",
+        config.rules.len(),
+        config.rules.len() - wildcards
+    );
+    println!("  listen: {}", list(&config.listen));
+    println!("  upstream port: {}", config.upstream_port);
+    let t = config.timeouts;
+    println!(
+        "  timeouts: hello {} ms, connect {} ms, idle {} s, drain {} s",
+        t.hello.as_millis(),
+        t.connect.as_millis(),
+        t.idle.as_secs(),
+        t.drain.as_secs()
+    );
+    println!("  max hello bytes: {}", config.max_hello_bytes);
+    match &config.nameservers {
+        Some(servers) => println!("  resolver: {}", list(servers)),
+        None => println!("  resolver: system (/etc/resolv.conf)"),
+    }
+    let private: Vec<String> = config.private_destinations.iter().map(|n| n.to_string()).collect();
+    println!(
+        "  private destinations: {}",
+        if private.is_empty() { "none".to_owned() } else { private.join(", ") }
+    );
+    ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(mut config: Config, listen: Vec<SocketAddr>, pins: Vec<Pin>) -> anyhow::Result<()> {
+    if !listen.is_empty() {
+        config.listen = listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let listeners = config
+            .listen
+            .iter()
+            .map(|addr| server::bind(*addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolver = Resolver::new(config.nameservers.as_deref(), pins).map_err(anyhow::Error::msg)?;
+        let policy = DestinationPolicy {
+            private_allowed: config.private_destinations.clone(),
+            listeners: listeners.iter().filter_map(|l| l.local_addr().ok()).collect(),
+        };
+        let relay = Arc::new(Relay {
+            config,
+            resolver,
+            policy,
+        });
+        server::serve(listeners, relay, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}

@@ -1,0 +1,188 @@
+//! Turning a route into the socket addresses to try, without blocking the runtime.
+//!
+//! Operator input (an IP in a rule, a `--resolve` pin, a pinned upstream name) is trusted.
+//! DNS answers for a client-supplied name pass the destination policy first.
+
+use crate::hostname::Hostname;
+use crate::policy::{DestinationPolicy, Forbidden};
+use crate::rules::{Host, Route};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::str::FromStr;
+
+/// A `--resolve NAME=IP[:PORT]` pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The name it overrides.
+    pub name: Hostname,
+    /// The address used instead of DNS.
+    pub ip: IpAddr,
+    /// Replaces the route's port when given.
+    pub port: Option<u16>,
+}
+
+impl FromStr for Pin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("expected NAME=IP[:PORT], like translation.googleapis.com=10.1.2.3, got {s:?}");
+        let (name, addr) = s.split_once('=').ok_or_else(usage)?;
+        let name = name.parse().map_err(|e| format!("{name:?} is not a host name: {e}"))?;
+        let (ip, port) = match addr.parse::<SocketAddr>() {
+            Ok(sa) => (sa.ip(), Some(sa.port())),
+            Err(_) => (addr.parse().map_err(|_| usage())?, None),
+        };
+        Ok(Pin { name, ip, port })
+    }
+}
+
+/// Why no address could be found for a route.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// DNS gave no usable answer.
+    #[error("DNS lookup for {name} failed: {message}")]
+    Dns {
+        /// What was looked up.
+        name: Hostname,
+        /// What the resolver said.
+        message: String,
+    },
+    /// Every address DNS gave is refused by the destination policy.
+    #[error("{addr} {why}")]
+    Forbidden {
+        /// The first refused address.
+        addr: SocketAddr,
+        /// Why.
+        why: Forbidden,
+    },
+}
+
+impl ResolveError {
+    /// The stable reason word.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Dns { .. } => "dns_failed",
+            Self::Forbidden { .. } => "forbidden_destination",
+        }
+    }
+}
+
+/// Name resolution with the operator's pins and nameservers.
+pub struct Resolver {
+    dns: TokioResolver,
+    pins: HashMap<Hostname, Pin>,
+}
+
+impl Resolver {
+    /// Uses `nameservers`, or the system configuration when `None`. Answers are cached for
+    /// their TTL, so a burst of connections to one name costs one query.
+    pub fn new(nameservers: Option<&[SocketAddr]>, pins: Vec<Pin>) -> Result<Self, String> {
+        let provider = TokioRuntimeProvider::default();
+        let builder = match nameservers {
+            Some(servers) => {
+                let servers = servers
+                    .iter()
+                    .map(|server| {
+                        let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                            .into_iter()
+                            .map(|mut c| {
+                                c.port = server.port();
+                                c
+                            })
+                            .collect();
+                        NameServerConfig::new(server.ip(), true, connections)
+                    })
+                    .collect();
+                TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            }
+            None => TokioResolver::builder(provider)
+                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+        };
+        let dns = builder
+            .build()
+            .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
+        let pins = pins.into_iter().map(|p| (p.name.clone(), p)).collect();
+        Ok(Resolver { dns, pins })
+    }
+
+    /// The addresses to try for `route`, in the order DNS gave them.
+    pub async fn destinations(
+        &self,
+        route: &Route<'_>,
+        policy: &DestinationPolicy,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
+        let name = match &route.host {
+            Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, route.port)]),
+            Host::Name(name) => name,
+        };
+        if let Some(pin) = self.pins.get(name) {
+            return Ok(vec![SocketAddr::new(pin.ip, pin.port.unwrap_or(route.port))]);
+        }
+        let dns_error = |message: String| ResolveError::Dns {
+            name: name.clone(),
+            message,
+        };
+        // The trailing dot makes the name absolute, so no search domain is ever appended.
+        let lookup = self
+            .dns
+            .lookup_ip(format!("{name}."))
+            .await
+            .map_err(|e| dns_error(e.to_string()))?;
+        let found: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, route.port)).collect();
+        if found.is_empty() {
+            return Err(dns_error("no addresses".into()));
+        }
+        if route.pinned {
+            return Ok(found);
+        }
+        let mut first_refusal = None;
+        let allowed: Vec<SocketAddr> = found
+            .into_iter()
+            .filter(|addr| match policy.check(*addr, is_local_address) {
+                Ok(()) => true,
+                Err(why) => {
+                    first_refusal.get_or_insert(ResolveError::Forbidden { addr: *addr, why });
+                    false
+                }
+            })
+            .collect();
+        match first_refusal {
+            Some(refusal) if allowed.is_empty() => Err(refusal),
+            _ => Ok(allowed),
+        }
+    }
+}
+
+/// Whether `ip` is one of this host's addresses: binding to it succeeds only if so. Asked
+/// rarely (only when a wildcard listener's port matches), and always current, unlike a list
+/// of interfaces read at start-up.
+fn is_local_address(ip: IpAddr) -> bool {
+    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_like_curl_resolve() {
+        let pin: Pin = "Translation.googleapis.com=127.0.0.1:8443".parse().unwrap();
+        assert_eq!((pin.name.as_str(), pin.ip.to_string(), pin.port), ("translation.googleapis.com", "127.0.0.1".into(), Some(8443)));
+        let pin: Pin = "a.example.com=::1".parse().unwrap();
+        assert_eq!((pin.ip.to_string(), pin.port), ("::1".into(), None));
+        let pin: Pin = "a.example.com=[::1]:443".parse().unwrap();
+        assert_eq!((pin.ip.to_string(), pin.port), ("::1".into(), Some(443)));
+        for bad in ["a.example.com", "a.example.com=nothost", "bad_name=1.2.3.4", "a.example.com=1.2.3.4:x"] {
+            assert!(bad.parse::<Pin>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_is_local_and_documentation_is_not() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,270 @@
+//! The allowlist: which server names may pass, and where each goes. Pure and hash-based, so
+//! deciding a name costs the same with five rules or a hundred thousand.
+
+use crate::hostname::{Hostname, HostnameError};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// A rule's name: exact, or `*.suffix` (any depth below `suffix`, not `suffix` itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Pattern {
+    /// Matches this name only.
+    Exact(Hostname),
+    /// Holds the suffix of `*.suffix`.
+    Wildcard(Hostname),
+}
+
+impl FromStr for Pattern {
+    type Err = HostnameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("*.") {
+            Some(suffix) => suffix.parse().map(Pattern::Wildcard),
+            None => s.parse().map(Pattern::Exact),
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(name) => write!(f, "{name}"),
+            Pattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// A host the operator named as an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// Resolved through DNS (or a `--resolve` pin) when a connection needs it.
+    Name(Hostname),
+    /// Used as it is.
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(name) => write!(f, "{name}"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// A rule's pinned upstream: `host:port`, `ip:port` or `[ipv6]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where to connect.
+    pub host: Host,
+    /// Which port.
+    pub port: u16,
+}
+
+impl FromStr for Upstream {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Upstream {
+                host: Host::Ip(addr.ip()),
+                port: addr.port(),
+            });
+        }
+        let (host, port) = s.rsplit_once(':').ok_or(())?;
+        let port: u16 = port.parse().map_err(|_| ())?;
+        let host: Hostname = host.parse().map_err(|_| ())?;
+        if port == 0 {
+            return Err(());
+        }
+        Ok(Upstream {
+            host: Host::Name(host),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            ref host => write!(f, "{host}:{}", self.port),
+        }
+    }
+}
+
+/// One allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Which names it lets through.
+    pub pattern: Pattern,
+    /// Where they go instead of the name itself.
+    pub upstream: Option<Upstream>,
+}
+
+/// The same pattern listed twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("duplicate rule \"{0}\"")]
+pub struct DuplicateRule(pub Pattern);
+
+/// Where an allowed connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The rule that allowed it.
+    pub rule: &'a Rule,
+    /// The host to connect to.
+    pub host: Host,
+    /// The port to connect to.
+    pub port: u16,
+    /// The operator chose the host (a pinned upstream), so its addresses are exempt from
+    /// the destination policy; otherwise the client chose it through the SNI.
+    pub pinned: bool,
+}
+
+/// A validated allowlist with constant-time lookups.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    exact: HashMap<Box<str>, usize>,
+    wildcard: HashMap<Box<str>, usize>,
+}
+
+impl Rules {
+    /// Indexes `rules`; a pattern listed twice is an error, never a silent override.
+    pub fn new(rules: Vec<Rule>) -> Result<Self, DuplicateRule> {
+        let mut set = Rules::default();
+        for rule in rules {
+            set.push(rule)?;
+        }
+        Ok(set)
+    }
+
+    /// Adds one rule, refusing a duplicate pattern.
+    pub fn push(&mut self, rule: Rule) -> Result<(), DuplicateRule> {
+        let (map, key) = match &rule.pattern {
+            Pattern::Exact(name) => (&mut self.exact, name),
+            Pattern::Wildcard(suffix) => (&mut self.wildcard, suffix),
+        };
+        if map.contains_key(key.as_str()) {
+            return Err(DuplicateRule(rule.pattern));
+        }
+        map.insert(key.as_str().into(), self.rules.len());
+        self.rules.push(rule);
+        Ok(())
+    }
+
+    /// The rule for `name`: an exact rule beats any wildcard; a longer wildcard beats a
+    /// shorter one. Costs one hash lookup per label of `name`.
+    pub fn find(&self, name: &Hostname) -> Option<&Rule> {
+        let index = self
+            .exact
+            .get(name.as_str())
+            .or_else(|| name.parent_suffixes().find_map(|s| self.wildcard.get(s)))?;
+        Some(&self.rules[*index])
+    }
+
+    /// Where `name` goes, or `None` when no rule allows it.
+    pub fn route(&self, name: &Hostname, upstream_port: u16) -> Option<Route<'_>> {
+        let rule = self.find(name)?;
+        Some(match &rule.upstream {
+            Some(up) => Route {
+                rule,
+                host: up.host.clone(),
+                port: up.port,
+                pinned: true,
+            },
+            None => Route {
+                rule,
+                host: Host::Name(name.clone()),
+                port: upstream_port,
+                pinned: false,
+            },
+        })
+    }
+
+    /// The rules in the order they were written.
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// No rule at all: every connection is refused.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str) -> Rule {
+        Rule {
+            pattern: pattern.parse().unwrap(),
+            upstream: None,
+        }
+    }
+
+    fn matched(rules: &Rules, name: &str) -> Option<String> {
+        rules
+            .find(&name.parse().unwrap())
+            .map(|r| r.pattern.to_string())
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longer_wildcard_beats_shorter() {
+        let rules = Rules::new(vec![
+            rule("*.googleapis.com"),
+            rule("*.sandbox.googleapis.com"),
+            rule("a.sandbox.googleapis.com"),
+        ])
+        .unwrap();
+        assert_eq!(matched(&rules, "a.sandbox.googleapis.com").unwrap(), "a.sandbox.googleapis.com");
+        assert_eq!(matched(&rules, "b.sandbox.googleapis.com").unwrap(), "*.sandbox.googleapis.com");
+        assert_eq!(matched(&rules, "x.y.sandbox.googleapis.com").unwrap(), "*.sandbox.googleapis.com");
+        assert_eq!(matched(&rules, "sandbox.googleapis.com").unwrap(), "*.googleapis.com");
+        assert_eq!(matched(&rules, "googleapis.com"), None);
+        assert_eq!(matched(&rules, "evilgoogleapis.com"), None);
+    }
+
+    #[test]
+    fn matching_ignores_case_and_trailing_dot() {
+        let rules = Rules::new(vec![rule("Translation.GoogleAPIs.com")]).unwrap();
+        assert!(matched(&rules, "TRANSLATION.googleapis.com.").is_some());
+    }
+
+    #[test]
+    fn duplicates_are_refused_after_normalising() {
+        let err = Rules::new(vec![rule("a.example.com"), rule("A.example.com.")]).unwrap_err();
+        assert_eq!(err.to_string(), "duplicate rule \"a.example.com\"");
+        assert!(Rules::new(vec![rule("*.example.com"), rule("example.com")]).is_ok());
+    }
+
+    #[test]
+    fn route_uses_the_pinned_upstream_or_the_name() {
+        let mut pinned = rule("tts.example.com");
+        pinned.upstream = Some("private.example.net:8443".parse().unwrap());
+        let rules = Rules::new(vec![pinned, rule("*.example.com")]).unwrap();
+        let route = rules.route(&"tts.example.com".parse().unwrap(), 443).unwrap();
+        assert_eq!((route.host.to_string(), route.port, route.pinned), ("private.example.net".into(), 8443, true));
+        let route = rules.route(&"x.example.com".parse().unwrap(), 443).unwrap();
+        assert_eq!((route.host.to_string(), route.port, route.pinned), ("x.example.com".into(), 443, false));
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let ok = |s: &str| s.parse::<Upstream>().unwrap().to_string();
+        assert_eq!(ok("10.0.0.1:443"), "10.0.0.1:443");
+        assert_eq!(ok("[2001:db8::1]:443"), "[2001:db8::1]:443");
+        assert_eq!(ok("Private.GoogleAPIs.com:443"), "private.googleapis.com:443");
+        for bad in ["private.googleapis.com", "host:0", "host:99999", "bad_host:443", "2001:db8::1"] {
+            assert!(bad.parse::<Upstream>().is_err(), "{bad}");
+        }
+    }
+}

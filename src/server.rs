@@ -1,0 +1,373 @@
+//! Listeners, the accept loop, shutdown, and the one path every connection takes.
+
+use crate::config::Config;
+use crate::connect::{self, ConnectError};
+use crate::forward::{self, Transfer};
+use crate::hello::{ClientHello, HelloError, HelloReader};
+use crate::policy::DestinationPolicy;
+use crate::resolve::{ResolveError, Resolver};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A fatal TLS alert record: level 2 (fatal), description 112 (unrecognized_name).
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+/// After the alert, read what the client still sends for at most this long, so the close is
+/// a FIN and not a reset that could make the client's kernel discard the alert.
+const ALERT_LINGER: Duration = Duration::from_secs(1);
+const ALERT_LINGER_BYTES: usize = 64 * 1024;
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Everything a connection needs, shared by all of them.
+pub struct Relay {
+    /// The validated configuration.
+    pub config: Config,
+    /// DNS and `--resolve` pins.
+    pub resolver: Resolver,
+    /// Policy for DNS answers to client-supplied names.
+    pub policy: DestinationPolicy,
+}
+
+/// A listener that could not be opened, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}{hint}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    pub source: io::Error,
+    hint: &'static str,
+}
+
+/// Opens a listening socket. IPv6 listeners are IPv6-only (as nginx does), so `0.0.0.0:443`
+/// and `[::]:443` can both be listed.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let open = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    open().map_err(|source| {
+        let hint = match source.kind() {
+            io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need privilege: run `sudo setcap cap_net_bind_service=+ep $(command -v snirelay)`, or pick another port with --listen)"
+            }
+            io::ErrorKind::AddrInUse => {
+                " (another process holds it, see `ss -ltnp`; stop it or pick another address with --listen)"
+            }
+            io::ErrorKind::AddrNotAvailable => {
+                " (no interface has this address; fix the IP or listen on 0.0.0.0)"
+            }
+            _ => "",
+        };
+        BindError { addr, source, hint }
+    })
+}
+
+/// Serves `listeners` until `shutdown` completes, then stops accepting, lets live
+/// connections finish for the drain period, and ends the rest.
+pub async fn serve(listeners: Vec<TcpListener>, relay: Arc<Relay>, shutdown: impl Future<Output = ()>) {
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let accepting = CancellationToken::new();
+    let accept_loops = TaskTracker::new();
+    for listener in listeners {
+        accept_loops.spawn(accept_loop(
+            listener,
+            relay.clone(),
+            connections.clone(),
+            accepting.clone(),
+            stop.clone(),
+        ));
+    }
+    accept_loops.close();
+    shutdown.await;
+    accepting.cancel();
+    accept_loops.wait().await;
+    connections.close();
+    tracing::info!(live = connections.len(), drain_s = relay.config.timeouts.drain.as_secs(), "draining");
+    if timeout(relay.config.timeouts.drain, connections.wait()).await.is_err() {
+        stop.cancel();
+        connections.wait().await;
+    }
+    tracing::info!("stopped");
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    connections: TaskTracker,
+    accepting: CancellationToken,
+    stop: CancellationToken,
+) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(addr = %local, "listening");
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = accepting.cancelled() => return,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                connections.spawn(connection(client, peer, local, relay.clone(), stop.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(listener = %local, error = %e, "accept failed; pausing");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One connection, start to end, logged once.
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    relay: Arc<Relay>,
+    stop: CancellationToken,
+) {
+    let mut log = ConnectionLog::new(peer, listener);
+    let result = tokio::select! {
+        biased;
+        result = forward_connection(client, &relay, &stop, &mut log) => result,
+        () = stop.cancelled() => Err(Rejection::Shutdown),
+    };
+    log.emit(result);
+}
+
+async fn forward_connection(
+    client: TcpStream,
+    relay: &Relay,
+    stop: &CancellationToken,
+    log: &mut ConnectionLog,
+) -> Result<Transfer, Rejection> {
+    let config = &relay.config;
+    tune(&client);
+
+    let mut received = Vec::new();
+    let hello = timeout(config.timeouts.hello, read_hello(&client, &mut received, config.max_hello_bytes))
+        .await
+        .map_err(|_| Rejection::HelloTimeout)??;
+    log.hello(&hello);
+
+    let Some(route) = config.rules.route(&hello.sni, config.upstream_port) else {
+        refuse_with_alert(client).await;
+        return Err(Rejection::NotAllowed);
+    };
+    log.rule = Some(route.rule.pattern.to_string());
+
+    let deadline = Instant::now() + config.timeouts.connect;
+    let targets = timeout_at(deadline, relay.resolver.destinations(&route, &relay.policy))
+        .await
+        .map_err(|_| Rejection::DnsTimeout)??;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let (upstream, addr) = connect::happy_eyeballs(&targets, remaining).await?;
+    log.connected(addr);
+    tune(&upstream);
+
+    Ok(forward::relay(client, upstream, received, config.timeouts.idle, stop).await)
+}
+
+/// Reads until `received` holds a complete ClientHello. Bytes past the hello stay in
+/// `received` to be forwarded; `limit` bounds the buffer.
+async fn read_hello(client: &TcpStream, received: &mut Vec<u8>, limit: usize) -> Result<ClientHello, Rejection> {
+    let mut reader = HelloReader::new(limit);
+    loop {
+        client.readable().await.map_err(Rejection::ClientError)?;
+        let start = received.len();
+        let room = (limit - start).min(start.max(4096));
+        received.resize(start + room, 0);
+        let read = client.try_read(&mut received[start..]);
+        received.truncate(start + read.as_ref().map_or(0, |n| *n));
+        match read {
+            Ok(0) => return Err(Rejection::ClientClosed),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(Rejection::ClientError(e)),
+        }
+        if let Some(hello) = reader.advance(received)? {
+            return Ok(hello);
+        }
+    }
+}
+
+/// Tells a TLS client its name is not served, so its error says so, then closes cleanly.
+async fn refuse_with_alert(client: TcpStream) {
+    let _ = client.try_write(&UNRECOGNIZED_NAME_ALERT);
+    let _ = SockRef::from(&client).shutdown(Shutdown::Write);
+    let _ = timeout(ALERT_LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < ALERT_LINGER_BYTES {
+            if client.readable().await.is_err() {
+                return;
+            }
+            match client.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Small writes go out at once (handshakes are latency-bound), and dead peers are noticed.
+fn tune(stream: &TcpStream) {
+    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+}
+
+/// Why a connection was not forwarded.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error("no complete ClientHello in time")]
+    HelloTimeout,
+    #[error("client closed before its ClientHello was complete")]
+    ClientClosed,
+    #[error("client connection failed: {0}")]
+    ClientError(io::Error),
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error("name not on the allowlist")]
+    NotAllowed,
+    #[error("DNS lookup did not finish within the connect timeout")]
+    DnsTimeout,
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("relay shut down before the connection was forwarded")]
+    Shutdown,
+}
+
+impl Rejection {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::HelloTimeout => "hello_timeout",
+            Self::ClientClosed => "client_closed",
+            Self::ClientError(_) => "client_error",
+            Self::Hello(e) => e.reason(),
+            Self::NotAllowed => "not_allowed",
+            Self::DnsTimeout => "dns_failed",
+            Self::Resolve(e) => e.reason(),
+            Self::Connect(_) => "upstream_unreachable",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    fn detail(&self) -> Option<&'static str> {
+        match self {
+            Self::Hello(e) => Some(e.detail()),
+            Self::DnsTimeout => Some("timeout"),
+            Self::Connect(e) => Some(e.detail()),
+            _ => None,
+        }
+    }
+}
+
+/// The one log line a connection leaves.
+struct ConnectionLog {
+    started: Instant,
+    client: SocketAddr,
+    listener: SocketAddr,
+    hello: Option<ClientHello>,
+    hello_done: Option<Duration>,
+    rule: Option<String>,
+    upstream: Option<SocketAddr>,
+    connect_done: Option<Duration>,
+}
+
+impl ConnectionLog {
+    fn new(client: SocketAddr, listener: SocketAddr) -> Self {
+        ConnectionLog {
+            started: Instant::now(),
+            client,
+            listener,
+            hello: None,
+            hello_done: None,
+            rule: None,
+            upstream: None,
+            connect_done: None,
+        }
+    }
+
+    fn hello(&mut self, hello: &ClientHello) {
+        self.hello_done = Some(self.started.elapsed());
+        self.hello = Some(hello.clone());
+    }
+
+    fn connected(&mut self, upstream: SocketAddr) {
+        self.connect_done = Some(self.started.elapsed());
+        self.upstream = Some(upstream);
+    }
+
+    fn emit(self, result: Result<Transfer, Rejection>) {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let total = self.started.elapsed();
+        let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| ms(c - h));
+        let hello = self.hello.as_ref();
+        let (outcome, reason, detail, transfer, error) = match &result {
+            Ok(t) => ("forwarded", t.end.word(), None, Some(*t), None),
+            Err(r) => ("rejected", r.reason(), r.detail(), None, Some(r.to_string())),
+        };
+        tracing::info!(
+            target: "snirelay::connection",
+            client = %self.client,
+            listener = %self.listener,
+            sni = hello.map(|h| h.sni.as_str()),
+            alpn = hello.map(|h| h.alpn.join(",")).filter(|a| !a.is_empty()),
+            tls = hello.map(|h| versions(&h.versions)),
+            ech = hello.map(|h| h.ech),
+            rule = self.rule,
+            upstream = self.upstream.map(|a| a.to_string()),
+            outcome,
+            reason,
+            detail,
+            error,
+            bytes_up = transfer.map(|t| t.up),
+            bytes_down = transfer.map(|t| t.down),
+            hello_ms = self.hello_done.map(ms),
+            connect_ms = connect,
+            total_ms = ms(total),
+            "connection"
+        );
+    }
+}
+
+fn versions(offered: &[u16]) -> String {
+    offered
+        .iter()
+        .map(|v| match v {
+            0x0304 => "1.3".to_owned(),
+            0x0303 => "1.2".to_owned(),
+            0x0302 => "1.1".to_owned(),
+            0x0301 => "1.0".to_owned(),
+            other => format!("0x{other:04x}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
