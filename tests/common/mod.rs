@@ -1,0 +1,326 @@
+//! Shared test support. Each test crate uses a different part of it.
+#![allow(dead_code)]
+
+pub mod hellogen;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// Upper bound on waiting for something that should happen promptly. Only a hang reaches
+/// it; no test relies on it for synchronisation.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A captured ClientHello and what the manifest says about it.
+pub struct Fixture {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub sni: String,
+}
+
+pub fn real_hellos() -> Vec<Fixture> {
+    let dir = fixture_dir().join("hellos");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    manifest["hellos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let name = h["name"].as_str().unwrap().to_owned();
+            let bytes = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+            assert_eq!(bytes.len() as u64, h["bytes"].as_u64().unwrap(), "{name}");
+            Fixture {
+                name,
+                bytes,
+                sni: h["sni"].as_str().unwrap().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The snirelay binary running in a child process, logging JSON to a pipe we read.
+pub struct RelayProcess {
+    child: Child,
+    pub addrs: Vec<SocketAddr>,
+    logs: mpsc::UnboundedReceiver<Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl RelayProcess {
+    /// Runs `snirelay run` on `config` (written to a temp file) listening on 127.0.0.1:0.
+    pub async fn start(config: Value) -> RelayProcess {
+        Self::start_with(config, &["--listen", "127.0.0.1:0"]).await
+    }
+
+    /// Runs `snirelay run` with extra arguments.
+    pub async fn start_with(config: Value, args: &[&str]) -> RelayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut logs) = mpsc::unbounded_channel();
+        // Drained continuously, so the relay never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            let line = next_line(&mut logs).await;
+            if line["message"] == "listening" {
+                addrs.push(line["addr"].as_str().unwrap().parse().unwrap());
+            }
+        }
+        RelayProcess {
+            child,
+            addrs,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// The next per-connection log line.
+    pub async fn next_connection(&mut self) -> Value {
+        loop {
+            let line = next_line(&mut self.logs).await;
+            if line["message"] == "connection" {
+                return line;
+            }
+        }
+    }
+
+    /// The next log line whose message is `message`.
+    pub async fn next_message(&mut self, message: &str) -> Value {
+        loop {
+            let line = next_line(&mut self.logs).await;
+            if line["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGINT or SIGTERM.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "relay did not exit");
+            // Polling a child's exit has no async notification in std; this is not a sleep
+            // that orders events, only the poll interval.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn next_line(logs: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+    match tokio::time::timeout(PATIENCE, logs.recv()).await {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("relay exited"),
+        Err(_) => panic!("no log line from the relay within {PATIENCE:?}"),
+    }
+}
+
+/// A config allowing `names`, each pinned to `upstream`.
+pub fn pinned_config(names: &[&str], upstream: SocketAddr) -> Value {
+    let allow: Vec<Value> = names
+        .iter()
+        .map(|n| serde_json::json!({"name": n, "upstream": upstream.to_string()}))
+        .collect();
+    serde_json::json!({ "allow": allow, "timeouts": {"hello_ms": 5000, "connect_ms": 5000, "drain_s": 5} })
+}
+
+/// A plain TCP upstream on loopback. The std half answers "was anything accepted?" without
+/// racing the event loop: a connection the relay made is already in the kernel's backlog.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    probe: std::net::TcpListener,
+    listener: tokio::net::TcpListener,
+}
+
+impl Upstream {
+    pub async fn bind(ip: &str) -> Upstream {
+        let probe = std::net::TcpListener::bind((ip, 0)).unwrap();
+        probe.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(probe.try_clone().unwrap()).unwrap();
+        Upstream {
+            addr: probe.local_addr().unwrap(),
+            probe,
+            listener,
+        }
+    }
+
+    pub async fn accept(&self) -> TcpStream {
+        tokio::time::timeout(PATIENCE, self.listener.accept())
+            .await
+            .expect("upstream got no connection")
+            .unwrap()
+            .0
+    }
+
+    /// Accepts one connection and returns everything it sent until FIN.
+    pub async fn receive_all(&self) -> Vec<u8> {
+        let mut conn = self.accept().await;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    /// True when no connection reached this upstream.
+    pub fn untouched(&self) -> bool {
+        matches!(self.probe.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Sends `bytes` and a FIN.
+pub async fn send_and_close(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    conn.shutdown().await.unwrap();
+    conn
+}
+
+/// A test PKI: one CA and a server certificate for the names given.
+pub struct Pki {
+    pub ca_pem: String,
+    pub ca_der: rustls::pki_types::CertificateDer<'static>,
+    pub server: Arc<rustls::ServerConfig>,
+    pub server_cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+pub fn pki(names: &[&str]) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "snirelay test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0].clone());
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        ca_der: ca.der().clone(),
+        server: Arc::new(server),
+        server_cert_der: cert.der().clone(),
+    }
+}
+
+impl Pki {
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server.clone())
+    }
+
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.client_config())
+    }
+}
+
+/// A DNS server on loopback answering A/AAAA from a table; names not in it get NXDOMAIN.
+pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> SocketAddr {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::rdata::{A, AAAA};
+    use hickory_proto::rr::{RData, Record, RecordType};
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+            reply.metadata.recursion_desired = query.metadata.recursion_desired;
+            reply.metadata.recursion_available = true;
+            reply.metadata.authoritative = true;
+            for q in &query.queries {
+                reply.add_query(q.clone());
+                let asked = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                match table.iter().find(|(name, _)| *name == asked) {
+                    None => reply.metadata.response_code = ResponseCode::NXDomain,
+                    Some((_, ips)) => {
+                        for ip in ips {
+                            let rdata = match (ip, q.query_type()) {
+                                (std::net::IpAddr::V4(v4), RecordType::A) => RData::A(A(*v4)),
+                                (std::net::IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(*v6)),
+                                _ => continue,
+                            };
+                            reply.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));
+                        }
+                    }
+                }
+            }
+            let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
