@@ -6,13 +6,13 @@
 
 use crate::rules::{Pattern, Rule, Rules, Upstream};
 use ipnet::IpNet;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use std::collections::HashSet;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 /// A validated configuration. The running relay only ever holds whole ones.
@@ -84,7 +84,7 @@ impl Config {
 
     /// Validates `text`; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: File = serde_json::from_str(text).map_err(|e| {
+        let Object(file): Object<File> = serde_json::from_str(text).map_err(|e| {
             let full = e.to_string();
             // serde_json appends " at line L column C"; the position goes up front instead.
             let message = match full.rfind(" at line ") {
@@ -94,7 +94,8 @@ impl Config {
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line: e.line(),
-                column: e.column(),
+                // serde_json says column 0 for an error before the first character.
+                column: e.column().max(1),
                 message,
             }
         })?;
@@ -103,13 +104,13 @@ impl Config {
             upstream_port: file.upstream_port.0 as u16,
             rules: file.allow.0,
             timeouts: Timeouts {
-                hello: Duration::from_millis(file.timeouts.hello_ms.0),
-                connect: Duration::from_millis(file.timeouts.connect_ms.0),
-                idle: Duration::from_secs(file.timeouts.idle_s.0),
-                drain: Duration::from_secs(file.timeouts.drain_s.0),
+                hello: Duration::from_millis(file.timeouts.0.hello_ms.0),
+                connect: Duration::from_millis(file.timeouts.0.connect_ms.0),
+                idle: Duration::from_secs(file.timeouts.0.idle_s.0),
+                drain: Duration::from_secs(file.timeouts.0.drain_s.0),
             },
             max_hello_bytes: file.max_hello_bytes.0 as usize,
-            nameservers: file.resolver.nameservers.map(|list| list.0),
+            nameservers: file.resolver.0.nameservers.map(|list| list.0),
             private_destinations: file.private_destinations.into_iter().map(|n| n.0).collect(),
         })
     }
@@ -124,11 +125,11 @@ struct File {
     upstream_port: Bounded<1, 65535>,
     allow: AllowList,
     #[serde(default)]
-    timeouts: TimeoutsFile,
+    timeouts: Object<TimeoutsFile>,
     #[serde(default = "default_max_hello")]
     max_hello_bytes: Bounded<512, 1_048_576>,
     #[serde(default)]
-    resolver: ResolverFile,
+    resolver: Object<ResolverFile>,
     #[serde(default)]
     private_destinations: Vec<Network>,
 }
@@ -164,7 +165,7 @@ struct ResolverFile {
 }
 
 fn default_listen() -> AddrList<Listen> {
-    AddrList(vec![SocketAddr::from(([0, 0, 0, 0], 443))], Default::default())
+    AddrList(vec![SocketAddr::from(([0, 0, 0, 0], 443))], PhantomData)
 }
 fn default_upstream_port() -> Bounded<1, 65535> {
     Bounded(443)
@@ -185,29 +186,80 @@ fn default_drain_s() -> Bounded<0, 86_400> {
     Bounded(30)
 }
 
+/// A JSON object only: serde's derive would also take an array as positional fields, so a
+/// misplaced `[...]` would be read silently instead of refused.
+#[derive(Default)]
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object { ... }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(ObjectVisitor(PhantomData))
+    }
+}
+
 /// An integer in `MIN..=MAX`, with an error that says so.
 struct Bounded<const MIN: u64, const MAX: u64>(u64);
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let expected = format!("an integer from {MIN} to {MAX}");
-        let value = u64::deserialize(d).map_err(|_| de::Error::custom(format!("expected {expected}")))?;
-        if !(MIN..=MAX).contains(&value) {
-            return Err(de::Error::invalid_value(Unexpected::Unsigned(value), &expected.as_str()));
+        struct RangeVisitor<const MIN: u64, const MAX: u64>;
+        impl<const MIN: u64, const MAX: u64> Visitor<'_> for RangeVisitor<MIN, MAX> {
+            type Value = Bounded<MIN, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an integer from {MIN} to {MAX}")
+            }
+            // Validating inside the visitor lets serde_json place the error on the value.
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                if (MIN..=MAX).contains(&value) {
+                    Ok(Bounded(value))
+                } else {
+                    Err(E::invalid_value(Unexpected::Unsigned(value), &self))
+                }
+            }
         }
-        Ok(Bounded(value))
+        d.deserialize_u64(RangeVisitor::<MIN, MAX>)
     }
 }
 
-/// Parses a JSON string with `FromStr`, naming what was expected on failure.
-fn from_json_str<'de, D, T>(d: D, expected: &'static str) -> Result<T, D::Error>
+/// Deserialises a JSON string through `parse`; errors are raised inside the visitor, so
+/// serde_json reports them at the string itself.
+fn parse_string<'de, D, T>(
+    d: D,
+    expected: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr,
 {
-    let text = String::deserialize(d)?;
-    text.parse()
-        .map_err(|_| de::Error::invalid_value(Unexpected::Str(&text), &expected))
+    struct StrVisitor<F> {
+        expected: &'static str,
+        parse: F,
+    }
+    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for StrVisitor<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.expected)
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            (self.parse)(text).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(StrVisitor { expected, parse })
+}
+
+/// The standard "invalid value" message for a string that did not parse.
+fn invalid(text: &str, expected: &str) -> String {
+    format!("invalid value: string {text:?}, expected {expected}")
 }
 
 /// What one kind of address list holds.
@@ -217,7 +269,6 @@ trait AddrKind {
     fn parse(text: &str) -> Option<SocketAddr>;
 }
 
-#[derive(Default)]
 struct Listen;
 impl AddrKind for Listen {
     const EXPECTED: &'static str = "a listen address like \"0.0.0.0:443\" or \"[::]:443\"";
@@ -227,35 +278,39 @@ impl AddrKind for Listen {
     }
 }
 
-#[derive(Default)]
 struct Nameserver;
 impl AddrKind for Nameserver {
     const EXPECTED: &'static str = "a DNS server like \"8.8.8.8:53\" or \"8.8.8.8\"";
     const WHAT: &'static str = "resolver.nameservers";
     fn parse(text: &str) -> Option<SocketAddr> {
-        text.parse()
-            .ok()
-            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+        text.parse().ok().or_else(|| {
+            text.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
     }
 }
 
 /// A non-empty list of distinct socket addresses.
-struct AddrList<K>(Vec<SocketAddr>, std::marker::PhantomData<K>);
+struct AddrList<K>(Vec<SocketAddr>, PhantomData<K>);
 
 impl<'de, K: AddrKind> Deserialize<'de> for AddrList<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Addr<K>(SocketAddr, std::marker::PhantomData<K>);
+        struct Addr<K>(SocketAddr, PhantomData<K>);
         impl<'de, K: AddrKind> Deserialize<'de> for Addr<K> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                K::parse(&text)
-                    .map(|a| Addr(a, Default::default()))
-                    .ok_or_else(|| de::Error::invalid_value(Unexpected::Str(&text), &K::EXPECTED))
+                parse_string(d, K::EXPECTED, |text| {
+                    K::parse(text).ok_or_else(|| invalid(text, K::EXPECTED))
+                })
+                .map(|addr| Addr(addr, PhantomData))
             }
         }
         let list = Vec::<Addr<K>>::deserialize(d)?;
         if list.is_empty() {
-            return Err(de::Error::custom(format!("{} must list at least one address", K::WHAT)));
+            return Err(de::Error::custom(format!(
+                "{} must list at least one address",
+                K::WHAT
+            )));
         }
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(list.len());
@@ -265,7 +320,7 @@ impl<'de, K: AddrKind> Deserialize<'de> for AddrList<K> {
             }
             out.push(addr);
         }
-        Ok(AddrList(out, Default::default()))
+        Ok(AddrList(out, PhantomData))
     }
 }
 
@@ -275,18 +330,19 @@ struct Network(IpNet);
 impl<'de> Deserialize<'de> for Network {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         const EXPECTED: &str = "a network like \"10.20.0.0/16\" or \"fd00::/8\"";
-        let text = String::deserialize(d)?;
-        let net = text
-            .parse::<IpNet>()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED))?;
-        if net.trunc() != net {
-            return Err(de::Error::custom(format!(
-                "network \"{text}\" has host bits set; did you mean \"{}\"?",
-                net.trunc()
-            )));
-        }
-        Ok(Network(net))
+        parse_string(d, EXPECTED, |text| {
+            let net = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| invalid(text, EXPECTED))?;
+            if net.trunc() != net {
+                return Err(format!(
+                    "network \"{text}\" has host bits set; did you mean \"{}\"?",
+                    net.trunc()
+                ));
+            }
+            Ok(Network(net))
+        })
     }
 }
 
@@ -303,9 +359,7 @@ impl<'de> Deserialize<'de> for AllowList {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AllowList, A::Error> {
                 let mut rules = Rules::default();
-                while let Some(RuleFile(rule)) = seq.next_element()? {
-                    rules.push(rule).map_err(de::Error::custom)?;
-                }
+                while seq.next_element_seed(RuleSeed(&mut rules))?.is_some() {}
                 Ok(AllowList(rules))
             }
         }
@@ -313,53 +367,70 @@ impl<'de> Deserialize<'de> for AllowList {
     }
 }
 
-const PATTERN_EXPECTED: &str = "a host name like \"api.example.com\" or a wildcard like \"*.example.com\"";
+const PATTERN_EXPECTED: &str =
+    "a host name like \"api.example.com\" or a wildcard like \"*.example.com\"";
 const UPSTREAM_EXPECTED: &str = "host:port or ip:port, like \"private.googleapis.com:443\"";
 
-/// One rule: a bare pattern string, or `{ "name": ..., "upstream": ... }`.
-struct RuleFile(Rule);
+/// Reads one rule (a pattern string, or `{ "name": ..., "upstream": ... }`) into the
+/// rules being built, so a duplicate is reported at the rule that repeats.
+struct RuleSeed<'a>(&'a mut Rules);
 
-impl<'de> Deserialize<'de> for RuleFile {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct RuleVisitor;
-        impl<'de> Visitor<'de> for RuleVisitor {
-            type Value = RuleFile;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a name string or an object {\"name\": ..., \"upstream\": ...}")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<RuleFile, E> {
-                let pattern = text
-                    .parse()
-                    .map_err(|_| E::invalid_value(Unexpected::Str(text), &PATTERN_EXPECTED))?;
-                Ok(RuleFile(Rule {
-                    pattern,
-                    upstream: None,
-                }))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RuleFile, A::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Object {
-                    #[serde(deserialize_with = "pattern")]
-                    name: Pattern,
-                    #[serde(default, deserialize_with = "upstream")]
-                    upstream: Option<Upstream>,
-                }
-                let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RuleFile(Rule {
-                    pattern: obj.name,
-                    upstream: obj.upstream,
-                }))
-            }
-        }
-        d.deserialize_any(RuleVisitor)
+impl<'de> DeserializeSeed<'de> for RuleSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
+impl<'de> Visitor<'de> for RuleSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a name string or an object {\"name\": ..., \"upstream\": ...}")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        let pattern = parse_pattern(text).map_err(E::custom)?;
+        self.0
+            .push(Rule {
+                pattern,
+                upstream: None,
+            })
+            .map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            #[serde(deserialize_with = "pattern")]
+            name: Pattern,
+            #[serde(default, deserialize_with = "upstream")]
+            upstream: Option<Upstream>,
+        }
+        let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        self.0
+            .push(Rule {
+                pattern: obj.name,
+                upstream: obj.upstream,
+            })
+            .map_err(de::Error::custom)
+    }
+}
+
+fn parse_pattern(text: &str) -> Result<Pattern, String> {
+    text.parse().map_err(|_| invalid(text, PATTERN_EXPECTED))
+}
+
 fn pattern<'de, D: Deserializer<'de>>(d: D) -> Result<Pattern, D::Error> {
-    from_json_str(d, PATTERN_EXPECTED)
+    parse_string(d, PATTERN_EXPECTED, parse_pattern)
 }
 
 fn upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Error> {
-    from_json_str(d, UPSTREAM_EXPECTED).map(Some)
+    parse_string(d, UPSTREAM_EXPECTED, |text| {
+        text.parse()
+            .map(Some)
+            .map_err(|()| invalid(text, UPSTREAM_EXPECTED))
+    })
 }

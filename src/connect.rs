@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, sleep_until};
 
 /// RFC 8305's recommended "Connection Attempt Delay".
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
@@ -76,7 +76,10 @@ pub async fn happy_eyeballs(
         let more = pending.len() > 0;
         if !more && attempts.is_empty() {
             let (addr, source) = last_error.unwrap_or_else(|| {
-                (SocketAddr::from(([0, 0, 0, 0], 0)), io::Error::other("no address to try"))
+                (
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    io::Error::other("no address to try"),
+                )
             });
             return Err(ConnectError::Failed { addr, source });
         }
@@ -113,11 +116,33 @@ mod tests {
 
     #[test]
     fn families_alternate_starting_with_the_first() {
-        let given = addrs(&["[2001:db8::1]:443", "[2001:db8::2]:443", "[2001:db8::3]:443", "192.0.2.1:443", "192.0.2.2:443"]);
-        let want = addrs(&["[2001:db8::1]:443", "192.0.2.1:443", "[2001:db8::2]:443", "192.0.2.2:443", "[2001:db8::3]:443"]);
+        let given = addrs(&[
+            "[2001:db8::1]:443",
+            "[2001:db8::2]:443",
+            "[2001:db8::3]:443",
+            "192.0.2.1:443",
+            "192.0.2.2:443",
+        ]);
+        let want = addrs(&[
+            "[2001:db8::1]:443",
+            "192.0.2.1:443",
+            "[2001:db8::2]:443",
+            "192.0.2.2:443",
+            "[2001:db8::3]:443",
+        ]);
         assert_eq!(attempt_order(&given), want);
-        let given = addrs(&["192.0.2.1:443", "192.0.2.2:443", "192.0.2.3:443", "[2001:db8::1]:443"]);
-        let want = addrs(&["192.0.2.1:443", "[2001:db8::1]:443", "192.0.2.2:443", "192.0.2.3:443"]);
+        let given = addrs(&[
+            "192.0.2.1:443",
+            "192.0.2.2:443",
+            "192.0.2.3:443",
+            "[2001:db8::1]:443",
+        ]);
+        let want = addrs(&[
+            "192.0.2.1:443",
+            "[2001:db8::1]:443",
+            "192.0.2.2:443",
+            "192.0.2.3:443",
+        ]);
         assert_eq!(attempt_order(&given), want);
         assert!(attempt_order(&[]).is_empty());
     }
@@ -129,7 +154,9 @@ mod tests {
         let dead_addr = dead.local_addr().unwrap();
         drop(dead);
         let want = live.local_addr().unwrap();
-        let (_, got) = happy_eyeballs(&[dead_addr, want], Duration::from_secs(5)).await.unwrap();
+        let (_, got) = happy_eyeballs(&[dead_addr, want], Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(got, want);
     }
 
@@ -138,7 +165,9 @@ mod tests {
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dead_addr = dead.local_addr().unwrap();
         drop(dead);
-        let err = happy_eyeballs(&[dead_addr], Duration::from_secs(5)).await.unwrap_err();
+        let err = happy_eyeballs(&[dead_addr], Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(err.detail(), "refused");
     }
 }

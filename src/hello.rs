@@ -186,7 +186,9 @@ impl HelloReader {
         match hs.len().cmp(&end) {
             std::cmp::Ordering::Less => Ok(None),
             std::cmp::Ordering::Greater => Err(HelloError::TrailingHandshake),
-            std::cmp::Ordering::Equal => parse_body(&hs[HANDSHAKE_HEADER..], self.scanned).map(Some),
+            std::cmp::Ordering::Equal => {
+                parse_body(&hs[HANDSHAKE_HEADER..], self.scanned).map(Some)
+            }
         }
     }
 }
@@ -252,7 +254,11 @@ fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
                 if let Ok((_, TlsExtension::SupportedVersions(offered))) =
                     tls_parser::parse_tls_extension(raw)
                 {
-                    versions = offered.iter().map(|v| v.0).filter(|v| !is_grease(*v)).collect();
+                    versions = offered
+                        .iter()
+                        .map(|v| v.0)
+                        .filter(|v| !is_grease(*v))
+                        .collect();
                 }
             }
             EXT_ENCRYPTED_CLIENT_HELLO => ech = true,

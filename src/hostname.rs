@@ -83,7 +83,10 @@ impl Hostname {
         if last_label.iter().all(u8::is_ascii_digit) {
             return Err(HostnameError::IpLiteral);
         }
-        let lower: String = name.iter().map(|b| char::from(b.to_ascii_lowercase())).collect();
+        let lower: String = name
+            .iter()
+            .map(|b| char::from(b.to_ascii_lowercase()))
+            .collect();
         Ok(Self(lower.into_boxed_str()))
     }
 
@@ -131,7 +134,10 @@ mod tests {
 
     #[test]
     fn normalises_case_and_one_trailing_dot() {
-        assert_eq!(parse("Translation.GoogleAPIs.com.").unwrap(), "translation.googleapis.com");
+        assert_eq!(
+            parse("Translation.GoogleAPIs.com.").unwrap(),
+            "translation.googleapis.com"
+        );
         assert_eq!(parse("a.b..").unwrap_err(), HostnameError::EmptyLabel);
     }
 
@@ -141,7 +147,10 @@ mod tests {
         assert_eq!(parse(".").unwrap_err(), HostnameError::Empty);
         assert_eq!(parse(".a.com").unwrap_err(), HostnameError::EmptyLabel);
         assert_eq!(parse("a..com").unwrap_err(), HostnameError::EmptyLabel);
-        assert_eq!(parse(&"a".repeat(64)).unwrap_err(), HostnameError::LabelTooLong);
+        assert_eq!(
+            parse(&"a".repeat(64)).unwrap_err(),
+            HostnameError::LabelTooLong
+        );
         assert_eq!(parse("-a.com").unwrap_err(), HostnameError::Hyphen);
         assert_eq!(parse("a-.com").unwrap_err(), HostnameError::Hyphen);
         assert_eq!(parse("a_b.com").unwrap_err(), HostnameError::BadByte(b'_'));
@@ -165,7 +174,10 @@ mod tests {
         assert_eq!(name_253.len(), 253);
         assert!(parse(&name_253).is_ok());
         assert!(parse(&format!("{name_253}.")).is_ok());
-        assert_eq!(parse(&format!("{name_253}b")).unwrap_err(), HostnameError::TooLong);
+        assert_eq!(
+            parse(&format!("{name_253}b")).unwrap_err(),
+            HostnameError::TooLong
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use snirelay::policy::DestinationPolicy;
 use snirelay::resolve::{Pin, Resolver};
 use snirelay::rules::Pattern;
 use snirelay::server::{self, Relay};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,52 +83,71 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
+    match Config::load(path) {
+        Ok(config) => {
+            // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(summary(path, &config).as_bytes());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
+    }
+}
+
+fn summary(path: &Path, config: &Config) -> String {
     let wildcards = config
         .rules
         .iter()
         .filter(|r| matches!(r.pattern, Pattern::Wildcard(_)))
         .count();
     let pinned = config.rules.iter().filter(|r| r.upstream.is_some()).count();
-    let list = |addrs: &[SocketAddr]| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
-    println!("{}: ok", path.display());
-    println!(
-        "  rules: {} ({} exact, {wildcards} wildcard, {pinned} with a pinned upstream)",
-        config.rules.len(),
-        config.rules.len() - wildcards
-    );
-    println!("  listen: {}", list(&config.listen));
-    println!("  upstream port: {}", config.upstream_port);
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let t = config.timeouts;
-    println!(
-        "  timeouts: hello {} ms, connect {} ms, idle {} s, drain {} s",
-        t.hello.as_millis(),
-        t.connect.as_millis(),
-        t.idle.as_secs(),
-        t.drain.as_secs()
-    );
-    println!("  max hello bytes: {}", config.max_hello_bytes);
-    match &config.nameservers {
-        Some(servers) => println!("  resolver: {}", list(servers)),
-        None => println!("  resolver: system (/etc/resolv.conf)"),
-    }
-    let private: Vec<String> = config.private_destinations.iter().map(|n| n.to_string()).collect();
-    println!(
-        "  private destinations: {}",
-        if private.is_empty() { "none".to_owned() } else { private.join(", ") }
-    );
-    ExitCode::SUCCESS
+    let resolver = match &config.nameservers {
+        Some(servers) => list(servers),
+        None => "system (/etc/resolv.conf)".to_owned(),
+    };
+    let private: Vec<String> = config
+        .private_destinations
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let private = if private.is_empty() {
+        "none".to_owned()
+    } else {
+        private.join(", ")
+    };
+    format!(
+        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard, {pinned} with a pinned upstream)\n  \
+         listen: {listen}\n  upstream port: {port}\n  \
+         timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s\n  \
+         max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n",
+        path = path.display(),
+        total = config.rules.len(),
+        exact = config.rules.len() - wildcards,
+        listen = list(&config.listen),
+        port = config.upstream_port,
+        hello = t.hello.as_millis(),
+        connect = t.connect.as_millis(),
+        idle = t.idle.as_secs(),
+        drain = t.drain.as_secs(),
+        max = config.max_hello_bytes,
+    )
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -152,10 +172,14 @@ fn run(mut config: Config, listen: Vec<SocketAddr>, pins: Vec<Pin>) -> anyhow::R
             .iter()
             .map(|addr| server::bind(*addr))
             .collect::<Result<Vec<_>, _>>()?;
-        let resolver = Resolver::new(config.nameservers.as_deref(), pins).map_err(anyhow::Error::msg)?;
+        let resolver =
+            Resolver::new(config.nameservers.as_deref(), pins).map_err(anyhow::Error::msg)?;
         let policy = DestinationPolicy {
             private_allowed: config.private_destinations.clone(),
-            listeners: listeners.iter().filter_map(|l| l.local_addr().ok()).collect(),
+            listeners: listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
         };
         let relay = Arc::new(Relay {
             config,
@@ -168,8 +192,11 @@ fn run(mut config: Config, listen: Vec<SocketAddr>, pins: Vec<Pin>) -> anyhow::R
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

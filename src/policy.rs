@@ -40,8 +40,8 @@ impl DestinationPolicy {
         let ip = dest.ip().to_canonical();
         for listener in &self.listeners {
             let own_ip = listener.ip().to_canonical();
-            let same_socket = own_ip == ip
-                || (own_ip.is_unspecified() && (ip.is_loopback() || is_local(ip)));
+            let same_socket =
+                own_ip == ip || (own_ip.is_unspecified() && (ip.is_loopback() || is_local(ip)));
             if listener.port() == dest.port() && same_socket {
                 return Err(Forbidden::OwnListener);
             }
@@ -94,10 +94,26 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
 
 const V6_RANGES: &[(u128, u8, &str)] = &[
     (0x2001_0000_0000_0000_0000_0000_0000_0000, 32, "teredo"),
-    (0x2001_0db8_0000_0000_0000_0000_0000_0000, 32, "documentation"),
-    (0x2001_0000_0000_0000_0000_0000_0000_0000, 23, "ietf_protocol"),
-    (0x3fff_0000_0000_0000_0000_0000_0000_0000, 20, "documentation"),
-    (0x5f00_0000_0000_0000_0000_0000_0000_0000, 16, "segment_routing"),
+    (
+        0x2001_0db8_0000_0000_0000_0000_0000_0000,
+        32,
+        "documentation",
+    ),
+    (
+        0x2001_0000_0000_0000_0000_0000_0000_0000,
+        23,
+        "ietf_protocol",
+    ),
+    (
+        0x3fff_0000_0000_0000_0000_0000_0000_0000,
+        20,
+        "documentation",
+    ),
+    (
+        0x5f00_0000_0000_0000_0000_0000_0000_0000,
+        16,
+        "segment_routing",
+    ),
 ];
 
 fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
@@ -153,7 +169,14 @@ mod tests {
 
     #[test]
     fn public_addresses_pass() {
-        for ip in ["8.8.8.8", "142.250.180.10", "2a00:1450:4009:81f::200a", "2001:4860:4860::8888", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for ip in [
+            "8.8.8.8",
+            "142.250.180.10",
+            "2a00:1450:4009:81f::200a",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert_eq!(range(ip), None, "{ip}");
         }
     }
@@ -200,19 +223,41 @@ mod tests {
     #[test]
     fn private_destinations_exempt_but_own_listener_never() {
         let policy = DestinationPolicy {
-            private_allowed: vec!["10.20.0.0/16".parse().unwrap(), "127.0.0.0/8".parse().unwrap()],
-            listeners: vec!["127.0.0.1:8443".parse().unwrap(), "0.0.0.0:443".parse().unwrap()],
+            private_allowed: vec![
+                "10.20.0.0/16".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+            ],
+            listeners: vec![
+                "127.0.0.1:8443".parse().unwrap(),
+                "0.0.0.0:443".parse().unwrap(),
+            ],
         };
         let never_local = |_| false;
-        let check = |s: &str, local: &dyn Fn(IpAddr) -> bool| policy.check(s.parse().unwrap(), local);
+        let check =
+            |s: &str, local: &dyn Fn(IpAddr) -> bool| policy.check(s.parse().unwrap(), local);
         assert_eq!(check("10.20.1.1:443", &never_local), Ok(()));
-        assert_eq!(check("10.21.1.1:443", &never_local), Err(Forbidden::NotPublic("private")));
+        assert_eq!(
+            check("10.21.1.1:443", &never_local),
+            Err(Forbidden::NotPublic("private"))
+        );
         assert_eq!(check("127.0.0.1:9000", &never_local), Ok(()));
-        assert_eq!(check("127.0.0.1:8443", &never_local), Err(Forbidden::OwnListener));
-        assert_eq!(check("[::ffff:127.0.0.1]:8443", &never_local), Err(Forbidden::OwnListener));
-        assert_eq!(check("127.0.0.5:443", &never_local), Err(Forbidden::OwnListener));
+        assert_eq!(
+            check("127.0.0.1:8443", &never_local),
+            Err(Forbidden::OwnListener)
+        );
+        assert_eq!(
+            check("[::ffff:127.0.0.1]:8443", &never_local),
+            Err(Forbidden::OwnListener)
+        );
+        assert_eq!(
+            check("127.0.0.5:443", &never_local),
+            Err(Forbidden::OwnListener)
+        );
         let this_host = |ip: IpAddr| ip == "10.20.0.5".parse::<IpAddr>().unwrap();
-        assert_eq!(check("10.20.0.5:443", &this_host), Err(Forbidden::OwnListener));
+        assert_eq!(
+            check("10.20.0.5:443", &this_host),
+            Err(Forbidden::OwnListener)
+        );
         assert_eq!(check("10.20.0.6:443", &this_host), Ok(()));
         assert_eq!(check("10.20.0.5:444", &this_host), Ok(()));
     }

@@ -6,9 +6,9 @@
 use crate::hostname::Hostname;
 use crate::policy::{DestinationPolicy, Forbidden};
 use crate::rules::{Host, Route};
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::str::FromStr;
@@ -28,9 +28,13 @@ impl FromStr for Pin {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = || format!("expected NAME=IP[:PORT], like translation.googleapis.com=10.1.2.3, got {s:?}");
+        let usage = || {
+            format!("expected NAME=IP[:PORT], like translation.googleapis.com=10.1.2.3, got {s:?}")
+        };
         let (name, addr) = s.split_once('=').ok_or_else(usage)?;
-        let name = name.parse().map_err(|e| format!("{name:?} is not a host name: {e}"))?;
+        let name = name
+            .parse()
+            .map_err(|e| format!("{name:?} is not a host name: {e}"))?;
         let (ip, port) = match addr.parse::<SocketAddr>() {
             Ok(sa) => (sa.ip(), Some(sa.port())),
             Err(_) => (addr.parse().map_err(|_| usage())?, None),
@@ -96,7 +100,10 @@ impl Resolver {
                         NameServerConfig::new(server.ip(), true, connections)
                     })
                     .collect();
-                TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(servers),
+                    provider,
+                )
             }
             None => TokioResolver::builder(provider)
                 .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
@@ -119,7 +126,10 @@ impl Resolver {
             Host::Name(name) => name,
         };
         if let Some(pin) = self.pins.get(name) {
-            return Ok(vec![SocketAddr::new(pin.ip, pin.port.unwrap_or(route.port))]);
+            return Ok(vec![SocketAddr::new(
+                pin.ip,
+                pin.port.unwrap_or(route.port),
+            )]);
         }
         let dns_error = |message: String| ResolveError::Dns {
             name: name.clone(),
@@ -131,7 +141,10 @@ impl Resolver {
             .lookup_ip(format!("{name}."))
             .await
             .map_err(|e| dns_error(e.to_string()))?;
-        let found: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, route.port)).collect();
+        let found: Vec<SocketAddr> = lookup
+            .iter()
+            .map(|ip| SocketAddr::new(ip, route.port))
+            .collect();
         if found.is_empty() {
             return Err(dns_error("no addresses".into()));
         }
@@ -170,12 +183,20 @@ mod tests {
     #[test]
     fn pins_parse_like_curl_resolve() {
         let pin: Pin = "Translation.googleapis.com=127.0.0.1:8443".parse().unwrap();
-        assert_eq!((pin.name.as_str(), pin.ip.to_string(), pin.port), ("translation.googleapis.com", "127.0.0.1".into(), Some(8443)));
+        assert_eq!(
+            (pin.name.as_str(), pin.ip.to_string(), pin.port),
+            ("translation.googleapis.com", "127.0.0.1".into(), Some(8443))
+        );
         let pin: Pin = "a.example.com=::1".parse().unwrap();
         assert_eq!((pin.ip.to_string(), pin.port), ("::1".into(), None));
         let pin: Pin = "a.example.com=[::1]:443".parse().unwrap();
         assert_eq!((pin.ip.to_string(), pin.port), ("::1".into(), Some(443)));
-        for bad in ["a.example.com", "a.example.com=nothost", "bad_name=1.2.3.4", "a.example.com=1.2.3.4:x"] {
+        for bad in [
+            "a.example.com",
+            "a.example.com=nothost",
+            "bad_name=1.2.3.4",
+            "a.example.com=1.2.3.4:x",
+        ] {
             assert!(bad.parse::<Pin>().is_err(), "{bad}");
         }
     }

@@ -225,10 +225,22 @@ mod tests {
             rule("a.sandbox.googleapis.com"),
         ])
         .unwrap();
-        assert_eq!(matched(&rules, "a.sandbox.googleapis.com").unwrap(), "a.sandbox.googleapis.com");
-        assert_eq!(matched(&rules, "b.sandbox.googleapis.com").unwrap(), "*.sandbox.googleapis.com");
-        assert_eq!(matched(&rules, "x.y.sandbox.googleapis.com").unwrap(), "*.sandbox.googleapis.com");
-        assert_eq!(matched(&rules, "sandbox.googleapis.com").unwrap(), "*.googleapis.com");
+        assert_eq!(
+            matched(&rules, "a.sandbox.googleapis.com").unwrap(),
+            "a.sandbox.googleapis.com"
+        );
+        assert_eq!(
+            matched(&rules, "b.sandbox.googleapis.com").unwrap(),
+            "*.sandbox.googleapis.com"
+        );
+        assert_eq!(
+            matched(&rules, "x.y.sandbox.googleapis.com").unwrap(),
+            "*.sandbox.googleapis.com"
+        );
+        assert_eq!(
+            matched(&rules, "sandbox.googleapis.com").unwrap(),
+            "*.googleapis.com"
+        );
         assert_eq!(matched(&rules, "googleapis.com"), None);
         assert_eq!(matched(&rules, "evilgoogleapis.com"), None);
     }
@@ -251,10 +263,18 @@ mod tests {
         let mut pinned = rule("tts.example.com");
         pinned.upstream = Some("private.example.net:8443".parse().unwrap());
         let rules = Rules::new(vec![pinned, rule("*.example.com")]).unwrap();
-        let route = rules.route(&"tts.example.com".parse().unwrap(), 443).unwrap();
-        assert_eq!((route.host.to_string(), route.port, route.pinned), ("private.example.net".into(), 8443, true));
+        let route = rules
+            .route(&"tts.example.com".parse().unwrap(), 443)
+            .unwrap();
+        assert_eq!(
+            (route.host.to_string(), route.port, route.pinned),
+            ("private.example.net".into(), 8443, true)
+        );
         let route = rules.route(&"x.example.com".parse().unwrap(), 443).unwrap();
-        assert_eq!((route.host.to_string(), route.port, route.pinned), ("x.example.com".into(), 443, false));
+        assert_eq!(
+            (route.host.to_string(), route.port, route.pinned),
+            ("x.example.com".into(), 443, false)
+        );
     }
 
     #[test]
@@ -262,8 +282,17 @@ mod tests {
         let ok = |s: &str| s.parse::<Upstream>().unwrap().to_string();
         assert_eq!(ok("10.0.0.1:443"), "10.0.0.1:443");
         assert_eq!(ok("[2001:db8::1]:443"), "[2001:db8::1]:443");
-        assert_eq!(ok("Private.GoogleAPIs.com:443"), "private.googleapis.com:443");
-        for bad in ["private.googleapis.com", "host:0", "host:99999", "bad_host:443", "2001:db8::1"] {
+        assert_eq!(
+            ok("Private.GoogleAPIs.com:443"),
+            "private.googleapis.com:443"
+        );
+        for bad in [
+            "private.googleapis.com",
+            "host:0",
+            "host:99999",
+            "bad_host:443",
+            "2001:db8::1",
+        ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad}");
         }
     }

@@ -13,7 +13,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,7 +80,11 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// Serves `listeners` until `shutdown` completes, then stops accepting, lets live
 /// connections finish for the drain period, and ends the rest.
-pub async fn serve(listeners: Vec<TcpListener>, relay: Arc<Relay>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    relay: Arc<Relay>,
+    shutdown: impl Future<Output = ()>,
+) {
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     let accepting = CancellationToken::new();
@@ -99,8 +103,15 @@ pub async fn serve(listeners: Vec<TcpListener>, relay: Arc<Relay>, shutdown: imp
     accepting.cancel();
     accept_loops.wait().await;
     connections.close();
-    tracing::info!(live = connections.len(), drain_s = relay.config.timeouts.drain.as_secs(), "draining");
-    if timeout(relay.config.timeouts.drain, connections.wait()).await.is_err() {
+    tracing::info!(
+        live = connections.len(),
+        drain_s = relay.config.timeouts.drain.as_secs(),
+        "draining"
+    );
+    if timeout(relay.config.timeouts.drain, connections.wait())
+        .await
+        .is_err()
+    {
         stop.cancel();
         connections.wait().await;
     }
@@ -162,9 +173,12 @@ async fn forward_connection(
     tune(&client);
 
     let mut received = Vec::new();
-    let hello = timeout(config.timeouts.hello, read_hello(&client, &mut received, config.max_hello_bytes))
-        .await
-        .map_err(|_| Rejection::HelloTimeout)??;
+    let hello = timeout(
+        config.timeouts.hello,
+        read_hello(&client, &mut received, config.max_hello_bytes),
+    )
+    .await
+    .map_err(|_| Rejection::HelloTimeout)??;
     log.hello(&hello);
 
     let Some(route) = config.rules.route(&hello.sni, config.upstream_port) else {
@@ -187,7 +201,11 @@ async fn forward_connection(
 
 /// Reads until `received` holds a complete ClientHello. Bytes past the hello stay in
 /// `received` to be forwarded; `limit` bounds the buffer.
-async fn read_hello(client: &TcpStream, received: &mut Vec<u8>, limit: usize) -> Result<ClientHello, Rejection> {
+async fn read_hello(
+    client: &TcpStream,
+    received: &mut Vec<u8>,
+    limit: usize,
+) -> Result<ClientHello, Rejection> {
     let mut reader = HelloReader::new(limit);
     loop {
         client.readable().await.map_err(Rejection::ClientError)?;
@@ -328,11 +346,20 @@ impl ConnectionLog {
     fn emit(self, result: Result<Transfer, Rejection>) {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let total = self.started.elapsed();
-        let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| ms(c - h));
+        let connect = self
+            .connect_done
+            .zip(self.hello_done)
+            .map(|(c, h)| ms(c - h));
         let hello = self.hello.as_ref();
         let (outcome, reason, detail, transfer, error) = match &result {
             Ok(t) => ("forwarded", t.end.word(), None, Some(*t), None),
-            Err(r) => ("rejected", r.reason(), r.detail(), None, Some(r.to_string())),
+            Err(r) => (
+                "rejected",
+                r.reason(),
+                r.detail(),
+                None,
+                Some(r.to_string()),
+            ),
         };
         tracing::info!(
             target: "snirelay::connection",

@@ -4,7 +4,7 @@ mod common;
 
 use common::hellogen::*;
 use common::real_hellos;
-use snirelay::hello::{parse, ClientHello, HelloError, HelloReader};
+use snirelay::hello::{ClientHello, HelloError, HelloReader, parse};
 use snirelay::hostname::HostnameError;
 
 const LIMIT: usize = 65536;
@@ -27,7 +27,11 @@ fn assert_prefix_property(bytes: &[u8], trailing: &[u8]) -> ClientHello {
     let mut longer = bytes.to_vec();
     longer.extend_from_slice(trailing);
     for k in bytes.len()..=longer.len() {
-        assert_eq!(parse(&longer[..k], LIMIT), Ok(Some(whole.clone())), "{k} bytes");
+        assert_eq!(
+            parse(&longer[..k], LIMIT),
+            Ok(Some(whole.clone())),
+            "{k} bytes"
+        );
     }
     let mut reader = HelloReader::new(LIMIT);
     for k in 0..bytes.len() {
@@ -80,7 +84,10 @@ fn real_hellos_refragmented_over_many_records() {
 
 #[test]
 fn generated_hello_with_ech_routes_by_outer_name() {
-    let hello = complete(&hello(&[sni("outer.example.com"), Ext(0xfe0d, vec![0; 40])]));
+    let hello = complete(&hello(&[
+        sni("outer.example.com"),
+        Ext(0xfe0d, vec![0; 40]),
+    ]));
     assert_eq!((hello.sni.as_str(), hello.ech), ("outer.example.com", true));
 }
 
@@ -94,40 +101,79 @@ fn record_layer_rejections() {
     interleaved.extend(record(20, &[1]));
     assert_eq!(sni_of(&interleaved), Err(HelloError::Interleaved(20)));
     assert_eq!(sni_of(&[22, 3, 1, 0, 0]), Err(HelloError::EmptyRecord));
-    assert_eq!(sni_of(&[22, 3, 1, 0x40, 0x01]), Err(HelloError::RecordTooLong(16385)));
+    assert_eq!(
+        sni_of(&[22, 3, 1, 0x40, 0x01]),
+        Err(HelloError::RecordTooLong(16385))
+    );
     assert_eq!(sni_of(&[22, 2, 0]), Err(HelloError::NotTls));
-    assert_eq!(sni_of(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n"), Err(HelloError::NotTls));
-    assert_eq!(sni_of(b"G"), Err(HelloError::NotTls), "rejected from the first byte");
+    assert_eq!(
+        sni_of(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n"),
+        Err(HelloError::NotTls)
+    );
+    assert_eq!(
+        sni_of(b"G"),
+        Err(HelloError::NotTls),
+        "rejected from the first byte"
+    );
     assert_eq!(sni_of(b"SSH-2.0-OpenSSH_9.2\r\n"), Err(HelloError::NotTls));
     // SSLv2: 2-byte length with the top bit set, then msg type 1.
-    assert_eq!(sni_of(&[0x80, 0x2e, 0x01, 0x00, 0x02]), Err(HelloError::Sslv2));
-    assert_eq!(sni_of(&[0x80, 0x2e]), Ok(None), "undecided until the third byte");
+    assert_eq!(
+        sni_of(&[0x80, 0x2e, 0x01, 0x00, 0x02]),
+        Err(HelloError::Sslv2)
+    );
+    assert_eq!(
+        sni_of(&[0x80, 0x2e]),
+        Ok(None),
+        "undecided until the third byte"
+    );
 }
 
 #[test]
 fn handshake_layer_rejections() {
     let body = client_hello_body(&[sni("a.example.com")]);
-    assert_eq!(sni_of(&records(&handshake(2, &body), &[16384])), Err(HelloError::NotClientHello(2)));
-    assert_eq!(sni_of(&record(22, &[2])), Err(HelloError::NotClientHello(2)), "known from one byte");
+    assert_eq!(
+        sni_of(&records(&handshake(2, &body), &[16384])),
+        Err(HelloError::NotClientHello(2))
+    );
+    assert_eq!(
+        sni_of(&record(22, &[2])),
+        Err(HelloError::NotClientHello(2)),
+        "known from one byte"
+    );
     let mut trailing = handshake(1, &body);
     trailing.extend(handshake(1, &body));
-    assert_eq!(sni_of(&records(&trailing, &[16384])), Err(HelloError::TrailingHandshake));
-    assert_eq!(sni_of(&records(&handshake(1, &[]), &[16384])), Err(HelloError::Malformed("client_hello_fields")));
+    assert_eq!(
+        sni_of(&records(&trailing, &[16384])),
+        Err(HelloError::TrailingHandshake)
+    );
+    assert_eq!(
+        sni_of(&records(&handshake(1, &[]), &[16384])),
+        Err(HelloError::Malformed("client_hello_fields"))
+    );
 }
 
 #[test]
 fn size_limit_counts_record_bytes() {
     let padding = Ext(21, vec![0; 3000]);
     let big = hello(&[sni("a.example.com"), padding]);
-    assert!(parse(&big, big.len()).unwrap().is_some(), "exactly at the limit");
-    assert_eq!(parse(&big, big.len() - 1), Err(HelloError::TooLarge(big.len() - 1)));
+    assert!(
+        parse(&big, big.len()).unwrap().is_some(),
+        "exactly at the limit"
+    );
+    assert_eq!(
+        parse(&big, big.len() - 1),
+        Err(HelloError::TooLarge(big.len() - 1))
+    );
     // A handshake length that can never fit is refused from its header, before the bytes.
     let claim = records(&[1, 0x01, 0, 0], &[4]);
     assert_eq!(parse(&claim, 4096), Err(HelloError::TooLarge(4096)));
     // Many small records: the record overhead counts too.
     let payload = handshake_payload(&big);
     let fragmented = records(&payload, &[1]);
-    assert_eq!(parse(&fragmented, LIMIT.min(big.len() * 2)), Err(HelloError::TooLarge(big.len() * 2)));
+    assert_eq!(
+        parse(&fragmented, LIMIT.min(big.len() * 2)),
+        Err(HelloError::TooLarge(big.len() * 2))
+    );
 }
 
 #[test]
@@ -138,7 +184,10 @@ fn inconsistent_inner_lengths_are_bad_hello() {
     let mut block = extensions_block(&[sni("a.example.com")]);
     block[1] += 10;
     body.extend(block);
-    assert_eq!(sni_of(&records(&handshake(1, &body), &[16384])), Err(HelloError::Malformed("extensions_length")));
+    assert_eq!(
+        sni_of(&records(&handshake(1, &body), &[16384])),
+        Err(HelloError::Malformed("extensions_length"))
+    );
 
     // One extension overrunning the block.
     let mut body = client_hello_fields();
@@ -151,17 +200,28 @@ fn inconsistent_inner_lengths_are_bad_hello() {
     // server_name list length disagreeing with the extension length.
     let Ext(_, mut sni_body) = sni("a.example.com");
     sni_body[1] -= 1;
-    assert_eq!(sni_of(&hello(&[Ext(0, sni_body)])), Err(HelloError::Malformed("server_name_length")));
+    assert_eq!(
+        sni_of(&hello(&[Ext(0, sni_body)])),
+        Err(HelloError::Malformed("server_name_length"))
+    );
 
     // A name entry overrunning the list.
     let Ext(_, mut sni_body) = sni("a.example.com");
     sni_body[4] += 1;
-    assert_eq!(sni_of(&hello(&[Ext(0, sni_body)])).unwrap_err().reason(), "bad_hello");
+    assert_eq!(
+        sni_of(&hello(&[Ext(0, sni_body)])).unwrap_err().reason(),
+        "bad_hello"
+    );
 
     // Session id longer than 32 bytes.
     let mut body = client_hello_body(&[sni("a.example.com")]);
     body[34] = 33;
-    assert_eq!(sni_of(&records(&handshake(1, &body), &[16384])).unwrap_err().reason(), "bad_hello");
+    assert_eq!(
+        sni_of(&records(&handshake(1, &body), &[16384]))
+            .unwrap_err()
+            .reason(),
+        "bad_hello"
+    );
 }
 
 #[test]
@@ -170,8 +230,15 @@ fn duplicate_extensions_are_refused() {
     assert_eq!(sni_of(&twice), Err(HelloError::DuplicateExtension(16)));
     let two_sni = hello(&[sni("a.example.com"), sni("b.example.com")]);
     assert_eq!(sni_of(&two_sni), Err(HelloError::DuplicateExtension(0)));
-    let grease_twice = hello(&[Ext(0x0a0a, vec![]), sni("a.example.com"), Ext(0x0a0a, vec![])]);
-    assert_eq!(sni_of(&grease_twice), Err(HelloError::DuplicateExtension(0x0a0a)));
+    let grease_twice = hello(&[
+        Ext(0x0a0a, vec![]),
+        sni("a.example.com"),
+        Ext(0x0a0a, vec![]),
+    ]);
+    assert_eq!(
+        sni_of(&grease_twice),
+        Err(HelloError::DuplicateExtension(0x0a0a))
+    );
 }
 
 #[test]
@@ -187,22 +254,55 @@ fn server_name_must_be_one_valid_host_name() {
     let cases: Vec<(Ext, HelloError)> = vec![
         (sni_entries(&[]), HelloError::SniNotOneHostName),
         (Ext(0, vec![]), HelloError::SniNotOneHostName),
-        (sni_entries(&[(0, b"a.example.com"), (0, b"b.example.com")]), HelloError::SniNotOneHostName),
-        (sni_entries(&[(1, b"a.example.com")]), HelloError::SniNotOneHostName),
+        (
+            sni_entries(&[(0, b"a.example.com"), (0, b"b.example.com")]),
+            HelloError::SniNotOneHostName,
+        ),
+        (
+            sni_entries(&[(1, b"a.example.com")]),
+            HelloError::SniNotOneHostName,
+        ),
         (sni(""), HelloError::BadSni(HostnameError::Empty)),
-        (sni("192.0.2.1"), HelloError::BadSni(HostnameError::IpLiteral)),
-        (sni("[::1]"), HelloError::BadSni(HostnameError::BadByte(b'['))),
-        (sni("a_b.example.com"), HelloError::BadSni(HostnameError::BadByte(b'_'))),
-        (sni("-a.example.com"), HelloError::BadSni(HostnameError::Hyphen)),
-        (sni("a..example.com"), HelloError::BadSni(HostnameError::EmptyLabel)),
-        (sni(&"a".repeat(64)), HelloError::BadSni(HostnameError::LabelTooLong)),
-        (sni(&format!("{}.com", vec!["a".repeat(60); 5].join("."))), HelloError::BadSni(HostnameError::TooLong)),
-        (sni_entries(&[(0, b"evil.test\0.sandbox.googleapis.com")]), HelloError::BadSni(HostnameError::BadByte(0))),
+        (
+            sni("192.0.2.1"),
+            HelloError::BadSni(HostnameError::IpLiteral),
+        ),
+        (
+            sni("[::1]"),
+            HelloError::BadSni(HostnameError::BadByte(b'[')),
+        ),
+        (
+            sni("a_b.example.com"),
+            HelloError::BadSni(HostnameError::BadByte(b'_')),
+        ),
+        (
+            sni("-a.example.com"),
+            HelloError::BadSni(HostnameError::Hyphen),
+        ),
+        (
+            sni("a..example.com"),
+            HelloError::BadSni(HostnameError::EmptyLabel),
+        ),
+        (
+            sni(&"a".repeat(64)),
+            HelloError::BadSni(HostnameError::LabelTooLong),
+        ),
+        (
+            sni(&format!("{}.com", vec!["a".repeat(60); 5].join("."))),
+            HelloError::BadSni(HostnameError::TooLong),
+        ),
+        (
+            sni_entries(&[(0, b"evil.test\0.sandbox.googleapis.com")]),
+            HelloError::BadSni(HostnameError::BadByte(0)),
+        ),
     ];
     for (ext, want) in cases {
         let got = sni_of(&hello(&[ext]));
         assert_eq!(got, Err(want.clone()));
         assert_eq!(want.reason(), "bad_sni");
     }
-    assert_eq!(sni_of(&hello_for("Mixed.Example.COM.")).unwrap().unwrap(), "mixed.example.com");
+    assert_eq!(
+        sni_of(&hello_for("Mixed.Example.COM.")).unwrap().unwrap(),
+        "mixed.example.com"
+    );
 }

@@ -117,7 +117,11 @@ pub fn hello(exts: &[Ext]) -> Vec<u8> {
 
 /// A typical hello for `name`.
 pub fn hello_for(name: &str) -> Vec<u8> {
-    hello(&[sni(name), alpn(&["h2", "http/1.1"]), versions(&[0x0304, 0x0303])])
+    hello(&[
+        sni(name),
+        alpn(&["h2", "http/1.1"]),
+        versions(&[0x0304, 0x0303]),
+    ])
 }
 
 /// The handshake bytes carried by a sequence of handshake records.

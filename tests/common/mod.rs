@@ -240,11 +240,15 @@ pub fn pki(names: &[&str]) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "snirelay test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "snirelay test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = CertificateParams::new(names.clone()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0].clone());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].clone());
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
     let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
@@ -296,22 +300,32 @@ pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> So
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
-            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
             let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
             reply.metadata.recursion_desired = query.metadata.recursion_desired;
             reply.metadata.recursion_available = true;
             reply.metadata.authoritative = true;
             for q in &query.queries {
                 reply.add_query(q.clone());
-                let asked = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                let asked = q
+                    .name()
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
                 match table.iter().find(|(name, _)| *name == asked) {
                     None => reply.metadata.response_code = ResponseCode::NXDomain,
                     Some((_, ips)) => {
                         for ip in ips {
                             let rdata = match (ip, q.query_type()) {
                                 (std::net::IpAddr::V4(v4), RecordType::A) => RData::A(A(*v4)),
-                                (std::net::IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(*v6)),
+                                (std::net::IpAddr::V6(v6), RecordType::AAAA) => {
+                                    RData::AAAA(AAAA(*v6))
+                                }
                                 _ => continue,
                             };
                             reply.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));

@@ -1,0 +1,210 @@
+//! The command-line contract: `check` output and exit codes, `run` start-up errors, signals.
+
+mod common;
+
+use common::{RelayProcess, Upstream, fixture_dir, pinned_config};
+use snirelay::config::Config;
+use std::path::Path;
+use std::process::{Command, Output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn snirelay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snirelay"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+}
+
+#[test]
+fn check_reports_each_mistake_with_file_line_column_and_what_was_expected() {
+    for file in json_files(&fixture_dir().join("config/invalid")) {
+        let expected = std::fs::read_to_string(file.with_extension("expected")).unwrap();
+        let path = file.to_str().unwrap();
+        let out = snirelay(&["check", "--config", path]);
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        assert_eq!(text(&out.stderr), format!("{path}:{expected}"), "{path}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn check_accepts_valid_files_and_summarises_them() {
+    for file in json_files(&fixture_dir().join("config/valid")) {
+        let path = file.to_str().unwrap();
+        let out = snirelay(&["check", "--config", path]);
+        assert_eq!(out.status.code(), Some(0), "{path}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).starts_with(&format!("{path}: ok\n  rules: ")));
+    }
+    let out = snirelay(&[
+        "check",
+        "--config",
+        fixture_dir()
+            .join("config/valid/every_form.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("rules: 6 (4 exact, 2 wildcard, 2 with a pinned upstream)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("resolver: 1.1.1.1:53, [2606:4700:4700::1111]:53"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn shipped_rules_allow_the_seed_scenario() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.json");
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.listen, ["0.0.0.0:443".parse().unwrap()]);
+    for name in [
+        "translation.googleapis.com",
+        "translate.googleapis.com",
+        "texttospeech.googleapis.com",
+        "oauth2.googleapis.com",
+        "www.googleapis.com",
+    ] {
+        assert!(
+            config.rules.find(&name.parse().unwrap()).is_some(),
+            "{name}"
+        );
+    }
+    assert!(
+        config
+            .rules
+            .find(&"storage.googleapis.com".parse().unwrap())
+            .is_none()
+    );
+}
+
+#[test]
+fn check_defaults_to_rules_json_and_reports_a_missing_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).starts_with("rules.json: ok"));
+    let out = snirelay(&["check", "--config", "/nonexistent/rules.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("/nonexistent/rules.json: cannot read: "));
+}
+
+#[test]
+fn run_refuses_an_invalid_config_like_check() {
+    let file = fixture_dir().join("config/invalid/duplicate_name.json");
+    let path = file.to_str().unwrap();
+    let expected = std::fs::read_to_string(file.with_extension("expected")).unwrap();
+    let out = snirelay(&["run", "--config", path, "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), format!("{path}:{expected}"));
+}
+
+#[test]
+fn run_explains_a_listener_it_cannot_bind() {
+    let config = fixture_dir().join("config/valid/minimal.json");
+    let config = config.to_str().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = snirelay(&["run", "--config", config, "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("--listen"), "{err}");
+
+    let out = snirelay(&["run", "--config", config, "--listen", "192.0.2.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot listen on 192.0.2.1:0")
+            && err.contains("no interface has this address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_rejects_a_malformed_resolve_pin() {
+    let config = fixture_dir().join("config/valid/minimal.json");
+    let out = snirelay(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--resolve",
+        "nothing-here",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("expected NAME=IP[:PORT]"));
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_exit_zero() {
+    for signal in ["TERM", "INT"] {
+        let mut relay = RelayProcess::start(serde_json::json!({"allow": ["a.example.com"]})).await;
+        relay.signal(signal);
+        relay.next_message("stopped").await;
+        assert_eq!(relay.wait().await.code(), Some(0));
+    }
+}
+
+#[tokio::test]
+async fn shutdown_drains_live_connections_then_ends_the_rest() {
+    let upstream = Upstream::bind("127.0.0.1").await;
+    let mut config = pinned_config(&["a.example.com"], upstream.addr);
+    config["timeouts"]["drain_s"] = 1.into();
+    let mut relay = RelayProcess::start(config).await;
+
+    let mut finishing = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    finishing
+        .write_all(&common::hellogen::hello_for("a.example.com"))
+        .await
+        .unwrap();
+    let mut finishing_upstream = upstream.accept().await;
+    let mut lingering = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    lingering
+        .write_all(&common::hellogen::hello_for("a.example.com"))
+        .await
+        .unwrap();
+    let _lingering_upstream = upstream.accept().await;
+
+    relay.signal("TERM");
+    relay.next_message("draining").await;
+    // New connections are refused while draining; live ones keep working.
+    assert!(tokio::net::TcpStream::connect(relay.addr()).await.is_err());
+    finishing.write_all(b"after the signal").await.unwrap();
+    finishing.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    finishing_upstream.read_to_end(&mut got).await.unwrap();
+    assert!(got.ends_with(b"after the signal"));
+    drop(finishing_upstream);
+
+    let first = relay.next_connection().await;
+    assert_eq!(
+        (first["outcome"].as_str(), first["reason"].as_str()),
+        (Some("forwarded"), Some("closed"))
+    );
+    let second = relay.next_connection().await;
+    assert_eq!(
+        (second["outcome"].as_str(), second["reason"].as_str()),
+        (Some("forwarded"), Some("shutdown"))
+    );
+    assert_eq!(relay.wait().await.code(), Some(0));
+}
