@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{RelayProcess, Upstream, fixture_dir, pinned_config};
+use common::{RelayProcess, Upstream, fixture_dir, pinned_config, within};
 use snirelay::config::Config;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -157,54 +157,61 @@ fn run_rejects_a_malformed_resolve_pin() {
 
 #[tokio::test]
 async fn sigterm_and_sigint_exit_zero() {
-    for signal in ["TERM", "INT"] {
-        let mut relay = RelayProcess::start(serde_json::json!({"allow": ["a.example.com"]})).await;
-        relay.signal(signal);
-        relay.next_message("stopped").await;
-        assert_eq!(relay.wait().await.code(), Some(0));
-    }
+    within(async {
+        for signal in ["TERM", "INT"] {
+            let mut relay =
+                RelayProcess::start(serde_json::json!({"allow": ["a.example.com"]})).await;
+            relay.signal(signal);
+            relay.next_message("stopped").await;
+            assert_eq!(relay.wait().await.code(), Some(0));
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn shutdown_drains_live_connections_then_ends_the_rest() {
-    let upstream = Upstream::bind("127.0.0.1").await;
-    let mut config = pinned_config(&["a.example.com"], upstream.addr);
-    config["timeouts"]["drain_s"] = 1.into();
-    let mut relay = RelayProcess::start(config).await;
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&["a.example.com"], upstream.addr);
+        config["timeouts"]["drain_s"] = 1.into();
+        let mut relay = RelayProcess::start(config).await;
 
-    let mut finishing = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
-    finishing
-        .write_all(&common::hellogen::hello_for("a.example.com"))
-        .await
-        .unwrap();
-    let mut finishing_upstream = upstream.accept().await;
-    let mut lingering = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
-    lingering
-        .write_all(&common::hellogen::hello_for("a.example.com"))
-        .await
-        .unwrap();
-    let _lingering_upstream = upstream.accept().await;
+        let mut finishing = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+        finishing
+            .write_all(&common::hellogen::hello_for("a.example.com"))
+            .await
+            .unwrap();
+        let mut finishing_upstream = upstream.accept().await;
+        let mut lingering = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+        lingering
+            .write_all(&common::hellogen::hello_for("a.example.com"))
+            .await
+            .unwrap();
+        let _lingering_upstream = upstream.accept().await;
 
-    relay.signal("TERM");
-    relay.next_message("draining").await;
-    // New connections are refused while draining; live ones keep working.
-    assert!(tokio::net::TcpStream::connect(relay.addr()).await.is_err());
-    finishing.write_all(b"after the signal").await.unwrap();
-    finishing.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    finishing_upstream.read_to_end(&mut got).await.unwrap();
-    assert!(got.ends_with(b"after the signal"));
-    drop(finishing_upstream);
+        relay.signal("TERM");
+        relay.next_message("draining").await;
+        // New connections are refused while draining; live ones keep working.
+        assert!(tokio::net::TcpStream::connect(relay.addr()).await.is_err());
+        finishing.write_all(b"after the signal").await.unwrap();
+        finishing.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        finishing_upstream.read_to_end(&mut got).await.unwrap();
+        assert!(got.ends_with(b"after the signal"));
+        drop(finishing_upstream);
 
-    let first = relay.next_connection().await;
-    assert_eq!(
-        (first["outcome"].as_str(), first["reason"].as_str()),
-        (Some("forwarded"), Some("closed"))
-    );
-    let second = relay.next_connection().await;
-    assert_eq!(
-        (second["outcome"].as_str(), second["reason"].as_str()),
-        (Some("forwarded"), Some("shutdown"))
-    );
-    assert_eq!(relay.wait().await.code(), Some(0));
+        let first = relay.next_connection().await;
+        assert_eq!(
+            (first["outcome"].as_str(), first["reason"].as_str()),
+            (Some("forwarded"), Some("closed"))
+        );
+        let second = relay.next_connection().await;
+        assert_eq!(
+            (second["outcome"].as_str(), second["reason"].as_str()),
+            (Some("forwarded"), Some("shutdown"))
+        );
+        assert_eq!(relay.wait().await.code(), Some(0));
+    })
+    .await
 }

@@ -18,6 +18,14 @@ use tokio::sync::mpsc;
 /// it; no test relies on it for synchronisation.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Runs a test body, failing it (instead of hanging the suite) if it does not finish in
+/// `PATIENCE`.
+pub async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, body)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {PATIENCE:?}"))
+}
+
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
