@@ -197,3 +197,34 @@ impl Activity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    async fn expired(
+        watch: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> bool {
+        tokio::time::timeout(Duration::ZERO, watch.as_mut())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_in_one_direction_keeps_the_connection_alive() {
+        let clock = Activity::new();
+        let idle = Duration::from_secs(10);
+        let watch = clock.idle_for(idle);
+        tokio::pin!(watch);
+        for _ in 0..5 {
+            advance(Duration::from_secs(8)).await;
+            clock.touch();
+            assert!(!expired(&mut watch).await, "activity 8 s apart is not idle");
+        }
+        advance(Duration::from_secs(9)).await;
+        assert!(!expired(&mut watch).await);
+        advance(Duration::from_secs(1)).await;
+        assert!(expired(&mut watch).await, "10 s without a byte is idle");
+    }
+}

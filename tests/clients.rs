@@ -1,0 +1,161 @@
+//! Real command-line TLS clients through the relay: curl and openssl s_client, verifying the
+//! upstream's certificate against the test CA. `.ci/run` installs both; a developer machine
+//! without them skips these tests (CI never does).
+
+mod common;
+
+use common::{Pki, RelayProcess, Upstream, pinned_config, pki, within};
+use std::path::Path;
+use std::process::{Command, Output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NAME: &str = "translation.googleapis.com";
+
+fn available(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing; .ci/run installs it"
+        );
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
+
+/// A TLS upstream that answers each HTTP request with a fixed body, and otherwise reads
+/// until the client closes.
+fn serve_https(upstream: Upstream, pki: &Pki) {
+    let acceptor = pki.acceptor();
+    tokio::spawn(async move {
+        loop {
+            let tcp = upstream.accept().await;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "translated by the upstream";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+}
+
+async fn run(cmd: &mut Command) -> Output {
+    let mut cmd = std::mem::replace(cmd, Command::new("true"));
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn write_ca(dir: &Path, pki: &Pki) -> String {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, &pki.ca_pem).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_the_upstream_answer_with_the_real_name_and_certificate() {
+    if !available("curl") {
+        return;
+    }
+    within(async {
+        let pki = pki(&[NAME, "storage.googleapis.com"]);
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        serve_https(upstream, &pki);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write_ca(dir.path(), &pki);
+        let port = relay.addr().port();
+        let curl = |name: &str| {
+            let mut cmd = Command::new("curl");
+            cmd.args([
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca,
+            ])
+            .arg("--resolve")
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .arg(format!("https://{name}:{port}/language/translate/v2"));
+            cmd
+        };
+
+        let out = run(&mut curl(NAME)).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"translated by the upstream");
+        let log = relay.next_connection().await;
+        assert_eq!(log["outcome"], "forwarded", "{log}");
+        assert_eq!(log["sni"], NAME);
+        assert!(
+            log["alpn"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("http/1.1"),
+            "{log}"
+        );
+
+        let out = run(&mut curl("storage.googleapis.com")).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(
+            err.contains("unrecognized name"),
+            "curl should name the alert: {err}"
+        );
+        assert_eq!(relay.next_connection().await["reason"], "not_allowed");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_client_verifies_the_upstream_certificate() {
+    if !available("openssl") {
+        return;
+    }
+    within(async {
+        let pki = pki(&[NAME]);
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        serve_https(upstream, &pki);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write_ca(dir.path(), &pki);
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-brief", "-verify_return_error", "-CAfile", &ca])
+            .args(["-connect", &relay.addr().to_string(), "-servername", NAME])
+            .stdin(std::process::Stdio::null());
+        let out = run(&mut cmd).await;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("Verification: OK"), "{text}");
+        assert!(text.contains(&format!("CN = {NAME}")), "{text}");
+        let log = relay.next_connection().await;
+        assert_eq!(log["outcome"], "forwarded", "{log}");
+        assert_eq!(log["sni"], NAME);
+    })
+    .await
+}
