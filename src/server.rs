@@ -38,12 +38,13 @@ pub struct Relay {
 
 /// A listener that could not be opened, with what to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}{hint}")]
+#[error("cannot listen on {addr}: {cause}{hint}")]
 pub struct BindError {
     /// The address.
     pub addr: SocketAddr,
-    /// What the OS said.
-    pub source: io::Error,
+    /// What the OS said. Deliberately not the error's `source`: the message already says
+    /// it, and a chain printer would say it twice.
+    pub cause: io::Error,
     hint: &'static str,
 }
 
@@ -61,20 +62,20 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         socket.listen(1024)?;
         TcpListener::from_std(socket.into())
     };
-    open().map_err(|source| {
-        let hint = match source.kind() {
+    open().map_err(|cause| {
+        let hint = match cause.kind() {
             io::ErrorKind::PermissionDenied => {
-                " (ports below 1024 need privilege: run `sudo setcap cap_net_bind_service=+ep $(command -v snirelay)`, or pick another port with --listen)"
+                "; ports below 1024 need privilege: run `sudo setcap cap_net_bind_service=+ep $(command -v snirelay)`, or pick another port with --listen"
             }
             io::ErrorKind::AddrInUse => {
-                " (another process holds it, see `ss -ltnp`; stop it or pick another address with --listen)"
+                "; another process holds it (see `ss -ltnp`): stop it, or pick another address with --listen"
             }
             io::ErrorKind::AddrNotAvailable => {
-                " (no interface has this address; fix the IP or listen on 0.0.0.0)"
+                "; no interface has this address: fix the IP, or listen on 0.0.0.0"
             }
             _ => "",
         };
-        BindError { addr, source, hint }
+        BindError { addr, cause, hint }
     })
 }
 

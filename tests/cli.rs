@@ -130,6 +130,11 @@ fn run_explains_a_listener_it_cannot_bind() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert!(err.contains("--listen"), "{err}");
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "the OS error is said once: {err}"
+    );
 
     let out = snirelay(&["run", "--config", config, "--listen", "192.0.2.1:0"]);
     assert_eq!(out.status.code(), Some(1));
@@ -139,6 +144,50 @@ fn run_explains_a_listener_it_cannot_bind() {
             && err.contains("no interface has this address"),
         "{err}"
     );
+}
+
+#[test]
+fn run_explains_a_privileged_port() {
+    let config = fixture_dir().join("config/valid/minimal.json");
+    let mut cmd = if running_as_root() {
+        // Root may bind anything; the unprivileged case is what operators hit.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_snirelay"));
+        cmd
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    };
+    let out = cmd
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("snirelay: cannot listen on 127.0.0.1:1: Permission denied"),
+        "{err}"
+    );
+    assert!(
+        err.contains("setcap cap_net_bind_service") && err.contains("--listen"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "the OS error is said once: {err}"
+    );
+}
+
+fn running_as_root() -> bool {
+    text(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0"
 }
 
 #[test]
