@@ -160,6 +160,45 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// A listener whose accept queue is full drops SYNs: a loopback address that never
+    /// answers, like a blackholed route.
+    fn silent_address() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let filler =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            filler.set_nonblocking(true).unwrap();
+            let _ = filler.connect(&addr.into());
+            fillers.push(filler.into());
+        }
+        (listener, fillers, addr)
+    }
+
+    #[tokio::test]
+    async fn a_silent_first_address_does_not_stall_the_next() {
+        let (_silent, _fillers, silent) = silent_address();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let want = live.local_addr().unwrap();
+        let (_, got) = happy_eyeballs(&[silent, want], Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(
+            got, want,
+            "the second attempt starts after the attempt delay"
+        );
+        let err = happy_eyeballs(&[silent], Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(err.detail(), "timeout");
+    }
+
     #[tokio::test]
     async fn all_refused_reports_the_last_error() {
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -48,10 +48,10 @@ async fn tls_connect(
 async fn tls_is_end_to_end_and_16_mib_each_way_arrive_intact() {
     within(async {
         let pki = pki(&[NAME]);
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
         let size = 16 << 20;
 
+        let upstream_addr = upstream.addr;
         let acceptor = pki.acceptor();
         let server = tokio::spawn(async move {
             let tls = acceptor.accept(upstream.accept().await).await.unwrap();
@@ -90,7 +90,7 @@ async fn tls_is_end_to_end_and_16_mib_each_way_arrive_intact() {
         assert_outcome(&log, "forwarded", "closed");
         assert_eq!(field(&log, "sni"), NAME);
         assert_eq!(field(&log, "rule"), NAME);
-        assert_eq!(field(&log, "upstream"), upstream_addr_of(&log));
+        assert_eq!(field(&log, "upstream"), upstream_addr.to_string());
         assert!(log["bytes_up"].as_u64().unwrap() > size as u64);
         assert!(log["bytes_down"].as_u64().unwrap() > size as u64);
         assert!(log["tls"].as_str().unwrap().contains("1.3"));
@@ -98,15 +98,25 @@ async fn tls_is_end_to_end_and_16_mib_each_way_arrive_intact() {
     .await
 }
 
-fn upstream_addr_of(log: &Value) -> &str {
-    field(log, "upstream")
+/// A relay allowing NAME, pinned to a fresh upstream; `tweak` adjusts the config first.
+async fn pinned_relay(tweak: impl FnOnce(&mut Value)) -> (Upstream, RelayProcess) {
+    let upstream = Upstream::bind("127.0.0.1").await;
+    let mut config = pinned_config(&[NAME], upstream.addr);
+    tweak(&mut config);
+    (upstream, RelayProcess::start(config).await)
+}
+
+/// Connects and writes `bytes`, leaving the connection open.
+async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    conn
 }
 
 #[tokio::test]
 async fn client_half_close_keeps_the_reply_flowing() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
         let mut request = hello_for(NAME);
         request.extend_from_slice(b"request");
         let mut client = send_and_close(relay.addr(), &request).await;
@@ -129,10 +139,8 @@ async fn client_half_close_keeps_the_reply_flowing() {
 #[tokio::test]
 async fn upstream_half_close_keeps_the_client_sending() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
-        let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-        client.write_all(&hello_for(NAME)).await.unwrap();
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
+        let mut client = connect_and_send(relay.addr(), &hello_for(NAME)).await;
         let mut conn = upstream.accept().await;
         conn.write_all(b"banner").await.unwrap();
         conn.shutdown().await.unwrap();
@@ -159,11 +167,9 @@ fn reset(stream: TcpStream) {
 #[tokio::test]
 async fn a_reset_on_either_side_resets_the_other() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
 
-        let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-        client.write_all(&hello_for(NAME)).await.unwrap();
+        let mut client = connect_and_send(relay.addr(), &hello_for(NAME)).await;
         reset(upstream.accept().await);
         let mut buf = [0u8; 16];
         let err = client.read(&mut buf).await.unwrap_err();
@@ -190,8 +196,7 @@ async fn a_reset_on_either_side_resets_the_other() {
 async fn a_name_not_allowed_gets_an_unrecognized_name_alert_and_reaches_nothing() {
     within(async {
         let pki = pki(&["storage.googleapis.com"]);
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
         let err = tls_connect(relay.addr(), &pki, "storage.googleapis.com")
             .await
             .unwrap_err();
@@ -297,12 +302,9 @@ async fn every_hello_reject_reason_closes_without_forwarding() {
 #[tokio::test]
 async fn a_hello_that_never_completes_times_out() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["timeouts"]["hello_ms"] = 300.into();
-        let mut relay = RelayProcess::start(config).await;
-        let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-        client.write_all(&hello_for(NAME)[..40]).await.unwrap();
+        let (upstream, mut relay) =
+            pinned_relay(|config| config["timeouts"]["hello_ms"] = 300.into()).await;
+        let mut client = connect_and_send(relay.addr(), &hello_for(NAME)[..40]).await;
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
@@ -315,14 +317,24 @@ async fn a_hello_that_never_completes_times_out() {
 }
 
 #[tokio::test]
+async fn a_client_reset_during_the_hello_is_client_error() {
+    within(async {
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
+        let client = connect_and_send(relay.addr(), &hello_for(NAME)[..40]).await;
+        reset(client);
+        let log = relay.next_connection().await;
+        assert_outcome(&log, "rejected", "client_error");
+        assert!(upstream.untouched());
+    })
+    .await
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_closed_after_idle_s() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["timeouts"]["idle_s"] = 1.into();
-        let mut relay = RelayProcess::start(config).await;
-        let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-        client.write_all(&hello_for(NAME)).await.unwrap();
+        let (upstream, mut relay) =
+            pinned_relay(|config| config["timeouts"]["idle_s"] = 1.into()).await;
+        let mut client = connect_and_send(relay.addr(), &hello_for(NAME)).await;
         let _conn = upstream.accept().await;
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
@@ -423,8 +435,7 @@ async fn real_hellos_for_names_not_allowed_reach_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_sent_right_behind_the_hello_survive_a_late_accept() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        let (upstream, mut relay) = pinned_relay(|_| {}).await;
         let payload = pattern(4 << 20, 3);
         let mut expected = hello_for(NAME);
         expected.extend_from_slice(&payload);
