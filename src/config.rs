@@ -32,7 +32,36 @@ pub struct Config {
     pub nameservers: Option<Vec<SocketAddr>>,
     /// Networks DNS answers may point into despite the destination policy.
     pub private_destinations: Vec<IpNet>,
+    /// Networks clients may connect from.
+    pub clients: Vec<IpNet>,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Where to serve /metrics, /healthz and /readyz; off when `None`.
+    pub admin: Option<SocketAddr>,
 }
+
+/// Caps on concurrent connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// All connections together.
+    pub max_connections: usize,
+    /// Connections from one source address.
+    pub max_connections_per_client: usize,
+    /// Connections still waiting for their ClientHello.
+    pub max_pending_hellos: usize,
+}
+
+/// Who may connect when `clients` is absent: private and loopback networks only, so a relay
+/// bound to a public address is not an open relay by accident.
+pub const DEFAULT_CLIENTS: [&str; 7] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "::1/128",
+];
 
 /// Connection deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +141,19 @@ impl Config {
             max_hello_bytes: file.max_hello_bytes.0 as usize,
             nameservers: file.resolver.0.nameservers.map(|list| list.0),
             private_destinations: file.private_destinations.into_iter().map(|n| n.0).collect(),
+            clients: match file.clients {
+                Some(list) => list.into_iter().map(|n| n.0).collect(),
+                None => DEFAULT_CLIENTS
+                    .iter()
+                    .filter_map(|n| n.parse().ok())
+                    .collect(),
+            },
+            limits: Limits {
+                max_connections: file.max_connections.0 as usize,
+                max_connections_per_client: file.max_connections_per_client.0 as usize,
+                max_pending_hellos: file.max_pending_hellos.0 as usize,
+            },
+            admin: file.admin.map(|a| a.0),
         })
     }
 }
@@ -132,6 +174,14 @@ struct File {
     resolver: Object<ResolverFile>,
     #[serde(default)]
     private_destinations: Vec<Network>,
+    clients: Option<Vec<Network>>,
+    #[serde(default = "default_max_connections")]
+    max_connections: Bounded<1, 10_000_000>,
+    #[serde(default = "default_max_per_client")]
+    max_connections_per_client: Bounded<1, 10_000_000>,
+    #[serde(default = "default_max_pending_hellos")]
+    max_pending_hellos: Bounded<1, 10_000_000>,
+    admin: Option<AdminAddr>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +216,15 @@ struct ResolverFile {
 
 fn default_listen() -> AddrList<Listen> {
     AddrList(vec![SocketAddr::from(([0, 0, 0, 0], 443))], PhantomData)
+}
+fn default_max_connections() -> Bounded<1, 10_000_000> {
+    Bounded(20_000)
+}
+fn default_max_per_client() -> Bounded<1, 10_000_000> {
+    Bounded(1_000)
+}
+fn default_max_pending_hellos() -> Bounded<1, 10_000_000> {
+    Bounded(2_000)
 }
 fn default_upstream_port() -> Bounded<1, 65535> {
     Bounded(443)
@@ -287,6 +346,20 @@ impl AddrKind for Nameserver {
             text.parse::<IpAddr>()
                 .ok()
                 .map(|ip| SocketAddr::new(ip, 53))
+        })
+    }
+}
+
+/// The admin endpoint's address.
+struct AdminAddr(SocketAddr);
+
+impl<'de> Deserialize<'de> for AdminAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "an address like \"127.0.0.1:9901\"";
+        parse_string(d, EXPECTED, |text| {
+            text.parse()
+                .map(AdminAddr)
+                .map_err(|_| invalid(text, EXPECTED))
         })
     }
 }

@@ -4,6 +4,7 @@ pub mod connect;
 pub mod forward;
 pub mod hello;
 pub mod hostname;
+pub mod limits;
 pub mod policy;
 pub mod resolve;
 pub mod rules;

@@ -4,10 +4,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use snirelay::config::Config;
-use snirelay::policy::DestinationPolicy;
-use snirelay::resolve::{Pin, Resolver};
+use snirelay::resolve::Pin;
 use snirelay::rules::Pattern;
-use snirelay::server::{self, Relay};
+use snirelay::server::{self, Relay, Settings};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,20 +171,12 @@ fn run(mut config: Config, listen: Vec<SocketAddr>, pins: Vec<Pin>) -> anyhow::R
             .iter()
             .map(|addr| server::bind(*addr))
             .collect::<Result<Vec<_>, _>>()?;
-        let resolver =
-            Resolver::new(config.nameservers.as_deref(), pins).map_err(anyhow::Error::msg)?;
-        let policy = DestinationPolicy {
-            private_allowed: config.private_destinations.clone(),
-            listeners: listeners
-                .iter()
-                .filter_map(|l| l.local_addr().ok())
-                .collect(),
-        };
-        let relay = Arc::new(Relay {
-            config,
-            resolver,
-            policy,
-        });
+        let bound: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
+        let relay = Arc::new(Relay::new(settings, pins, bound));
         server::serve(listeners, relay, shutdown_signal()).await;
         Ok(())
     })

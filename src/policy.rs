@@ -56,6 +56,13 @@ impl DestinationPolicy {
     }
 }
 
+/// Whether a client at `peer` may connect. A dual-stack listener reports IPv4 clients as
+/// IPv4-mapped IPv6 addresses; they are judged as the IPv4 address they are.
+pub fn client_allowed(peer: IpAddr, clients: &[IpNet]) -> bool {
+    let ip = peer.to_canonical();
+    clients.iter().any(|net| net.contains(&ip))
+}
+
 /// The special-purpose range `ip` falls in, or `None` for public unicast. IPv4-mapped and
 /// IPv4-embedding IPv6 forms are judged by the IPv4 address they carry.
 pub fn special_range(ip: IpAddr) -> Option<&'static str> {
@@ -218,6 +225,19 @@ mod tests {
         }
         assert_eq!(range("100.63.255.255"), None);
         assert_eq!(range("172.32.0.1"), None);
+    }
+
+    #[test]
+    fn clients_are_matched_by_network_and_mapped_addresses_as_ipv4() {
+        let clients: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let allowed = |s: &str| client_allowed(s.parse().unwrap(), &clients);
+        assert!(allowed("10.1.2.3"));
+        assert!(allowed("::ffff:10.1.2.3"));
+        assert!(allowed("fd12::1"));
+        assert!(!allowed("11.0.0.1"));
+        assert!(!allowed("::ffff:11.0.0.1"));
+        assert!(!allowed("fe80::1"));
+        assert!(!client_allowed("10.1.2.3".parse().unwrap(), &[]));
     }
 
     #[test]

@@ -4,13 +4,14 @@ use crate::config::Config;
 use crate::connect::{self, ConnectError};
 use crate::forward::{self, Transfer};
 use crate::hello::{ClientHello, HelloError, HelloReader};
-use crate::policy::DestinationPolicy;
-use crate::resolve::{ResolveError, Resolver};
+use crate::limits::{Counters, LimitExceeded, Slot};
+use crate::policy::{DestinationPolicy, client_allowed};
+use crate::resolve::{Pin, ResolveError, Resolver};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -26,14 +27,85 @@ const ALERT_LINGER_BYTES: usize = 64 * 1024;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Everything a connection needs, shared by all of them.
-pub struct Relay {
+/// What connections are decided by. A reload builds a new one and swaps it in whole; a
+/// connection keeps the one it started with.
+pub struct Settings {
     /// The validated configuration.
     pub config: Config,
     /// DNS and `--resolve` pins.
-    pub resolver: Resolver,
+    pub resolver: Arc<Resolver>,
     /// Policy for DNS answers to client-supplied names.
     pub policy: DestinationPolicy,
+}
+
+impl Settings {
+    /// Settings for `config`. `listeners` are the bound sockets, which the destination
+    /// policy refuses. The resolver of `previous` is kept when the nameservers are the same,
+    /// so its cache survives a reload.
+    pub fn new(
+        config: Config,
+        listeners: &[SocketAddr],
+        pins: &[Pin],
+        previous: Option<&Settings>,
+    ) -> Result<Settings, String> {
+        let resolver = match previous {
+            Some(old) if old.config.nameservers == config.nameservers => old.resolver.clone(),
+            _ => Arc::new(Resolver::new(config.nameservers.as_deref(), pins.to_vec())?),
+        };
+        let policy = DestinationPolicy {
+            private_allowed: config.private_destinations.clone(),
+            listeners: listeners.to_vec(),
+        };
+        Ok(Settings {
+            config,
+            resolver,
+            policy,
+        })
+    }
+}
+
+/// The running relay: the current settings and the counts that outlive them.
+pub struct Relay {
+    settings: RwLock<Arc<Settings>>,
+    counters: Arc<Counters>,
+    pins: Vec<Pin>,
+    listeners: Vec<SocketAddr>,
+}
+
+impl Relay {
+    /// A relay serving `listeners` with `settings`.
+    pub fn new(settings: Settings, pins: Vec<Pin>, listeners: Vec<SocketAddr>) -> Relay {
+        Relay {
+            settings: RwLock::new(Arc::new(settings)),
+            counters: Arc::default(),
+            pins,
+            listeners,
+        }
+    }
+
+    /// The settings new connections get now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Switches new connections to `config`, atomically; live ones are not touched.
+    pub fn replace(&self, config: Config) -> Result<(), String> {
+        let current = self.settings();
+        let next = Settings::new(config, &self.listeners, &self.pins, Some(&current))?;
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The live connection counts.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
 }
 
 /// A listener that could not be opened, with what to do about it.
@@ -104,15 +176,13 @@ pub async fn serve(
     accepting.cancel();
     accept_loops.wait().await;
     connections.close();
+    let drain = relay.settings().config.timeouts.drain;
     tracing::info!(
         live = connections.len(),
-        drain_s = relay.config.timeouts.drain.as_secs(),
+        drain_s = drain.as_secs(),
         "draining"
     );
-    if timeout(relay.config.timeouts.drain, connections.wait())
-        .await
-        .is_err()
-    {
+    if timeout(drain, connections.wait()).await.is_err() {
         stop.cancel();
         connections.wait().await;
     }
@@ -130,19 +200,48 @@ async fn accept_loop(
         return;
     };
     tracing::info!(addr = %local, "listening");
+    let mut failing = false;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = accepting.cancelled() => return,
         };
-        match accepted {
-            Ok((client, peer)) => {
-                connections.spawn(connection(client, peer, local, relay.clone(), stop.clone()));
-            }
+        let (client, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(listener = %local, error = %e, "accept failed; pausing");
+                // EMFILE and friends: pause instead of spinning, and say so once per episode.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(listener = %local, error = %e, "accept failing; pausing between attempts");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!(listener = %local, "accept recovered");
+        }
+        let settings = relay.settings();
+        let admitted = if client_allowed(peer.ip(), &settings.config.clients) {
+            relay
+                .counters
+                .admit(peer.ip(), &settings.config.limits)
+                .map_err(Rejection::Limit)
+        } else {
+            Err(Rejection::ClientDenied)
+        };
+        match admitted {
+            Ok(slot) => {
+                connections.spawn(connection(
+                    client,
+                    peer,
+                    local,
+                    settings,
+                    slot,
+                    stop.clone(),
+                ));
+            }
+            // Closed before a byte is read; the log line is the only trace.
+            Err(rejection) => ConnectionLog::new(peer, local).emit(Err(rejection)),
         }
     }
 }
@@ -152,13 +251,14 @@ async fn connection(
     client: TcpStream,
     peer: SocketAddr,
     listener: SocketAddr,
-    relay: Arc<Relay>,
+    settings: Arc<Settings>,
+    mut slot: Slot,
     stop: CancellationToken,
 ) {
     let mut log = ConnectionLog::new(peer, listener);
     let result = tokio::select! {
         biased;
-        result = forward_connection(client, &relay, &stop, &mut log) => result,
+        result = forward_connection(client, &settings, &mut slot, &stop, &mut log) => result,
         () = stop.cancelled() => Err(Rejection::Shutdown),
     };
     log.emit(result);
@@ -166,11 +266,12 @@ async fn connection(
 
 async fn forward_connection(
     client: TcpStream,
-    relay: &Relay,
+    settings: &Settings,
+    slot: &mut Slot,
     stop: &CancellationToken,
     log: &mut ConnectionLog,
 ) -> Result<Transfer, Rejection> {
-    let config = &relay.config;
+    let config = &settings.config;
     tune(&client);
 
     let mut received = Vec::new();
@@ -180,6 +281,7 @@ async fn forward_connection(
     )
     .await
     .map_err(|_| Rejection::HelloTimeout)??;
+    slot.hello_done();
     log.hello(&hello);
 
     let Some(route) = config.rules.route(&hello.sni, config.upstream_port) else {
@@ -189,9 +291,12 @@ async fn forward_connection(
     log.rule = Some(route.rule.pattern.to_string());
 
     let deadline = Instant::now() + config.timeouts.connect;
-    let targets = timeout_at(deadline, relay.resolver.destinations(&route, &relay.policy))
-        .await
-        .map_err(|_| Rejection::DnsTimeout)??;
+    let targets = timeout_at(
+        deadline,
+        settings.resolver.destinations(&route, &settings.policy),
+    )
+    .await
+    .map_err(|_| Rejection::DnsTimeout)??;
     let remaining = deadline.saturating_duration_since(Instant::now());
     let (upstream, addr) = connect::happy_eyeballs(&targets, remaining).await?;
     log.connected(addr);
@@ -263,6 +368,10 @@ fn tune(stream: &TcpStream) {
 /// Why a connection was not forwarded.
 #[derive(Debug, thiserror::Error)]
 enum Rejection {
+    #[error("client address not in `clients`")]
+    ClientDenied,
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
     #[error("no complete ClientHello in time")]
     HelloTimeout,
     #[error("client closed before its ClientHello was complete")]
@@ -286,6 +395,8 @@ enum Rejection {
 impl Rejection {
     fn reason(&self) -> &'static str {
         match self {
+            Self::ClientDenied => "client_denied",
+            Self::Limit(e) => e.reason(),
             Self::HelloTimeout => "hello_timeout",
             Self::ClientClosed => "client_closed",
             Self::ClientError(_) => "client_error",

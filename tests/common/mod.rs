@@ -74,10 +74,15 @@ impl RelayProcess {
 
     /// Runs `snirelay run` with extra arguments.
     pub async fn start_with(config: Value, args: &[&str]) -> RelayProcess {
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_snirelay")), config, args).await
+    }
+
+    /// Runs `snirelay run` through `launcher` (for example `prlimit ... snirelay`).
+    pub async fn spawn(mut launcher: Command, config: Value, args: &[&str]) -> RelayProcess {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+        let mut child = launcher
             .args(["run", "--log-format", "json", "--config"])
             .arg(&path)
             .args(args)
@@ -116,6 +121,11 @@ impl RelayProcess {
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The rules file the relay was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("rules.json")
     }
 
     /// The next per-connection log line.

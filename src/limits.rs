@@ -1,0 +1,209 @@
+//! Concurrent-connection accounting: global, per source address, and for connections still
+//! in the hello phase. A slot is released when its guard drops, so a connection task that
+//! ends in any way (a panic included) gives its slot back.
+
+use crate::config::Limits;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// `max_connections`.
+    #[error("max_connections reached")]
+    Connections,
+    /// `max_connections_per_client`.
+    #[error("max_connections_per_client reached for this address")]
+    PerClient,
+    /// `max_pending_hellos`.
+    #[error("max_pending_hellos reached")]
+    PendingHellos,
+}
+
+impl LimitExceeded {
+    /// The stable reason word.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Connections => "too_many_connections",
+            Self::PerClient => "too_many_from_client",
+            Self::PendingHellos => "too_many_pending_hellos",
+        }
+    }
+}
+
+/// The live counts. They outlive configuration reloads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    active: AtomicUsize,
+    pending_hellos: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection's place; dropping it releases the place.
+#[derive(Debug)]
+pub struct Slot {
+    counters: Arc<Counters>,
+    peer: IpAddr,
+    hello_pending: bool,
+}
+
+impl Counters {
+    /// Takes a place for a new connection from `peer`, counted as waiting for its hello
+    /// until [`Slot::hello_done`].
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, limits: &Limits) -> Result<Slot, LimitExceeded> {
+        let peer = peer.to_canonical();
+        if !try_increment(&self.active, limits.max_connections) {
+            return Err(LimitExceeded::Connections);
+        }
+        {
+            let mut per_client = self
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = per_client.entry(peer).or_insert(0);
+            if *count >= limits.max_connections_per_client {
+                if *count == 0 {
+                    per_client.remove(&peer);
+                }
+                self.active.fetch_sub(1, Ordering::Relaxed);
+                return Err(LimitExceeded::PerClient);
+            }
+            *count += 1;
+        }
+        // From here on, dropping the slot gives back what was taken.
+        let mut slot = Slot {
+            counters: self.clone(),
+            peer,
+            hello_pending: false,
+        };
+        if !try_increment(&self.pending_hellos, limits.max_pending_hellos) {
+            return Err(LimitExceeded::PendingHellos);
+        }
+        slot.hello_pending = true;
+        Ok(slot)
+    }
+
+    /// Connections holding a slot.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections still waiting for their hello.
+    pub fn pending_hellos(&self) -> usize {
+        self.pending_hellos.load(Ordering::Relaxed)
+    }
+
+    /// Connections from `peer`.
+    pub fn from_client(&self, peer: IpAddr) -> usize {
+        let per_client = self
+            .per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        per_client.get(&peer.to_canonical()).copied().unwrap_or(0)
+    }
+}
+
+impl Slot {
+    /// The hello phase is over; the connection no longer counts against `max_pending_hellos`.
+    pub fn hello_done(&mut self) {
+        if std::mem::take(&mut self.hello_pending) {
+            self.counters.pending_hellos.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.hello_done();
+        let mut per_client = self
+            .counters
+            .per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_client.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_client.remove(&self.peer);
+            }
+        }
+        drop(per_client);
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn try_increment(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_client: usize, pending: usize) -> Limits {
+        Limits {
+            max_connections: total,
+            max_connections_per_client: per_client,
+            max_pending_hellos: pending,
+        }
+    }
+
+    #[test]
+    fn each_limit_refuses_and_released_slots_are_reusable() {
+        let counters = Arc::new(Counters::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let l = limits(3, 2, 10);
+        let a1 = counters.admit(a, &l).unwrap();
+        let _a2 = counters
+            .admit("::ffff:10.0.0.1".parse().unwrap(), &l)
+            .unwrap();
+        assert_eq!(counters.admit(a, &l).unwrap_err(), LimitExceeded::PerClient);
+        let _b1 = counters.admit(b, &l).unwrap();
+        assert_eq!(
+            counters.admit(b, &l).unwrap_err(),
+            LimitExceeded::Connections
+        );
+        assert_eq!((counters.active(), counters.from_client(a)), (3, 2));
+        drop(a1);
+        assert_eq!((counters.active(), counters.from_client(a)), (2, 1));
+        let _b2 = counters.admit(b, &l).unwrap();
+        assert_eq!(counters.active(), 3);
+    }
+
+    #[test]
+    fn pending_hellos_count_until_the_hello_is_done() {
+        let counters = Arc::new(Counters::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let l = limits(10, 10, 1);
+        let mut first = counters.admit(ip, &l).unwrap();
+        assert_eq!(
+            counters.admit(ip, &l).unwrap_err(),
+            LimitExceeded::PendingHellos
+        );
+        assert_eq!(
+            (counters.active(), counters.from_client(ip)),
+            (1, 1),
+            "a refusal takes nothing"
+        );
+        first.hello_done();
+        first.hello_done();
+        assert_eq!(counters.pending_hellos(), 0);
+        let second = counters.admit(ip, &l).unwrap();
+        drop(first);
+        drop(second);
+        assert_eq!(
+            (
+                counters.active(),
+                counters.pending_hellos(),
+                counters.from_client(ip)
+            ),
+            (0, 0, 0)
+        );
+    }
+}
