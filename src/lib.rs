@@ -6,6 +6,7 @@ pub mod hello;
 pub mod hostname;
 pub mod limits;
 pub mod policy;
+pub mod reload;
 pub mod resolve;
 pub mod rules;
 pub mod server;

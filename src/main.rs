@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use snirelay::config::Config;
+use snirelay::reload::Reloader;
 use snirelay::resolve::Pin;
 use snirelay::rules::Pattern;
 use snirelay::server::{self, Relay, Settings};
@@ -57,20 +58,20 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Run {
-            config,
+            config: path,
             listen,
             resolve,
             log_format,
         } => {
             init_logging(log_format);
-            let config = match Config::load(&config) {
+            let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
-            match run(config, listen, resolve) {
+            match run(config, path, listen, resolve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("snirelay: {e:#}");
@@ -157,8 +158,14 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(mut config: Config, listen: Vec<SocketAddr>, pins: Vec<Pin>) -> anyhow::Result<()> {
-    if !listen.is_empty() {
+fn run(
+    mut config: Config,
+    path: PathBuf,
+    listen: Vec<SocketAddr>,
+    pins: Vec<Pin>,
+) -> anyhow::Result<()> {
+    let listen_fixed = !listen.is_empty();
+    if listen_fixed {
         config.listen = listen;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,22 +184,24 @@ fn run(mut config: Config, listen: Vec<SocketAddr>, pins: Vec<Pin>) -> anyhow::R
             .collect();
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));
-        server::serve(listeners, relay, shutdown_signal()).await;
+        tokio::spawn(Reloader::install(path, relay.clone(), listen_fixed).run());
+        let shutdown = shutdown_signal()?;
+        server::serve(listeners, relay, shutdown).await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now, before the relay says it is listening
+/// (a signal before registration would end the process with the default action), and
+/// returns a future that completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+    })
 }

@@ -181,8 +181,12 @@ impl Drop for RelayProcess {
 
 async fn next_line(logs: &mut mpsc::UnboundedReceiver<Value>) -> Value {
     match tokio::time::timeout(PATIENCE, logs.recv()).await {
-        Ok(Some(line)) => line,
-        Ok(None) => panic!("relay exited"),
+        Ok(Some(line)) => {
+            // Shown only for a failing test: the relay's side of the story.
+            eprintln!("relay: {line}");
+            line
+        }
+        Ok(None) => panic!("the relay exited (its stderr closed)"),
         Err(_) => panic!("no log line from the relay within {PATIENCE:?}"),
     }
 }

@@ -1,0 +1,163 @@
+//! Live configuration changes: on SIGHUP, and whenever the config file's directory changes.
+//!
+//! The directory is watched, not the file: editors replace a file by renaming a temporary
+//! one over it, and Kubernetes swaps a ConfigMap by re-pointing a symlink; a watch on the
+//! old file would see neither. A new file is parsed and validated completely before the
+//! relay switches to it; an invalid one changes nothing.
+
+use crate::config::Config;
+use crate::server::Relay;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+/// Editors write in several steps; a change is read once it has been quiet this long.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// What made the relay read its config again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    File,
+    Hangup,
+}
+
+/// Watches the config file and reloads the relay on changes and on SIGHUP.
+pub struct Reloader {
+    path: PathBuf,
+    relay: Arc<Relay>,
+    listen_fixed: bool,
+    changes: mpsc::UnboundedReceiver<()>,
+    hangups: Option<Signal>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Reloader {
+    /// Starts watching now, before the relay announces it is listening: a change or a SIGHUP
+    /// that arrives early must not be missed (an unhandled SIGHUP would end the process).
+    /// `listen_fixed` says the listeners came from `--listen`, so the file's `listen` is not
+    /// theirs to change.
+    pub fn install(path: PathBuf, relay: Arc<Relay>, listen_fixed: bool) -> Reloader {
+        let (tx, changes) = mpsc::unbounded_channel();
+        let watcher = watch_directory(&path, tx)
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP")
+            })
+            .ok();
+        let hangups = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGHUP"))
+            .ok();
+        Reloader {
+            path,
+            relay,
+            listen_fixed,
+            changes,
+            hangups,
+            _watcher: watcher,
+        }
+    }
+
+    /// Reloads on every change until the process ends.
+    pub async fn run(mut self) {
+        let mut last_read = std::fs::read(&self.path).ok();
+        loop {
+            let trigger = tokio::select! {
+                Some(()) = self.changes.recv() => Trigger::File,
+                Some(()) = async { self.hangups.as_mut()?.recv().await } => Trigger::Hangup,
+                else => return,
+            };
+            if trigger == Trigger::File {
+                tokio::time::sleep(SETTLE).await;
+                while self.changes.try_recv().is_ok() {}
+            }
+            reload(
+                &self.path,
+                &self.relay,
+                self.listen_fixed,
+                trigger,
+                &mut last_read,
+            );
+        }
+    }
+}
+
+/// Reads, validates and applies the file. `last_read` is the content read last time, valid
+/// or not: a change elsewhere in the directory that leaves the file as it was is not a
+/// reload, and an invalid file is reported once, not on every unrelated event.
+fn reload(
+    path: &Path,
+    relay: &Relay,
+    listen_fixed: bool,
+    trigger: Trigger,
+    last_read: &mut Option<Vec<u8>>,
+) {
+    let trigger_word = match trigger {
+        Trigger::File => "file",
+        Trigger::Hangup => "sighup",
+    };
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::error!(trigger = trigger_word, path = %path.display(), error = %e, "config reload failed; keeping the previous rules");
+            return;
+        }
+    };
+    if trigger == Trigger::File && last_read.as_deref() == Some(text.as_slice()) {
+        return;
+    }
+    *last_read = Some(text.clone());
+    let parsed = std::str::from_utf8(&text)
+        .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
+        .and_then(|text| Config::parse(text, path).map_err(|e| e.to_string()));
+    let mut config = match parsed {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(
+                trigger = trigger_word,
+                error,
+                "config reload failed; keeping the previous rules"
+            );
+            return;
+        }
+    };
+    let running = relay.settings().config.listen.clone();
+    if !listen_fixed && config.listen != running {
+        tracing::warn!(
+            path = %path.display(),
+            "listen changed; listeners change only on restart, the rest of the file applies now"
+        );
+    }
+    config.listen = running;
+    let rules = config.rules.len();
+    match relay.replace(config) {
+        Ok(()) => tracing::info!(trigger = trigger_word, rules, "config reloaded"),
+        Err(error) => {
+            tracing::error!(
+                trigger = trigger_word,
+                error,
+                "config reload failed; keeping the previous rules"
+            )
+        }
+    }
+}
+
+fn watch_directory(
+    path: &Path,
+    changes: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !matches!(event.kind, EventKind::Access(_))
+        {
+            let _ = changes.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}

@@ -1,0 +1,208 @@
+//! Live rule changes: whole validated rule sets swap in for new connections, invalid files
+//! change nothing, and connections already forwarding are never touched.
+
+mod common;
+
+use common::hellogen::hello_for;
+use common::{RelayProcess, Upstream, send_and_close, within};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const STREAM: &str = "stream.example.com";
+
+/// Replaces the file the way editors and config managers do: write aside, rename over.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Version `k` allows the stream name and `n{k}.example.com`.
+fn version(k: usize, upstream: SocketAddr, streams: SocketAddr) -> Value {
+    json!({
+        "allow": [
+            {"name": STREAM, "upstream": streams.to_string()},
+            {"name": format!("n{k}.example.com"), "upstream": upstream.to_string()},
+        ],
+        "timeouts": {"drain_s": 1},
+    })
+}
+
+/// How a connection for `name` ends: forwarded connections end only once the upstream has
+/// read everything, refused ones never reach it, so whichever comes first decides.
+async fn decided(relay: &mut RelayProcess, upstream: &Upstream, name: &str) -> String {
+    let hello = hello_for(name);
+    let mut client = send_and_close(relay.addr(), &hello).await;
+    let log = tokio::select! {
+        got = upstream.receive_all() => {
+            assert_eq!(got, hello);
+            relay.next_connection().await
+        }
+        log = relay.next_connection() => log,
+    };
+    let _ = client.read_to_end(&mut Vec::new()).await;
+    assert_eq!(log["sni"], name);
+    log["reason"].as_str().unwrap().to_owned()
+}
+
+/// An echo upstream for the long-lived streams.
+async fn echo_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = conn.into_split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A stream that keeps sending and checking its echo until told to stop.
+async fn stream(relay: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let hello = hello_for(STREAM);
+    let mut conn = TcpStream::connect(relay).await.unwrap();
+    conn.write_all(&hello).await.unwrap();
+    let mut echoed = vec![0u8; hello.len()];
+    conn.read_exact(&mut echoed).await.unwrap();
+    let mut rounds = 0;
+    while !*stop.borrow() {
+        let chunk: Vec<u8> = (0..4096).map(|i| (i + rounds) as u8).collect();
+        conn.write_all(&chunk)
+            .await
+            .expect("stream dropped during a reload");
+        let mut back = vec![0u8; chunk.len()];
+        conn.read_exact(&mut back)
+            .await
+            .expect("stream dropped during a reload");
+        assert_eq!(back, chunk);
+        rounds += 1;
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::task::yield_now() => {}
+        }
+    }
+    conn.shutdown().await.unwrap();
+    assert_eq!(conn.read(&mut [0u8; 1]).await.unwrap(), 0);
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_valid_and_invalid_never_touch_live_streams() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let streams_at = echo_upstream().await;
+        let mut relay = RelayProcess::start(version(0, upstream.addr, streams_at)).await;
+        let path = relay.config_path();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let streams: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(stream(relay.addr(), stop.clone())))
+            .collect();
+
+        let mut valid = 0;
+        for step in 1..=100 {
+            let is_valid = step % 2 == 0;
+            if is_valid {
+                replace_file(&path, &version(step, upstream.addr, streams_at).to_string());
+            } else {
+                replace_file(&path, r#"{"allow": ["n1.example.com", "n1.example.com"]}"#);
+            }
+            let line = relay
+                .next_message(if is_valid {
+                    "config reloaded"
+                } else {
+                    "config reload failed; keeping the previous rules"
+                })
+                .await;
+            assert_eq!(line["trigger"], "file");
+            if is_valid {
+                assert_eq!(line["rules"], 2);
+                let previous = valid;
+                valid = step;
+                assert_eq!(
+                    decided(&mut relay, &upstream, &format!("n{valid}.example.com")).await,
+                    "closed"
+                );
+                assert_eq!(
+                    decided(&mut relay, &upstream, &format!("n{previous}.example.com")).await,
+                    "not_allowed"
+                );
+            } else {
+                assert!(
+                    line["error"].as_str().unwrap().contains("duplicate rule"),
+                    "{line}"
+                );
+                assert_eq!(
+                    decided(&mut relay, &upstream, &format!("n{valid}.example.com")).await,
+                    "closed"
+                );
+            }
+        }
+        stop_tx.send(true).unwrap();
+        for stream in streams {
+            assert!(stream.await.unwrap() > 0);
+        }
+        for _ in 0..3 {
+            let log = relay.next_connection().await;
+            assert_eq!(
+                (log["sni"].as_str(), log["reason"].as_str()),
+                (Some(STREAM), Some("closed")),
+                "{log}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_an_unchanged_file_event_does_not() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let streams_at = upstream.addr;
+        let mut relay = RelayProcess::start(version(1, upstream.addr, streams_at)).await;
+        let path = relay.config_path();
+        // Written in place, as `echo > rules.json` would, then announced with SIGHUP.
+        std::fs::write(&path, version(2, upstream.addr, streams_at).to_string()).unwrap();
+        relay.next_message("config reloaded").await;
+        relay.signal("HUP");
+        let line = relay.next_message("config reloaded").await;
+        assert_eq!(line["trigger"], "sighup");
+        assert_eq!(
+            decided(&mut relay, &upstream, "n2.example.com").await,
+            "closed"
+        );
+        // Touching the file without changing it is not a reload; the next real one is.
+        std::fs::write(&path, version(2, upstream.addr, streams_at).to_string()).unwrap();
+        replace_file(&path, &version(3, upstream.addr, streams_at).to_string());
+        let line = relay.next_message("config reloaded").await;
+        assert_eq!(line["trigger"], "file");
+        assert_eq!(
+            decided(&mut relay, &upstream, "n3.example.com").await,
+            "closed"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_changed_listen_asks_for_a_restart_and_the_rest_applies() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = version(1, upstream.addr, upstream.addr);
+        config["listen"] = json!(["127.0.0.1:0"]);
+        let mut relay = RelayProcess::start_with(config.clone(), &[]).await;
+        config["listen"] = json!(["127.0.0.1:1"]);
+        config["allow"][1]["name"] = "n9.example.com".into();
+        replace_file(&relay.config_path(), &config.to_string());
+        relay.next_message("listen changed; listeners change only on restart, the rest of the file applies now").await;
+        relay.next_message("config reloaded").await;
+        assert_eq!(decided(&mut relay, &upstream, "n9.example.com").await, "closed");
+    })
+    .await
+}
