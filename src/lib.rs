@@ -1,10 +1,12 @@
 //! snirelay: an SNI-passthrough TCP relay.
+pub mod admin;
 pub mod config;
 pub mod connect;
 pub mod forward;
 pub mod hello;
 pub mod hostname;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod resolve;

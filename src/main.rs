@@ -178,6 +178,10 @@ fn run(
             .iter()
             .map(|addr| server::bind(*addr))
             .collect::<Result<Vec<_>, _>>()?;
+        let admin = match config.admin {
+            Some(addr) => Some(server::bind(addr).context("admin endpoint")?),
+            None => None,
+        };
         let bound: Vec<SocketAddr> = listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -185,6 +189,9 @@ fn run(
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));
         tokio::spawn(Reloader::install(path, relay.clone(), listen_fixed).run());
+        if let Some(admin) = admin {
+            tokio::spawn(snirelay::admin::serve(admin, relay.clone()));
+        }
         let shutdown = shutdown_signal()?;
         server::serve(listeners, relay, shutdown).await;
         Ok(())

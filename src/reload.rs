@@ -83,9 +83,7 @@ impl Reloader {
     }
 }
 
-/// Reads, validates and applies the file. `last_read` is the content read last time, valid
-/// or not: a change elsewhere in the directory that leaves the file as it was is not a
-/// reload, and an invalid file is reported once, not on every unrelated event.
+/// Reloads and reports the result once, in the log and in the metrics.
 fn reload(
     path: &Path,
     relay: &Relay,
@@ -93,35 +91,45 @@ fn reload(
     trigger: Trigger,
     last_read: &mut Option<Vec<u8>>,
 ) {
-    let trigger_word = match trigger {
+    let trigger = match trigger {
         Trigger::File => "file",
         Trigger::Hangup => "sighup",
     };
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::error!(trigger = trigger_word, path = %path.display(), error = %e, "config reload failed; keeping the previous rules");
-            return;
+    match apply(path, relay, listen_fixed, trigger == "file", last_read) {
+        Ok(None) => {}
+        Ok(Some(rules)) => {
+            relay.metrics().reload(true);
+            tracing::info!(trigger, rules, "config reloaded");
         }
-    };
-    if trigger == Trigger::File && last_read.as_deref() == Some(text.as_slice()) {
-        return;
-    }
-    *last_read = Some(text.clone());
-    let parsed = std::str::from_utf8(&text)
-        .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
-        .and_then(|text| Config::parse(text, path).map_err(|e| e.to_string()));
-    let mut config = match parsed {
-        Ok(config) => config,
         Err(error) => {
+            relay.metrics().reload(false);
             tracing::error!(
-                trigger = trigger_word,
+                trigger,
                 error,
                 "config reload failed; keeping the previous rules"
             );
-            return;
         }
-    };
+    }
+}
+
+/// Reads, validates and applies the file; `Ok(None)` when a file event left it unchanged.
+/// `last_read` is the content read last time, valid or not, so a change elsewhere in the
+/// directory is not a reload and an invalid file is reported once.
+fn apply(
+    path: &Path,
+    relay: &Relay,
+    listen_fixed: bool,
+    only_if_changed: bool,
+    last_read: &mut Option<Vec<u8>>,
+) -> Result<Option<usize>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if only_if_changed && last_read.as_deref() == Some(text.as_slice()) {
+        return Ok(None);
+    }
+    *last_read = Some(text.clone());
+    let text =
+        std::str::from_utf8(&text).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
+    let mut config = Config::parse(text, path).map_err(|e| e.to_string())?;
     let running = relay.settings().config.listen.clone();
     if !listen_fixed && config.listen != running {
         tracing::warn!(
@@ -130,17 +138,14 @@ fn reload(
         );
     }
     config.listen = running;
-    let rules = config.rules.len();
-    match relay.replace(config) {
-        Ok(()) => tracing::info!(trigger = trigger_word, rules, "config reloaded"),
-        Err(error) => {
-            tracing::error!(
-                trigger = trigger_word,
-                error,
-                "config reload failed; keeping the previous rules"
-            )
-        }
+    let admin = relay.settings().config.admin;
+    if config.admin != admin {
+        tracing::warn!(path = %path.display(), "admin changed; it changes only on restart");
+        config.admin = admin;
     }
+    let rules = config.rules.len();
+    relay.replace(config)?;
+    Ok(Some(rules))
 }
 
 fn watch_directory(

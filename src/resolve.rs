@@ -12,6 +12,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A `--resolve NAME=IP[:PORT]` pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +75,29 @@ impl ResolveError {
     }
 }
 
+/// Most names kept in the answer cache; past this, expired entries go, then all of them
+/// (a wildcard rule lets clients ask for any number of names).
+const CACHE_ENTRIES: usize = 10_000;
+
 /// Name resolution with the operator's pins and nameservers.
 pub struct Resolver {
     dns: TokioResolver,
     pins: HashMap<Hostname, Pin>,
+    cache: Mutex<HashMap<Hostname, Cached>>,
+}
+
+/// Addresses for a name and when they expire (the answer's TTL).
+type Cached = (Arc<[IpAddr]>, std::time::Instant);
+
+/// Where a route's addresses came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Operator input: an IP in the rule, or a `--resolve` pin.
+    Operator,
+    /// The answer cache, within its TTL.
+    Cache,
+    /// A DNS query.
+    Query,
 }
 
 impl Resolver {
@@ -112,48 +132,38 @@ impl Resolver {
             .build()
             .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
         let pins = pins.into_iter().map(|p| (p.name.clone(), p)).collect();
-        Ok(Resolver { dns, pins })
+        Ok(Resolver {
+            dns,
+            pins,
+            cache: Mutex::default(),
+        })
     }
 
-    /// The addresses to try for `route`, in the order DNS gave them.
+    /// The addresses to try for `route`, in the order DNS gave them, and where they came
+    /// from.
     pub async fn destinations(
         &self,
         route: &Route<'_>,
         policy: &DestinationPolicy,
-    ) -> Result<Vec<SocketAddr>, ResolveError> {
+    ) -> Result<(Vec<SocketAddr>, Source), ResolveError> {
         let name = match &route.host {
-            Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, route.port)]),
+            Host::Ip(ip) => return Ok((vec![SocketAddr::new(*ip, route.port)], Source::Operator)),
             Host::Name(name) => name,
         };
         if let Some(pin) = self.pins.get(name) {
-            return Ok(vec![SocketAddr::new(
-                pin.ip,
-                pin.port.unwrap_or(route.port),
-            )]);
+            let addr = SocketAddr::new(pin.ip, pin.port.unwrap_or(route.port));
+            return Ok((vec![addr], Source::Operator));
         }
-        let dns_error = |message: String| ResolveError::Dns {
-            name: name.clone(),
-            message,
+        let (ips, source) = match self.cached(name) {
+            Some(ips) => (ips, Source::Cache),
+            None => (self.query(name).await?, Source::Query),
         };
-        // The trailing dot makes the name absolute, so no search domain is ever appended.
-        let lookup = self
-            .dns
-            .lookup_ip(format!("{name}."))
-            .await
-            .map_err(|e| dns_error(e.to_string()))?;
-        let found: Vec<SocketAddr> = lookup
-            .iter()
-            .map(|ip| SocketAddr::new(ip, route.port))
-            .collect();
-        if found.is_empty() {
-            return Err(dns_error("no addresses".into()));
-        }
+        let found = ips.iter().map(|ip| SocketAddr::new(*ip, route.port));
         if route.pinned {
-            return Ok(found);
+            return Ok((found.collect(), source));
         }
         let mut first_refusal = None;
         let allowed: Vec<SocketAddr> = found
-            .into_iter()
             .filter(|addr| match policy.check(*addr, is_local_address) {
                 Ok(()) => true,
                 Err(why) => {
@@ -164,8 +174,41 @@ impl Resolver {
             .collect();
         match first_refusal {
             Some(refusal) if allowed.is_empty() => Err(refusal),
-            _ => Ok(allowed),
+            _ => Ok((allowed, source)),
         }
+    }
+
+    fn cached(&self, name: &Hostname) -> Option<Arc<[IpAddr]>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let (ips, valid_until) = cache.get(name)?;
+        (std::time::Instant::now() < *valid_until).then(|| ips.clone())
+    }
+
+    async fn query(&self, name: &Hostname) -> Result<Arc<[IpAddr]>, ResolveError> {
+        let dns_error = |message: String| ResolveError::Dns {
+            name: name.clone(),
+            message,
+        };
+        // The trailing dot makes the name absolute, so no search domain is ever appended.
+        let lookup = self
+            .dns
+            .lookup_ip(format!("{name}."))
+            .await
+            .map_err(|e| dns_error(e.to_string()))?;
+        let ips: Arc<[IpAddr]> = lookup.iter().collect();
+        if ips.is_empty() {
+            return Err(dns_error("no addresses".into()));
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_ENTRIES {
+            let now = std::time::Instant::now();
+            cache.retain(|_, (_, valid_until)| *valid_until > now);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(name.clone(), (ips.clone(), lookup.valid_until()));
+        Ok(ips)
     }
 }
 

@@ -5,12 +5,14 @@ use crate::connect::{self, ConnectError};
 use crate::forward::{self, Transfer};
 use crate::hello::{ClientHello, HelloError, HelloReader};
 use crate::limits::{Counters, LimitExceeded, Slot};
+use crate::metrics::{ConnectionRecord, Metrics};
 use crate::policy::{DestinationPolicy, client_allowed};
-use crate::resolve::{Pin, ResolveError, Resolver};
+use crate::resolve::{Pin, ResolveError, Resolver, Source};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -68,6 +70,8 @@ impl Settings {
 pub struct Relay {
     settings: RwLock<Arc<Settings>>,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
     pins: Vec<Pin>,
     listeners: Vec<SocketAddr>,
 }
@@ -78,6 +82,8 @@ impl Relay {
         Relay {
             settings: RwLock::new(Arc::new(settings)),
             counters: Arc::default(),
+            metrics: Arc::default(),
+            ready: AtomicBool::new(false),
             pins,
             listeners,
         }
@@ -105,6 +111,16 @@ impl Relay {
     /// The live connection counts.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The relay's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Listeners are accepting and rules are loaded (false again once draining).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 }
 
@@ -172,7 +188,9 @@ pub async fn serve(
         ));
     }
     accept_loops.close();
+    relay.ready.store(true, Ordering::Relaxed);
     shutdown.await;
+    relay.ready.store(false, Ordering::Relaxed);
     accepting.cancel();
     accept_loops.wait().await;
     connections.close();
@@ -235,13 +253,14 @@ async fn accept_loop(
                     client,
                     peer,
                     local,
+                    relay.clone(),
                     settings,
                     slot,
                     stop.clone(),
                 ));
             }
             // Closed before a byte is read; the log line is the only trace.
-            Err(rejection) => ConnectionLog::new(peer, local).emit(Err(rejection)),
+            Err(rejection) => ConnectionLog::new(peer, local).emit(Err(rejection), &relay.metrics),
         }
     }
 }
@@ -251,6 +270,7 @@ async fn connection(
     client: TcpStream,
     peer: SocketAddr,
     listener: SocketAddr,
+    relay: Arc<Relay>,
     settings: Arc<Settings>,
     mut slot: Slot,
     stop: CancellationToken,
@@ -261,7 +281,7 @@ async fn connection(
         result = forward_connection(client, &settings, &mut slot, &stop, &mut log) => result,
         () = stop.cancelled() => Err(Rejection::Shutdown),
     };
-    log.emit(result);
+    log.emit(result, &relay.metrics);
 }
 
 async fn forward_connection(
@@ -291,13 +311,14 @@ async fn forward_connection(
     log.rule = Some(route.rule.pattern.to_string());
 
     let deadline = Instant::now() + config.timeouts.connect;
-    let targets = timeout_at(
+    let (targets, source) = timeout_at(
         deadline,
         settings.resolver.destinations(&route, &settings.policy),
     )
     .await
     .map_err(|_| Rejection::DnsTimeout)??;
     let remaining = deadline.saturating_duration_since(Instant::now());
+    log.dns = Some(source);
     let (upstream, addr) = connect::happy_eyeballs(&targets, remaining).await?;
     log.connected(addr);
     tune(&upstream);
@@ -428,6 +449,7 @@ struct ConnectionLog {
     hello_done: Option<Duration>,
     rule: Option<String>,
     upstream: Option<SocketAddr>,
+    dns: Option<Source>,
     connect_done: Option<Duration>,
 }
 
@@ -441,6 +463,7 @@ impl ConnectionLog {
             hello_done: None,
             rule: None,
             upstream: None,
+            dns: None,
             connect_done: None,
         }
     }
@@ -455,7 +478,7 @@ impl ConnectionLog {
         self.upstream = Some(upstream);
     }
 
-    fn emit(self, result: Result<Transfer, Rejection>) {
+    fn emit(self, result: Result<Transfer, Rejection>, metrics: &Metrics) {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let total = self.started.elapsed();
         let connect = self
@@ -494,6 +517,21 @@ impl ConnectionLog {
             total_ms = ms(total),
             "connection"
         );
+        metrics.connection(&ConnectionRecord {
+            outcome,
+            reason,
+            rule: self.rule.as_deref(),
+            hello_bytes: hello.map(|h| h.len),
+            hello: self.hello_done,
+            connect: self.connect_done.zip(self.hello_done).map(|(c, h)| c - h),
+            total,
+            bytes: transfer.map(|t| (t.up, t.down)),
+            resolver_cache_hit: match self.dns {
+                Some(Source::Cache) => Some(true),
+                Some(Source::Query) => Some(false),
+                _ => None,
+            },
+        });
     }
 }
 

@@ -191,3 +191,142 @@ async fn running_out_of_descriptors_pauses_accepting_and_keeps_serving() {
     })
     .await
 }
+
+/// A plain HTTP/1.1 GET, as a scraper sends it: (status, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+fn promtool_check(body: &str) {
+    let available = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("promtool").is_file()));
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing; .ci/run installs it"
+        );
+        eprintln!("skipped promtool: not installed");
+        return;
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{body}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served_and_valid() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = relay_with(&upstream, |c| c["admin"] = "127.0.0.1:0".into()).await;
+        let admin = relay.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let (client, mut conn) = forwarded(relay.addr(), &upstream, "127.0.0.1").await;
+        drop(client);
+        conn.read_to_end(&mut Vec::new()).await.unwrap();
+        drop(conn);
+        relay.next_connection().await;
+        let mut refused =
+            common::send_and_close(relay.addr(), &hello_for("other.example.com")).await;
+        let mut alert = Vec::new();
+        refused.read_to_end(&mut alert).await.unwrap();
+        assert_eq!(
+            alert,
+            [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70],
+            "fatal unrecognized_name"
+        );
+        assert_eq!(relay.next_connection().await["reason"], "not_allowed");
+
+        let (status, body) = http_get(&admin, "/metrics").await;
+        assert_eq!(status, 200);
+        for line in [
+            r#"snirelay_connections_total{outcome="forwarded",reason="closed"} 1"#,
+            r#"snirelay_connections_total{outcome="rejected",reason="not_allowed"} 1"#,
+            r#"snirelay_rule_connections_total{rule="a.example.com"} 1"#,
+            "snirelay_hello_size_bytes_count 2",
+            "snirelay_connect_duration_seconds_count 1",
+            "snirelay_active_connections 0",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "missing {line:?} in\n{body}"
+            );
+        }
+        let up = hello_for(NAME).len();
+        assert!(
+            body.contains(&format!(r#"snirelay_bytes_total{{direction="up"}} {up}"#)),
+            "{body}"
+        );
+        promtool_check(&body);
+        let mut conn = TcpStream::connect(&admin).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut openmetrics = String::new();
+        conn.read_to_string(&mut openmetrics).await.unwrap();
+        assert!(openmetrics.contains("content-type: application/openmetrics-text"), "{openmetrics}");
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+
+        assert_eq!(http_get(&admin, "/healthz").await, (200, "ok\n".to_owned()));
+        assert_eq!(
+            http_get(&admin, "/readyz").await,
+            (200, "ready\n".to_owned())
+        );
+        assert_eq!(http_get(&admin, "/nothing").await.0, 404);
+
+        // Draining: still alive, no longer ready.
+        let (_client, _conn) = forwarded(relay.addr(), &upstream, "127.0.0.1").await;
+        relay.signal("TERM");
+        relay.next_message("draining").await;
+        assert_eq!(http_get(&admin, "/readyz").await.0, 503);
+        assert_eq!(http_get(&admin, "/healthz").await.0, 200);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn reloads_are_counted_by_result() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = relay_with(&upstream, |c| c["admin"] = "127.0.0.1:0".into()).await;
+        let admin = relay.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        std::fs::write(relay.config_path(), "{ not json").unwrap();
+        relay.signal("HUP");
+        relay
+            .next_message("config reload failed; keeping the previous rules")
+            .await;
+        let (_, body) = http_get(&admin, "/metrics").await;
+        assert!(
+            body.contains(r#"snirelay_reloads_total{result="failed"} "#),
+            "{body}"
+        );
+    })
+    .await
+}

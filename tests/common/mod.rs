@@ -63,6 +63,8 @@ pub struct RelayProcess {
     child: Child,
     pub addrs: Vec<SocketAddr>,
     logs: mpsc::UnboundedReceiver<Value>,
+    /// Lines read while waiting for start-up, kept for the test's own lookups.
+    early: std::collections::VecDeque<Value>,
     _dir: tempfile::TempDir,
 }
 
@@ -105,16 +107,20 @@ impl RelayProcess {
         });
         let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
         let mut addrs = Vec::new();
+        let mut early = std::collections::VecDeque::new();
         while addrs.len() < listeners {
             let line = next_line(&mut logs).await;
             if line["message"] == "listening" {
                 addrs.push(line["addr"].as_str().unwrap().parse().unwrap());
+            } else {
+                early.push_back(line);
             }
         }
         RelayProcess {
             child,
             addrs,
             logs,
+            early,
             _dir: dir,
         }
     }
@@ -130,18 +136,16 @@ impl RelayProcess {
 
     /// The next per-connection log line.
     pub async fn next_connection(&mut self) -> Value {
-        loop {
-            let line = next_line(&mut self.logs).await;
-            if line["message"] == "connection" {
-                return line;
-            }
-        }
+        self.next_message("connection").await
     }
 
     /// The next log line whose message is `message`.
     pub async fn next_message(&mut self, message: &str) -> Value {
         loop {
-            let line = next_line(&mut self.logs).await;
+            let line = match self.early.pop_front() {
+                Some(line) => line,
+                None => next_line(&mut self.logs).await,
+            };
             if line["message"] == message {
                 return line;
             }

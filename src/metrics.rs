@@ -1,0 +1,265 @@
+//! Prometheus metrics. Connection metrics are recorded from the same record as the
+//! connection's log line, so the two always agree. Rule labels are the rules as written,
+//! never the client's SNI, so cardinality is bounded by the allowlist.
+
+use crate::limits::Counters;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleDirection {
+    rule: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Result_ {
+    result: &'static str,
+}
+
+/// What one finished connection contributes.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionRecord<'a> {
+    /// `forwarded` or `rejected`.
+    pub outcome: &'static str,
+    /// The stable reason word.
+    pub reason: &'static str,
+    /// The rule that matched, as written.
+    pub rule: Option<&'a str>,
+    /// Size of the ClientHello records, when one was read.
+    pub hello_bytes: Option<usize>,
+    /// Time to a complete hello.
+    pub hello: Option<Duration>,
+    /// Time from the hello to the upstream connection.
+    pub connect: Option<Duration>,
+    /// Whole lifetime.
+    pub total: Duration,
+    /// Bytes client to upstream and upstream to client.
+    pub bytes: Option<(u64, u64)>,
+    /// Whether the destination's addresses came from the resolver cache.
+    pub resolver_cache_hit: Option<bool>,
+}
+
+/// The relay's metrics.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<Outcome, Counter>,
+    bytes: Family<Direction, Counter>,
+    rule_connections: Family<RuleLabel, Counter>,
+    rule_bytes: Family<RuleDirection, Counter>,
+    hello_size: Histogram,
+    hello_duration: Histogram,
+    connect_duration: Histogram,
+    duration: Histogram,
+    reloads: Family<Result_, Counter>,
+    resolver_cache: Family<Result_, Counter>,
+    active: Gauge,
+    pending_hellos: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("snirelay");
+        let metrics = Metrics {
+            connections: Family::default(),
+            bytes: Family::default(),
+            rule_connections: Family::default(),
+            rule_bytes: Family::default(),
+            hello_size: Histogram::new(exponential_buckets(128.0, 2.0, 10)),
+            hello_duration: Histogram::new(exponential_buckets(0.0005, 4.0, 10)),
+            connect_duration: Histogram::new(exponential_buckets(0.0005, 4.0, 10)),
+            duration: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
+            reloads: Family::default(),
+            resolver_cache: Family::default(),
+            active: Gauge::default(),
+            pending_hellos: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Connections ended, by outcome and reason",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Connections open now",
+            metrics.active.clone(),
+        );
+        registry.register(
+            "pending_hellos",
+            "Connections waiting for their ClientHello now",
+            metrics.pending_hellos.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed, up (client to upstream) and down",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "rule_connections",
+            "Connections forwarded, by the rule that allowed them",
+            metrics.rule_connections.clone(),
+        );
+        registry.register(
+            "rule_bytes",
+            "Bytes relayed, by rule and direction",
+            metrics.rule_bytes.clone(),
+        );
+        registry.register(
+            "hello_size_bytes",
+            "ClientHello size including record headers",
+            metrics.hello_size.clone(),
+        );
+        registry.register(
+            "hello_duration_seconds",
+            "Time from accept to a complete ClientHello",
+            metrics.hello_duration.clone(),
+        );
+        registry.register(
+            "connect_duration_seconds",
+            "Time from the ClientHello to the upstream connection",
+            metrics.connect_duration.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "Whole connection lifetime",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "resolver_cache",
+            "Destination lookups, by resolver cache result",
+            metrics.resolver_cache.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished connection.
+    pub fn connection(&self, record: &ConnectionRecord<'_>) {
+        self.connections
+            .get_or_create(&Outcome {
+                outcome: record.outcome,
+                reason: record.reason,
+            })
+            .inc();
+        if let Some(size) = record.hello_bytes {
+            self.hello_size.observe(size as f64);
+        }
+        if let Some(hello) = record.hello {
+            self.hello_duration.observe(hello.as_secs_f64());
+        }
+        if let Some(connect) = record.connect {
+            self.connect_duration.observe(connect.as_secs_f64());
+        }
+        self.duration.observe(record.total.as_secs_f64());
+        if let Some(hit) = record.resolver_cache_hit {
+            let result = if hit { "hit" } else { "miss" };
+            self.resolver_cache.get_or_create(&Result_ { result }).inc();
+        }
+        let Some((up, down)) = record.bytes else {
+            return;
+        };
+        for (direction, n) in [("up", up), ("down", down)] {
+            self.bytes.get_or_create(&Direction { direction }).inc_by(n);
+            if let Some(rule) = record.rule {
+                let labels = RuleDirection {
+                    rule: rule.to_owned(),
+                    direction,
+                };
+                self.rule_bytes.get_or_create(&labels).inc_by(n);
+            }
+        }
+        if let Some(rule) = record.rule {
+            self.rule_connections
+                .get_or_create(&RuleLabel {
+                    rule: rule.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Records a configuration reload.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&Result_ { result }).inc();
+    }
+
+    /// The exposition, with the gauges read from `counters` now: OpenMetrics when the
+    /// scraper asked for it, else the classic Prometheus text format (0.0.4) that older
+    /// scrapers and `promtool check metrics` read.
+    pub fn render(&self, counters: &Counters, openmetrics: bool) -> String {
+        self.active.set(counters.active() as i64);
+        self.pending_hellos.set(counters.pending_hellos() as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if openmetrics { out } else { classic_text(&out) }
+    }
+}
+
+/// OpenMetrics to Prometheus text 0.0.4: a counter family is named with its `_total`
+/// suffix there, and `# UNIT` and `# EOF` do not exist.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counter_families_with_total() {
+        let om = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\n# UNIT x_bytes bytes\nx_bytes_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        let want = "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n";
+        assert_eq!(classic_text(om), want);
+    }
+}
