@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod resolve;
+pub mod review;
 pub mod rules;
 pub mod server;

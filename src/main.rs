@@ -6,10 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use snirelay::config::Config;
 use snirelay::reload::Reloader;
 use snirelay::resolve::Pin;
+use snirelay::review;
 use snirelay::rules::Pattern;
 use snirelay::server::{self, Relay, Settings};
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,8 +41,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
-    /// Validate a rules file and print a summary.
+    /// Validate a rules file; print a summary, the effective rules and any warnings.
     Check {
+        /// The rules file.
+        #[arg(long, default_value = "rules.json")]
+        config: PathBuf,
+    },
+    /// Print the /etc/hosts lines that point the client machines at the relay.
+    Hosts {
+        /// The relay's address as the clients reach it.
+        #[arg(long, value_name = "IP")]
+        relay: IpAddr,
         /// The rules file.
         #[arg(long, default_value = "rules.json")]
         config: PathBuf,
@@ -57,6 +67,17 @@ enum LogFormat {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
+        Command::Hosts { relay, config } => match Config::load(&config) {
+            Ok(loaded) => {
+                let block = review::hosts_block(&loaded, relay, &config.display().to_string());
+                let _ = std::io::stdout().write_all(block.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run {
             config: path,
             listen,
@@ -87,6 +108,9 @@ fn check(path: &Path) -> ExitCode {
         Ok(config) => {
             // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(summary(path, &config).as_bytes());
+            for warning in review::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -97,6 +121,31 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn summary(path: &Path, config: &Config) -> String {
+    let mut text = overview(path, config);
+    let clients: Vec<String> = config.clients.iter().map(|n| n.to_string()).collect();
+    let limits = config.limits;
+    let admin = config
+        .admin
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    text.push_str(&format!(
+        "  clients: {}\n  limits: {} connections, {} per client, {} waiting for a hello\n  admin: {admin}\n",
+        clients.join(", "),
+        limits.max_connections,
+        limits.max_connections_per_client,
+        limits.max_pending_hellos,
+    ));
+    text.push_str("  effective rules (exact names first, then the longest wildcard):\n");
+    for rule in config.rules.iter() {
+        let to = review::destination(rule, config.upstream_port);
+        text.push_str(&format!("    {} -> {to}\n", rule.pattern));
+    }
+    for note in review::redundant(config) {
+        text.push_str(&format!("  redundant: {note}\n"));
+    }
+    text
+}
+
+fn overview(path: &Path, config: &Config) -> String {
     let wildcards = config
         .rules
         .iter()

@@ -158,10 +158,15 @@ impl Rules {
     /// The rule for `name`: an exact rule beats any wildcard; a longer wildcard beats a
     /// shorter one. Costs one hash lookup per label of `name`.
     pub fn find(&self, name: &Hostname) -> Option<&Rule> {
-        let index = self
-            .exact
-            .get(name.as_str())
-            .or_else(|| name.parent_suffixes().find_map(|s| self.wildcard.get(s)))?;
+        match self.exact.get(name.as_str()) {
+            Some(index) => Some(&self.rules[*index]),
+            None => self.find_wildcard(name.parent_suffixes()),
+        }
+    }
+
+    /// The longest wildcard rule whose suffix is among `suffixes` (given longest first).
+    pub fn find_wildcard<'a>(&self, mut suffixes: impl Iterator<Item = &'a str>) -> Option<&Rule> {
+        let index = suffixes.find_map(|s| self.wildcard.get(s))?;
         Some(&self.rules[*index])
     }
 

@@ -67,6 +67,66 @@ fn check_accepts_valid_files_and_summarises_them() {
         summary.contains("resolver: 1.1.1.1:53, [2606:4700:4700::1111]:53"),
         "{summary}"
     );
+    assert!(
+        summary.contains("    pinned-v6.example.org -> [2001:db8::10]:443 (pinned)\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("    *.example.com -> the requested name:8443 (DNS)\n"),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("  redundant: \"exact.example.com\" is already allowed by \"*.example.com\""),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  clients: 10.0.0.0/8, 172.16.0.0/12, "),
+        "{summary}"
+    );
+    assert!(out.stderr.is_empty(), "no warnings for this file");
+}
+
+#[test]
+fn check_warns_about_an_open_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.json");
+    std::fs::write(
+        &path,
+        r#"{"allow": ["a.example.com"], "clients": ["0.0.0.0/0", "::/0"]}"#,
+    )
+    .unwrap();
+    let out = snirelay(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stderr),
+        "warning: clients includes 0.0.0.0/0 and ::/0: anyone who can reach the listeners can use the relay for the allowed names\n"
+    );
+}
+
+#[test]
+fn hosts_prints_the_client_block_for_the_shipped_rules() {
+    let out = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+        .args(["hosts", "--relay", "10.20.0.5"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let block = text(&out.stdout);
+    let lines: Vec<&str> = block.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        [
+            "10.20.0.5 translation.googleapis.com",
+            "10.20.0.5 translate.googleapis.com",
+            "10.20.0.5 texttospeech.googleapis.com",
+            "10.20.0.5 oauth2.googleapis.com",
+            "10.20.0.5 www.googleapis.com",
+        ]
+    );
+    assert!(block.starts_with("# snirelay: names served through the relay at 10.20.0.5\n"));
+    let out = snirelay(&["hosts", "--relay", "not-an-ip"]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
