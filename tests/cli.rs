@@ -324,3 +324,49 @@ async fn shutdown_drains_live_connections_then_ends_the_rest() {
     })
     .await
 }
+
+#[test]
+fn the_systemd_unit_verifies_cleanly() {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("systemd-analyze").is_file())
+    });
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is missing; .ci/run installs systemd"
+        );
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/snirelay.service"),
+    )
+    .unwrap();
+    for directive in [
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadOnlyPaths=/etc/snirelay",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == directive), "{directive}");
+    }
+    // verify insists that ExecStart's binary exists: point it at the one just built and
+    // check every directive as written. Unknown keys are only warnings, so any output fails.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("snirelay.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/snirelay", env!("CARGO_BIN_EXE_snirelay")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
