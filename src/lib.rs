@@ -8,6 +8,7 @@ pub mod hostname;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod reload;
 pub mod resolve;
 pub mod review;

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// SNI-passthrough TCP relay: forwards TLS connections for allowlisted names without
 /// terminating TLS.
@@ -47,6 +48,20 @@ enum Command {
         #[arg(long, default_value = "rules.json")]
         config: PathBuf,
     },
+    /// From a client machine: a TLS handshake through the relay for NAME, and who answered.
+    Probe {
+        /// The server name to ask for.
+        name: String,
+        /// The relay: IP or host, with an optional port (default 443).
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        relay: String,
+        /// Trust this PEM CA file instead of the system's CAs.
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
+    },
     /// Print the /etc/hosts lines that point the client machines at the relay.
     Hosts {
         /// The relay's address as the clients reach it.
@@ -67,6 +82,17 @@ enum LogFormat {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
+        Command::Probe {
+            name,
+            relay,
+            cacert,
+            timeout_s,
+        } => probe(
+            &name,
+            &relay,
+            cacert.as_deref(),
+            Duration::from_secs(timeout_s),
+        ),
         Command::Hosts { relay, config } => match Config::load(&config) {
             Ok(loaded) => {
                 let block = review::hosts_block(&loaded, relay, &config.display().to_string());
@@ -99,6 +125,42 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("snirelay: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(snirelay::probe::probe(name, relay, cacert, limit)) {
+        Ok(answer) => {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let report = format!(
+                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n  {} handshake in {:.1} ms, ALPN {}\n  \
+                 subject: {}\n  issuer: {}\n  valid: {} to {}\n",
+                ms(answer.connect),
+                answer.version,
+                ms(answer.handshake),
+                answer.alpn.as_deref().unwrap_or("none"),
+                answer.subject,
+                answer.issuer,
+                answer.not_before,
+                answer.not_after,
+            );
+            let _ = std::io::stdout().write_all(report.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name} via {relay}: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -159,3 +159,88 @@ async fn openssl_s_client_verifies_the_upstream_certificate() {
     })
     .await
 }
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snirelay"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_who_answered_or_exactly_why_not() {
+    within(async {
+        // The upstream's certificate covers NAME only; "mismatch.example.com" is allowed by
+        // the relay but answered with that same certificate.
+        let pki = pki(&[NAME]);
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = RelayProcess::start(pinned_config(
+            &[NAME, "mismatch.example.com"],
+            upstream.addr,
+        ))
+        .await;
+        serve_https(upstream, &pki);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write_ca(dir.path(), &pki);
+        let at = relay.addr().to_string();
+        let run_probe = |args: Vec<String>| {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                probe(&args)
+            })
+        };
+        let args = |name: &str| {
+            vec![
+                name.to_owned(),
+                "--relay".into(),
+                at.clone(),
+                "--cacert".into(),
+                ca.clone(),
+            ]
+        };
+
+        let out = run_probe(args(NAME)).await.unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.starts_with(&format!("{NAME} via {at}: ok\n")),
+            "{said}"
+        );
+        assert!(said.contains(&format!("subject: CN={NAME}")), "{said}");
+        assert!(said.contains("issuer: CN=snirelay test CA"), "{said}");
+        assert!(said.contains("TLSv1_3 handshake in"), "{said}");
+        assert_eq!(relay.next_connection().await["outcome"], "forwarded");
+
+        let out = run_probe(args("storage.googleapis.com")).await.unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("TLS alert unrecognized_name"), "{err}");
+
+        let out = run_probe(args("mismatch.example.com")).await.unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not valid for mismatch.example.com (name mismatch"),
+            "{err}"
+        );
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let out = probe(&[NAME, "--relay", &closed.to_string(), "--cacert", &ca]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("TCP connection to {closed} failed")) && err.contains("refused"),
+            "{err}"
+        );
+    })
+    .await
+}

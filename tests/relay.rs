@@ -170,15 +170,22 @@ async fn a_reset_on_either_side_resets_the_other() {
         let (upstream, mut relay) = pinned_relay(|_| {}).await;
 
         let mut client = connect_and_send(relay.addr(), &hello_for(NAME)).await;
-        reset(upstream.accept().await);
+        // Reset only once the hello has arrived: the relay is then past its connect, and the
+        // reset hits a forwarded connection (earlier, it is an unreachable upstream).
+        let mut conn = upstream.accept().await;
+        conn.read_exact(&mut vec![0u8; hello_for(NAME).len()])
+            .await
+            .unwrap();
+        reset(conn);
         let mut buf = [0u8; 16];
-        let err = client.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
-        assert_outcome(
-            &relay.next_connection().await,
-            "forwarded",
-            "upstream_reset",
+        let read = client.read(&mut buf).await;
+        let log = relay.next_connection().await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{log}"
         );
+        assert_outcome(&log, "forwarded", "upstream_reset");
 
         let client = TcpStream::connect(relay.addr()).await.unwrap();
         let mut hello = client;

@@ -1,0 +1,219 @@
+//! `snirelay probe`: run on a client machine, it makes a TLS handshake through the relay for
+//! one name and reports who answered, or exactly why there was no answer.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{AlertDescription, CertificateError, RootCertStore};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Who answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Time to the TCP connection.
+    pub connect: Duration,
+    /// Time from TCP connection to the end of the TLS handshake.
+    pub handshake: Duration,
+    /// Negotiated TLS version, like `TLSv1_3`.
+    pub version: String,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<String>,
+    /// The server certificate's subject, issuer and validity.
+    pub subject: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// Not before.
+    pub not_before: String,
+    /// Not after.
+    pub not_after: String,
+}
+
+/// Why the probe got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// `name` is not a DNS name.
+    #[error("{0:?} is not a host name")]
+    BadName(String),
+    /// The CA file could not be used.
+    #[error("--cacert {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No trusted CA certificate at all.
+    #[error("no trusted CA certificates found on this machine; pass --cacert")]
+    NoRoots,
+    /// TCP failed.
+    #[error("TCP connection to {relay} failed: {source}")]
+    Tcp {
+        /// The relay address.
+        relay: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The relay refused the name.
+    #[error(
+        "the relay refused {0}: TLS alert unrecognized_name (the name is not on its allowlist)"
+    )]
+    NotAllowed(String),
+    /// Another alert.
+    #[error("the server sent TLS alert {0:?}")]
+    Alert(AlertDescription),
+    /// The certificate does not fit.
+    #[error("certificate rejected: {0}")]
+    Certificate(String),
+    /// Closed without an alert.
+    #[error(
+        "the connection closed during the handshake: the relay may have refused the client, \
+         the hello or the destination (see its log for the reason)"
+    )]
+    Closed,
+    /// Anything else in the handshake.
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    /// Too slow.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Connects to `relay` (`host`, `host:port`, `ip`, `ip:port` or `[ipv6]:port`; port 443 by
+/// default) and completes a handshake for `name`, trusting `cacert` or the system's CAs.
+pub async fn probe(
+    name: &str,
+    relay: &str,
+    cacert: Option<&Path>,
+    limit: Duration,
+) -> Result<Answer, ProbeError> {
+    let server_name =
+        ServerName::try_from(name.to_owned()).map_err(|_| ProbeError::BadName(name.to_owned()))?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(cacert)?);
+    let target = with_default_port(relay);
+    let started = Instant::now();
+    let work = async {
+        let tcp = TcpStream::connect(&target)
+            .await
+            .map_err(|source| ProbeError::Tcp {
+                relay: target.clone(),
+                source,
+            })?;
+        let connect = started.elapsed();
+        let mut tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| explain(e, name))?;
+        let handshake = started.elapsed() - connect;
+        let (_, session) = tls.get_ref();
+        let version = session
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        let alpn = session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
+        let _ = tls.shutdown().await;
+        Ok((connect, handshake, version, alpn, leaf))
+    };
+    let (connect, handshake, version, alpn, leaf) = tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| ProbeError::Timeout(limit))??;
+    let leaf =
+        leaf.ok_or_else(|| ProbeError::Certificate("the server sent no certificate".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| ProbeError::Certificate(format!("cannot parse it: {e}")))?;
+    Ok(Answer {
+        connect,
+        handshake,
+        version,
+        alpn,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.to_string(),
+        not_after: cert.validity().not_after.to_string(),
+    })
+}
+
+fn with_default_port(relay: &str) -> String {
+    if relay.parse::<std::net::SocketAddr>().is_ok() {
+        return relay.to_owned();
+    }
+    match relay.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:443"),
+        Ok(ip) => format!("{ip}:443"),
+        Err(_) if relay.contains(':') => relay.to_owned(),
+        Err(_) => format!("{relay}:443"),
+    }
+}
+
+fn client_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
+    let mut roots = RootCertStore::empty();
+    match cacert {
+        Some(path) => {
+            let ca_error = |reason: String| ProbeError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_error(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(ProbeError::NoRoots);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProbeError::Tls(io::Error::other(e)))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Turns a handshake failure into what the operator should know.
+fn explain(error: io::Error, name: &str) -> ProbeError {
+    if error.kind() == io::ErrorKind::UnexpectedEof
+        || error.kind() == io::ErrorKind::ConnectionReset
+    {
+        return ProbeError::Closed;
+    }
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(AlertDescription::UnrecognisedName)) => {
+            ProbeError::NotAllowed(name.to_owned())
+        }
+        Some(rustls::Error::AlertReceived(alert)) => ProbeError::Alert(*alert),
+        Some(rustls::Error::InvalidCertificate(cert)) => ProbeError::Certificate(match cert {
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "it is not valid for {name} (name mismatch: something other than the real server answered)"
+                )
+            }
+            CertificateError::UnknownIssuer => {
+                "it is not signed by a trusted CA (a private CA needs --cacert)".to_owned()
+            }
+            other => format!("{other:?}"),
+        }),
+        _ => ProbeError::Tls(error),
+    }
+}
