@@ -330,3 +330,44 @@ async fn reloads_are_counted_by_result() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_second_connection_to_a_name_is_a_resolver_cache_hit() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let dns = common::dns_server(vec![(
+            "cached.relay.test",
+            vec!["127.0.0.1".parse().unwrap()],
+        )])
+        .await;
+        let config = serde_json::json!({
+            "allow": ["*.relay.test"],
+            "upstream_port": upstream.addr.port(),
+            "resolver": {"nameservers": [dns.to_string()]},
+            "private_destinations": ["127.0.0.0/8"],
+            "admin": "127.0.0.1:0",
+        });
+        let mut relay = RelayProcess::start(config).await;
+        let admin = relay.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for _ in 0..2 {
+            let mut client =
+                common::send_and_close(relay.addr(), &hello_for("cached.relay.test")).await;
+            upstream.receive_all().await;
+            client.read_to_end(&mut Vec::new()).await.unwrap();
+            assert_eq!(relay.next_connection().await["reason"], "closed");
+        }
+        let (_, body) = http_get(&admin, "/metrics").await;
+        assert!(
+            body.contains("snirelay_resolver_cache_total{result=\"miss\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("snirelay_resolver_cache_total{result=\"hit\"} 1\n"),
+            "{body}"
+        );
+    })
+    .await
+}
