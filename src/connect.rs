@@ -67,6 +67,17 @@ pub async fn happy_eyeballs(
     addrs: &[SocketAddr],
     deadline: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    // One address (a pinned upstream, usually) needs no racing and no extra task.
+    if let [addr] = addrs {
+        return match tokio::time::timeout(deadline, TcpStream::connect(*addr)).await {
+            Ok(Ok(stream)) => Ok((stream, *addr)),
+            Ok(Err(source)) => Err(ConnectError::Failed {
+                addr: *addr,
+                source,
+            }),
+            Err(_) => Err(ConnectError::Timeout(deadline)),
+        };
+    }
     let give_up = Instant::now() + deadline;
     let mut pending = attempt_order(addrs).into_iter();
     let mut attempts = JoinSet::new();

@@ -294,10 +294,12 @@ async fn forward_connection(
     let config = &settings.config;
     tune(&client);
 
+    // The phases before forwarding are boxed: their state is freed once they finish, so a
+    // long-lived connection keeps only the copy loop's (the DNS lookup's alone is kilobytes).
     let mut received = Vec::new();
     let hello = timeout(
         config.timeouts.hello,
-        read_hello(&client, &mut received, config.max_hello_bytes),
+        Box::pin(read_hello(&client, &mut received, config.max_hello_bytes)),
     )
     .await
     .map_err(|_| Rejection::HelloTimeout)??;
@@ -305,7 +307,7 @@ async fn forward_connection(
     log.hello(&hello);
 
     let Some(route) = config.rules.route(&hello.sni, config.upstream_port) else {
-        refuse_with_alert(client).await;
+        Box::pin(refuse_with_alert(client)).await;
         return Err(Rejection::NotAllowed);
     };
     log.rule = Some(route.rule.pattern.to_string());
@@ -313,13 +315,13 @@ async fn forward_connection(
     let deadline = Instant::now() + config.timeouts.connect;
     let (targets, source) = timeout_at(
         deadline,
-        settings.resolver.destinations(&route, &settings.policy),
+        Box::pin(settings.resolver.destinations(&route, &settings.policy)),
     )
     .await
     .map_err(|_| Rejection::DnsTimeout)??;
     let remaining = deadline.saturating_duration_since(Instant::now());
     log.dns = Some(source);
-    let (upstream, addr) = connect::happy_eyeballs(&targets, remaining).await?;
+    let (upstream, addr) = Box::pin(connect::happy_eyeballs(&targets, remaining)).await?;
     log.connected(addr);
     tune(&upstream);
 

@@ -1,0 +1,489 @@
+//! Side-by-side benchmark: snirelay, nginx (stream + ssl_preread) and HAProxy (req.ssl_sni)
+//! against no relay at all, on loopback, interleaved round by round.
+//!
+//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000]`
+//!
+//! Each connection starts with a real ClientHello (the captured Chromium one, 1964 bytes,
+//! post-quantum sized), then a 9-byte command the upstream obeys: `D n` send n bytes,
+//! `U n` receive n bytes, `R` answer 1 KiB, `I` hold the connection. Relay CPU time comes
+//! from /proc (utime + stime of the relay's processes), the least noisy figure here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const NAME: &str = "translate.googleapis.com";
+const HELLO: &[u8] = include_bytes!("../tests/fixtures/hellos/real_chromium.bin");
+const CHUNK: usize = 256 * 1024;
+
+struct Options {
+    rounds: usize,
+    mib: u64,
+    conns: usize,
+    idle: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        rounds: 3,
+        mib: 1024,
+        conns: 5000,
+        idle: 2000,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    o.rounds = value("--rounds").unwrap_or(o.rounds);
+    o.mib = value("--mib").unwrap_or(o.mib as usize) as u64;
+    o.conns = value("--conns").unwrap_or(o.conns);
+    o.idle = value("--idle").unwrap_or(o.idle);
+    o
+}
+
+/// The upstream every target forwards to; `held` counts connections in `I` mode.
+async fn upstream(held: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let held = held.clone();
+            tokio::spawn(async move {
+                let _ = conn.set_nodelay(true);
+                let mut head = vec![0u8; HELLO.len() + 9];
+                if conn.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let n = u64::from_be_bytes(head[HELLO.len() + 1..].try_into().unwrap());
+                let mut buf = vec![0u8; CHUNK];
+                match head[HELLO.len()] {
+                    b'D' => {
+                        let mut left = n;
+                        while left > 0 {
+                            let k = left.min(CHUNK as u64) as usize;
+                            if conn.write_all(&buf[..k]).await.is_err() {
+                                return;
+                            }
+                            left -= k as u64;
+                        }
+                        let _ = conn.shutdown().await;
+                        let _ = conn.read(&mut buf).await;
+                    }
+                    b'U' => {
+                        let mut got = 0u64;
+                        while got < n {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => got += k as u64,
+                            }
+                        }
+                        let _ = conn.write_all(&got.to_be_bytes()).await;
+                    }
+                    b'R' => {
+                        let _ = conn.write_all(&buf[..1024]).await;
+                    }
+                    _ => {
+                        held.fetch_add(1, Ordering::SeqCst);
+                        let _ = conn.read(&mut buf).await;
+                        held.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn command(op: u8, n: u64) -> Vec<u8> {
+    let mut bytes = HELLO.to_vec();
+    bytes.push(op);
+    bytes.extend_from_slice(&n.to_be_bytes());
+    bytes
+}
+
+async fn open(at: SocketAddr, op: u8, n: u64) -> TcpStream {
+    let mut conn = TcpStream::connect(at).await.expect("connect");
+    conn.set_nodelay(true).unwrap();
+    conn.write_all(&command(op, n)).await.unwrap();
+    conn
+}
+
+/// Bytes per second for `streams` parallel transfers of `total` bytes in all.
+async fn throughput(at: SocketAddr, streams: u64, total: u64, download: bool) -> f64 {
+    let each = total / streams;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; CHUNK];
+                if download {
+                    let mut conn = open(at, b'D', each).await;
+                    let mut got = 0u64;
+                    loop {
+                        match conn.read(&mut buf).await.unwrap() {
+                            0 => break,
+                            k => got += k as u64,
+                        }
+                    }
+                    assert_eq!(got, each, "download lost bytes");
+                } else {
+                    let mut conn = open(at, b'U', each).await;
+                    let mut left = each;
+                    while left > 0 {
+                        let k = left.min(CHUNK as u64) as usize;
+                        conn.write_all(&buf[..k]).await.unwrap();
+                        left -= k as u64;
+                    }
+                    let mut ack = [0u8; 8];
+                    conn.read_exact(&mut ack).await.unwrap();
+                    assert_eq!(u64::from_be_bytes(ack), each, "upload lost bytes");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Connections per second at concurrency 32, and latency percentiles (connect to last byte).
+async fn connection_rate(at: SocketAddr, total: usize) -> (f64, Vec<Duration>) {
+    let workers = 32;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for _ in (w..total).step_by(workers) {
+                    let t = Instant::now();
+                    let mut conn = open(at, b'R', 0).await;
+                    let mut reply = Vec::with_capacity(1024);
+                    conn.read_to_end(&mut reply).await.unwrap();
+                    assert_eq!(reply.len(), 1024);
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+}
+
+/// The relay's processes: a pid and its children (nginx workers).
+fn family(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        if after.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// utime + stime of the relay's processes, in milliseconds.
+fn cpu_ms(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let ticks: u64 = family(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|stat| {
+            let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        })
+        .sum();
+    ticks as f64 * 1000.0 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+fn rss_bytes(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    family(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0)
+        .sum()
+}
+
+fn unreclaimable_slab() -> f64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find(|l| l.starts_with("SUnreclaim:"))
+        .unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        * 1024.0
+}
+
+/// (RSS bytes, kernel slab bytes) added per idle forwarded connection.
+async fn idle_cost(at: SocketAddr, pid: Option<u32>, held: &AtomicUsize, n: usize) -> (f64, f64) {
+    let (rss0, slab0) = (rss_bytes(pid), unreclaimable_slab());
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(open(at, b'I', 0).await);
+    }
+    while held.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (rss1, slab1) = (rss_bytes(pid), unreclaimable_slab());
+    drop(conns);
+    while held.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ((rss1 - rss0) / n as f64, (slab1 - slab0) / n as f64)
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls until something accepts on `addr` (a process we started has no readiness signal).
+async fn wait_listening(addr: SocketAddr) -> bool {
+    for _ in 0..500 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn start(name: &'static str, upstream: SocketAddr) -> Option<Target> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut cmd = match name {
+        "snirelay" => {
+            let config = format!(
+                r#"{{"allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}], "max_connections": 200000,
+                "max_connections_per_client": 200000, "max_pending_hellos": 200000}}"#
+            );
+            std::fs::write(dir.path().join("rules.json"), config).unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_snirelay"));
+            cmd.args(["run", "--listen", &addr.to_string(), "--config"])
+                .arg(dir.path().join("rules.json"));
+            cmd.env("RUST_LOG", "warn");
+            cmd
+        }
+        "nginx" => {
+            let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
+            if !std::path::Path::new("/usr/sbin/nginx").exists()
+                || !std::path::Path::new(module).exists()
+            {
+                return None;
+            }
+            let d = dir.path().display();
+            let config = format!(
+                "load_module {module};\nworker_processes {cores};\ndaemon off;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/error.log error;\nevents {{ worker_connections 100000; }}\n\
+                 stream {{\n  map $ssl_preread_server_name $up {{ {NAME} {upstream}; default 127.0.0.1:1; }}\n\
+                 server {{ listen {addr} reuseport; ssl_preread on; proxy_pass $up; }}\n}}\n"
+            );
+            std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
+            let mut cmd = Command::new("/usr/sbin/nginx");
+            cmd.arg("-c")
+                .arg(dir.path().join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.path().join("error.log"));
+            cmd
+        }
+        "haproxy" => {
+            if !std::path::Path::new("/usr/sbin/haproxy").exists() {
+                return None;
+            }
+            let config = format!(
+                "global\n  nbthread {cores}\n  maxconn 6000\n\
+                 defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+                 frontend fe\n  bind {addr}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+                 use_backend be if {{ req.ssl_sni -i {NAME} }}\n\
+                 backend be\n  server s1 {upstream}\n"
+            );
+            std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
+            let mut cmd = Command::new("/usr/sbin/haproxy");
+            cmd.arg("-db").arg("-f").arg(dir.path().join("haproxy.cfg"));
+            cmd
+        }
+        _ => {
+            return Some(Target {
+                name,
+                addr: upstream,
+                child: None,
+                _dir: None,
+            });
+        }
+    };
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .ok()?;
+    if !wait_listening(addr).await {
+        let said = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        panic!("{name} did not start listening on {addr}: {said}");
+    }
+    Some(Target {
+        name,
+        addr,
+        child: Some(child),
+        _dir: Some(dir),
+    })
+}
+
+type Figures = BTreeMap<&'static str, Vec<f64>>;
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let o = options();
+    let total = o.mib << 20;
+    let mut targets = Vec::new();
+    let mut holds = Vec::new();
+    for name in ["no relay", "snirelay", "nginx", "haproxy"] {
+        // Each target gets its own upstream port, so TIME_WAIT tuples never collide.
+        let held = Arc::new(AtomicUsize::new(0));
+        let up = upstream(held.clone()).await;
+        match start(name, up).await {
+            Some(t) => {
+                targets.push(t);
+                holds.push(held);
+            }
+            None => eprintln!("{name}: not installed, skipped"),
+        }
+    }
+    let mut results: Vec<Figures> = targets.iter().map(|_| Figures::new()).collect();
+    for round in 0..o.rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let pid = t.child.as_ref().map(|c| c.id());
+            let r = &mut results[i];
+            let mut push = |k: &'static str, v: f64| r.entry(k).or_default().push(v);
+            let cpu = cpu_ms(pid);
+            let down1 = throughput(t.addr, 1, total, true).await;
+            let cpu_after = cpu_ms(pid);
+            push(
+                "relay CPU ms per GiB, 1 conn",
+                (cpu_after - cpu) / (total as f64 / (1u64 << 30) as f64),
+            );
+            push("throughput 1 conn down, MB/s", down1 / 1e6);
+            push(
+                "throughput 1 conn up, MB/s",
+                throughput(t.addr, 1, total, false).await / 1e6,
+            );
+            push(
+                "throughput 8 conns down, MB/s",
+                throughput(t.addr, 8, total, true).await / 1e6,
+            );
+            push(
+                "throughput 8 conns up, MB/s",
+                throughput(t.addr, 8, total, false).await / 1e6,
+            );
+            let cpu = cpu_ms(pid);
+            let (rate, lat) = connection_rate(t.addr, o.conns).await;
+            push(
+                "relay CPU ms per 1,000 conns",
+                (cpu_ms(pid) - cpu) / (o.conns as f64 / 1000.0),
+            );
+            push("conn/s at c=32", rate);
+            push("latency p50 ms", percentile(&lat, 0.5));
+            push("latency p90 ms", percentile(&lat, 0.9));
+            push("latency p99 ms", percentile(&lat, 0.99));
+            let (rss, slab) = idle_cost(t.addr, pid, &holds[i], o.idle).await;
+            push("RSS bytes per idle conn", rss);
+            push("kernel slab bytes per idle conn", slab);
+            eprintln!("round {} {}: done", round + 1, t.name);
+        }
+    }
+    println!(
+        "\nmedians of {} interleaved rounds; {} MiB per transfer, {} connections, {} idle\n",
+        o.rounds, o.mib, o.conns, o.idle
+    );
+    print!("| figure |");
+    for t in &targets {
+        print!(" {} |", t.name);
+    }
+    println!("\n|---|{}", "---|".repeat(targets.len()));
+    for key in results[0].keys() {
+        print!("| {key} |");
+        let base = median(&results[0][key]);
+        for r in &results {
+            let m = median(&r[key]);
+            let ratio = if key.contains("MB/s") || key.contains("conn/s") || key.contains("latency")
+            {
+                format!(" ({:.2}x)", m / base)
+            } else {
+                String::new()
+            };
+            print!(" {m:.1}{ratio} |");
+        }
+        println!();
+    }
+}
