@@ -1,7 +1,7 @@
 //! Side-by-side benchmark: snirelay, nginx (stream + ssl_preread) and HAProxy (req.ssl_sni)
 //! against no relay at all, on loopback, interleaved round by round.
 //!
-//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000]`
+//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000] [--only snirelay]`
 //!
 //! Each connection starts with a real ClientHello (the captured Chromium one, 1964 bytes,
 //! post-quantum sized), then a 9-byte command the upstream obeys: `D n` send n bytes,
@@ -22,6 +22,7 @@ const HELLO: &[u8] = include_bytes!("../tests/fixtures/hellos/real_chromium.bin"
 const CHUNK: usize = 256 * 1024;
 
 struct Options {
+    only: Option<String>,
     rounds: usize,
     mib: u64,
     conns: usize,
@@ -30,6 +31,7 @@ struct Options {
 
 fn options() -> Options {
     let mut o = Options {
+        only: None,
         rounds: 3,
         mib: 1024,
         conns: 5000,
@@ -43,6 +45,11 @@ fn options() -> Options {
             .and_then(|v| v.parse().ok())
     };
     o.rounds = value("--rounds").unwrap_or(o.rounds);
+    o.only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     o.mib = value("--mib").unwrap_or(o.mib as usize) as u64;
     o.conns = value("--conns").unwrap_or(o.conns);
     o.idle = value("--idle").unwrap_or(o.idle);
@@ -409,6 +416,12 @@ async fn main() {
     let mut targets = Vec::new();
     let mut holds = Vec::new();
     for name in ["no relay", "snirelay", "nginx", "haproxy"] {
+        if o.only
+            .as_deref()
+            .is_some_and(|only| name != only && name != "no relay")
+        {
+            continue;
+        }
         // Each target gets its own upstream port, so TIME_WAIT tuples never collide.
         let held = Arc::new(AtomicUsize::new(0));
         let up = upstream(held.clone()).await;

@@ -14,9 +14,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Per-direction copy buffer: big enough for loopback-speed bulk transfer, allocated only
-/// once a direction carries data.
-const BUFFER: usize = 64 * 1024;
+/// Per-direction copy buffer, allocated only once a direction carries data: small at
+/// first (most API exchanges are a few KiB), grown once a read fills it, so bulk transfers
+/// still move 64 KiB per system call.
+const FIRST_BUFFER: usize = 4 * 1024;
+const BULK_BUFFER: usize = 64 * 1024;
 
 /// How a forwarded connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,17 +121,23 @@ async fn pump(
 ) -> Result<(), Broken> {
     write_all(to, &preface, moved, clock).await?;
     drop(preface);
-    let mut buffer = Vec::new();
+    let mut buffer: Vec<u8> = Vec::new();
     loop {
         from.readable().await.map_err(|_| Broken::Reader)?;
-        if buffer.is_empty() {
-            buffer = vec![0; BUFFER];
+        if buffer.capacity() == 0 {
+            buffer.reserve_exact(FIRST_BUFFER);
         }
-        match from.try_read(&mut buffer) {
+        buffer.clear();
+        // Reads into the spare capacity: no zeroing of a buffer about to be overwritten.
+        match from.try_read_buf(&mut buffer) {
             Ok(0) => break,
             Ok(n) => {
                 clock.touch();
-                write_all(to, &buffer[..n], moved, clock).await?;
+                write_all(to, &buffer, moved, clock).await?;
+                if n == buffer.capacity() && n < BULK_BUFFER {
+                    buffer.clear();
+                    buffer.reserve_exact(BULK_BUFFER);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(Broken::Reader),

@@ -281,6 +281,8 @@ async fn connection(
         result = forward_connection(client, &settings, &mut slot, &stop, &mut log) => result,
         () = stop.cancelled() => Err(Rejection::Shutdown),
     };
+    // The connection is over: free its place before saying so.
+    drop(slot);
     log.emit(result, &relay.metrics);
 }
 
@@ -498,6 +500,22 @@ impl ConnectionLog {
                 Some(r.to_string()),
             ),
         };
+        // Counted before logged: whoever sees the line finds it in the metrics too.
+        metrics.connection(&ConnectionRecord {
+            outcome,
+            reason,
+            rule: self.rule.as_deref(),
+            hello_bytes: hello.map(|h| h.len),
+            hello: self.hello_done,
+            connect: self.connect_done.zip(self.hello_done).map(|(c, h)| c - h),
+            total,
+            bytes: transfer.map(|t| (t.up, t.down)),
+            resolver_cache_hit: match self.dns {
+                Some(Source::Cache) => Some(true),
+                Some(Source::Query) => Some(false),
+                _ => None,
+            },
+        });
         tracing::info!(
             target: "snirelay::connection",
             client = %self.client,
@@ -519,21 +537,6 @@ impl ConnectionLog {
             total_ms = ms(total),
             "connection"
         );
-        metrics.connection(&ConnectionRecord {
-            outcome,
-            reason,
-            rule: self.rule.as_deref(),
-            hello_bytes: hello.map(|h| h.len),
-            hello: self.hello_done,
-            connect: self.connect_done.zip(self.hello_done).map(|(c, h)| c - h),
-            total,
-            bytes: transfer.map(|t| (t.up, t.down)),
-            resolver_cache_hit: match self.dns {
-                Some(Source::Cache) => Some(true),
-                Some(Source::Query) => Some(false),
-                _ => None,
-            },
-        });
     }
 }
 

@@ -319,8 +319,8 @@ impl Pki {
 /// A DNS server on loopback answering A/AAAA from a table; names not in it get NXDOMAIN.
 pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> SocketAddr {
     use hickory_proto::op::{Message, ResponseCode};
-    use hickory_proto::rr::rdata::{A, AAAA};
-    use hickory_proto::rr::{RData, Record, RecordType};
+    use hickory_proto::rr::rdata::{A, AAAA, SOA};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -358,6 +358,14 @@ pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> So
                         }
                     }
                 }
+            }
+            // As a real server does (RFC 2308): a negative answer carries the zone's SOA,
+            // whose minimum is how long the "no such record" may be cached.
+            if reply.answers.is_empty() {
+                let zone = Name::from_ascii("relay.test.").unwrap();
+                let admin = Name::from_ascii("hostmaster.relay.test.").unwrap();
+                let soa = SOA::new(zone.clone(), admin, 1, 60, 60, 60, 60);
+                reply.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
             }
             let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
         }
