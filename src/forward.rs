@@ -55,6 +55,8 @@ pub struct Transfer {
     pub up: u64,
     /// Bytes from upstream to client.
     pub down: u64,
+    /// Of those, bytes moved by splice(2) without passing through user space.
+    pub spliced: u64,
     /// How it ended.
     pub end: End,
 }
@@ -70,9 +72,9 @@ pub async fn relay(
     stop: &CancellationToken,
 ) -> Transfer {
     let clock = Activity::new();
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let to_upstream = pump(&client, &upstream, preface, &up, &clock);
-    let to_client = pump(&upstream, &client, Vec::new(), &down, &clock);
+    let (up, down, spliced) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let to_upstream = pump(&client, &upstream, preface, &up, &spliced, &clock);
+    let to_client = pump(&upstream, &client, Vec::new(), &down, &spliced, &clock);
     tokio::pin!(to_upstream, to_client);
     let (mut up_done, mut down_done) = (false, false);
     let end = loop {
@@ -101,6 +103,7 @@ pub async fn relay(
     Transfer {
         up: up.load(Ordering::Relaxed),
         down: down.load(Ordering::Relaxed),
+        spliced: spliced.load(Ordering::Relaxed),
         end,
     }
 }
@@ -111,12 +114,15 @@ enum Broken {
     Writer,
 }
 
-/// Copies `from` to `to` until `from` sends FIN, then passes the FIN on.
+/// Copies `from` to `to` until `from` sends FIN, then passes the FIN on. Small exchanges go
+/// through a small buffer; once a read fills it the direction is carrying bulk data, and on
+/// Linux it switches to splice(2) through a pipe made for it then.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     preface: Vec<u8>,
     moved: &AtomicU64,
+    spliced: &AtomicU64,
     clock: &Activity,
 ) -> Result<(), Broken> {
     write_all(to, &preface, moved, clock).await?;
@@ -134,9 +140,18 @@ async fn pump(
             Ok(n) => {
                 clock.touch();
                 write_all(to, &buffer, moved, clock).await?;
-                if n == buffer.capacity() && n < BULK_BUFFER {
-                    buffer.clear();
-                    buffer.reserve_exact(BULK_BUFFER);
+                if n == buffer.capacity() {
+                    #[cfg(target_os = "linux")]
+                    if let Ok(mut pipe) = crate::splice::Pipe::new() {
+                        drop(buffer);
+                        splice_all(from, to, &mut pipe, moved, spliced, clock).await?;
+                        break;
+                    }
+                    // No pipe (or not Linux): a bigger buffer instead.
+                    if n < BULK_BUFFER {
+                        buffer.clear();
+                        buffer.reserve_exact(BULK_BUFFER);
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -146,6 +161,40 @@ async fn pump(
     // A peer that already reset makes this fail; the other direction will notice.
     let _ = SockRef::from(to).shutdown(Shutdown::Write);
     Ok(())
+}
+
+/// Splices `from` to `to` until `from` sends FIN.
+#[cfg(target_os = "linux")]
+async fn splice_all(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &mut crate::splice::Pipe,
+    moved: &AtomicU64,
+    spliced: &AtomicU64,
+    clock: &Activity,
+) -> Result<(), Broken> {
+    use tokio::io::Interest;
+    loop {
+        from.readable().await.map_err(|_| Broken::Reader)?;
+        match from.try_io(Interest::READABLE, || pipe.fill_from(from, BULK_BUFFER)) {
+            Ok(0) => return Ok(()),
+            Ok(_) => clock.touch(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(Broken::Reader),
+        }
+        while pipe.pending > 0 {
+            to.writable().await.map_err(|_| Broken::Writer)?;
+            match to.try_io(Interest::WRITABLE, || pipe.drain_into(to)) {
+                Ok(n) => {
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                    spliced.fetch_add(n as u64, Ordering::Relaxed);
+                    clock.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(Broken::Writer),
+            }
+        }
+    }
 }
 
 async fn write_all(

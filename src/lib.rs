@@ -14,3 +14,5 @@ pub mod resolve;
 pub mod review;
 pub mod rules;
 pub mod server;
+#[cfg(target_os = "linux")]
+pub mod splice;

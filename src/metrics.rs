@@ -57,6 +57,8 @@ pub struct ConnectionRecord<'a> {
     pub total: Duration,
     /// Bytes client to upstream and upstream to client.
     pub bytes: Option<(u64, u64)>,
+    /// Bytes moved by splice(2).
+    pub spliced: u64,
     /// Whether the destination's addresses came from the resolver cache.
     pub resolver_cache_hit: Option<bool>,
 }
@@ -66,6 +68,7 @@ pub struct Metrics {
     registry: Registry,
     connections: Family<Outcome, Counter>,
     bytes: Family<Direction, Counter>,
+    spliced: Counter,
     rule_connections: Family<RuleLabel, Counter>,
     rule_bytes: Family<RuleDirection, Counter>,
     hello_size: Histogram,
@@ -84,6 +87,7 @@ impl Default for Metrics {
         let metrics = Metrics {
             connections: Family::default(),
             bytes: Family::default(),
+            spliced: Counter::default(),
             rule_connections: Family::default(),
             rule_bytes: Family::default(),
             hello_size: Histogram::new(exponential_buckets(128.0, 2.0, 10)),
@@ -186,6 +190,7 @@ impl Metrics {
             let result = if hit { "hit" } else { "miss" };
             self.resolver_cache.get_or_create(&Result_ { result }).inc();
         }
+        self.spliced.inc_by(record.spliced);
         let Some((up, down)) = record.bytes else {
             return;
         };

@@ -510,6 +510,7 @@ impl ConnectionLog {
             connect: self.connect_done.zip(self.hello_done).map(|(c, h)| c - h),
             total,
             bytes: transfer.map(|t| (t.up, t.down)),
+            spliced: transfer.map_or(0, |t| t.spliced),
             resolver_cache_hit: match self.dns {
                 Some(Source::Cache) => Some(true),
                 Some(Source::Query) => Some(false),
@@ -532,6 +533,7 @@ impl ConnectionLog {
             error,
             bytes_up = transfer.map(|t| t.up),
             bytes_down = transfer.map(|t| t.down),
+            bytes_spliced = transfer.map(|t| t.spliced),
             hello_ms = self.hello_done.map(ms),
             connect_ms = connect,
             total_ms = ms(total),

@@ -94,6 +94,11 @@ async fn tls_is_end_to_end_and_16_mib_each_way_arrive_intact() {
         assert!(log["bytes_up"].as_u64().unwrap() > size as u64);
         assert!(log["bytes_down"].as_u64().unwrap() > size as u64);
         assert!(log["tls"].as_str().unwrap().contains("1.3"));
+        // Bulk traffic leaves user space: the splice path really ran (Linux).
+        assert!(
+            log["bytes_spliced"].as_u64().unwrap() > size as u64,
+            "{log}"
+        );
     })
     .await
 }
@@ -131,7 +136,12 @@ async fn client_half_close_keeps_the_reply_flowing() {
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"reply after the client's FIN");
-        assert_outcome(&relay.next_connection().await, "forwarded", "closed");
+        let log = relay.next_connection().await;
+        assert_outcome(&log, "forwarded", "closed");
+        assert_eq!(
+            log["bytes_spliced"], 0,
+            "small exchanges stay in the small buffer: {log}"
+        );
     })
     .await
 }
