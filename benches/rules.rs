@@ -12,7 +12,8 @@ fn rules_file(n: usize) -> String {
     let mut allow = vec![
         r#""translation.googleapis.com""#.to_owned(),
         r#""*.sandbox.googleapis.com""#.to_owned(),
-        r#"{"name": "texttospeech.googleapis.com", "upstream": "private.googleapis.com:443"}"#.to_owned(),
+        r#"{"name": "texttospeech.googleapis.com", "upstream": "private.googleapis.com:443"}"#
+            .to_owned(),
         r#""oauth2.googleapis.com""#.to_owned(),
         r#""*.storage.example.net""#.to_owned(),
     ];
@@ -20,7 +21,11 @@ fn rules_file(n: usize) -> String {
         allow.push(match i % 3 {
             0 => format!(r#""api{i}.service{}.example.com""#, i % 97),
             1 => format!(r#""*.tenant{i}.example.org""#),
-            _ => format!(r#"{{"name": "host{i}.example.net", "upstream": "10.0.{}.{}:443"}}"#, (i / 250) % 250, i % 250),
+            _ => format!(
+                r#"{{"name": "host{i}.example.net", "upstream": "10.0.{}.{}:443"}}"#,
+                (i / 250) % 250,
+                i % 250
+            ),
         });
     }
     format!(r#"{{"allow": [{}]}}"#, allow.join(",\n"))
@@ -62,6 +67,13 @@ fn main() {
     assert_eq!(large.rules.len(), 100_000);
     let (a, b) = (decide_ns(&small, &names), decide_ns(&large, &names));
     println!("| figure | 5 rules | 100,000 rules |\n|---|---|---|");
-    println!("| decide one name, ns (median) | {a:.0} | {b:.0} ({:.2}x) |", b / a);
-    println!("| load and validate the file, ms | - | {:.0} ({} KiB) |", load.as_secs_f64() * 1e3, text.len() / 1024);
+    println!(
+        "| decide one name, ns (median) | {a:.0} | {b:.0} ({:.2}x) |",
+        b / a
+    );
+    println!(
+        "| load and validate the file, ms | - | {:.0} ({} KiB) |",
+        load.as_secs_f64() * 1e3,
+        text.len() / 1024
+    );
 }

@@ -306,3 +306,62 @@ fn server_name_must_be_one_valid_host_name() {
         "mixed.example.com"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A valid host name: 1-4 labels of letters, digits and inner hyphens, then a TLD.
+    fn host_name() -> impl Strategy<Value = String> {
+        (
+            vec("[a-zA-Z0-9]([a-zA-Z0-9-]{0,12}[a-zA-Z0-9])?", 1..5),
+            "[a-zA-Z]{2,8}",
+        )
+            .prop_map(|(labels, tld)| format!("{}.{tld}", labels.join(".")))
+    }
+
+    /// Extensions the reader does not interpret, with distinct types.
+    fn other_extensions() -> impl Strategy<Value = Vec<Ext>> {
+        vec((1000u16..60000, vec(any::<u8>(), 0..48)), 0..10).prop_map(|list| {
+            let mut seen = std::collections::HashSet::new();
+            list.into_iter()
+                .filter(|(t, _)| seen.insert(*t))
+                .map(|(t, body)| Ext(t, body))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_valid_hello_yields_the_name_it_was_built_with(
+            name in host_name(),
+            mut exts in other_extensions(),
+            position in any::<prop::sample::Index>(),
+            record_sizes in vec(1usize..600, 1..6),
+            read_size in 1usize..300,
+            trailing_dot in any::<bool>(),
+        ) {
+            let sent = if trailing_dot { format!("{name}.") } else { name.clone() };
+            let at = position.index(exts.len() + 1);
+            exts.insert(at, sni(&sent));
+            let bytes = records(&handshake(1, &client_hello_body(&exts)), &record_sizes);
+            let hello = complete(&bytes);
+            prop_assert_eq!(hello.sni.as_str(), name.to_ascii_lowercase());
+            prop_assert_eq!(hello.len, bytes.len());
+            // Read in chunks of any size, the reader agrees.
+            let mut reader = HelloReader::new(LIMIT);
+            let mut end = 0;
+            let chunked = loop {
+                end = (end + read_size).min(bytes.len());
+                match reader.advance(&bytes[..end]) {
+                    Ok(None) if end < bytes.len() => continue,
+                    answer => break answer,
+                }
+            };
+            prop_assert_eq!(chunked, Ok(Some(hello)));
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! generated test case instead of hand-edited bytes.
 
 /// One extension: type and body.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Ext(pub u16, pub Vec<u8>);
 
 fn u16_len(bytes: &[u8]) -> [u8; 2] {
