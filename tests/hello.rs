@@ -205,6 +205,17 @@ fn inconsistent_inner_lengths_are_bad_hello() {
         Err(HelloError::Malformed("server_name_length"))
     );
 
+    // Stray bytes after a valid entry, inside a list whose length counts them (found by the
+    // differential fuzz target: rustls takes the first entry and ignores the rest).
+    let Ext(_, mut sni_body) = sni("translate.googleapis.com");
+    sni_body.extend_from_slice(b"pis.\x01\x00\x00");
+    let list_len = (sni_body.len() - 2) as u16;
+    sni_body[..2].copy_from_slice(&list_len.to_be_bytes());
+    assert_eq!(
+        sni_of(&hello(&[Ext(0, sni_body)])),
+        Err(HelloError::Malformed("server_name_length"))
+    );
+
     // A name entry overrunning the list.
     let Ext(_, mut sni_body) = sni("a.example.com");
     sni_body[4] += 1;
