@@ -11,19 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NAME: &str = "translation.googleapis.com";
 
-fn available(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing; .ci/run installs it"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
-}
-
 /// A TLS upstream that answers each HTTP request with a fixed body, and otherwise reads
 /// until the client closes.
 fn serve_https(upstream: Upstream, pki: &Pki) {
@@ -71,7 +58,7 @@ fn write_ca(dir: &Path, pki: &Pki) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_gets_the_upstream_answer_with_the_real_name_and_certificate() {
-    if !available("curl") {
+    if !common::available("curl") {
         return;
     }
     within(async {
@@ -130,7 +117,7 @@ async fn curl_gets_the_upstream_answer_with_the_real_name_and_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_verifies_the_upstream_certificate() {
-    if !available("openssl") {
+    if !common::available("openssl") {
         return;
     }
     within(async {

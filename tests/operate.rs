@@ -205,14 +205,7 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 fn promtool_check(body: &str) {
-    let available = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("promtool").is_file()));
-    if !available {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing; .ci/run installs it"
-        );
-        eprintln!("skipped promtool: not installed");
+    if !common::available("promtool") {
         return;
     }
     let mut child = std::process::Command::new("promtool")

@@ -26,6 +26,21 @@ pub async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("test did not finish within {PATIENCE:?}"))
 }
 
+/// Whether `tool` is on PATH. A developer machine without it skips the test that needs it;
+/// CI never does, since `.ci/run` installs every tool the suite drives.
+pub fn available(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing; .ci/run installs it"
+        );
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
+
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
