@@ -146,6 +146,9 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
             socket.set_only_v6(true)?;
         }
         socket.set_nonblocking(true)?;
+        // Accepted sockets are cloned from the listener, options included: set once here,
+        // these cost nothing per connection.
+        tune(&socket);
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
         TcpListener::from_std(socket.into())
@@ -294,7 +297,6 @@ async fn forward_connection(
     log: &mut ConnectionLog,
 ) -> Result<Transfer, Rejection> {
     let config = &settings.config;
-    tune(&client);
 
     // The phases before forwarding are boxed: their state is freed once they finish, so a
     // long-lived connection keeps only the copy loop's (the DNS lookup's alone is kilobytes).
@@ -380,8 +382,8 @@ async fn refuse_with_alert(client: TcpStream) {
 }
 
 /// Small writes go out at once (handshakes are latency-bound), and dead peers are noticed.
-fn tune(stream: &TcpStream) {
-    let sock = SockRef::from(stream);
+fn tune<'s>(socket: impl Into<SockRef<'s>>) {
+    let sock = socket.into();
     let _ = sock.set_tcp_nodelay(true);
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
@@ -554,4 +556,26 @@ fn versions(offered: &[u16]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+    }
 }
