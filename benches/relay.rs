@@ -1,7 +1,10 @@
 //! Side-by-side benchmark: snirelay, nginx (stream + ssl_preread) and HAProxy (req.ssl_sni)
 //! against no relay at all, on loopback, interleaved round by round.
 //!
-//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000] [--only snirelay]`
+//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000,9000] [--only snirelay]
+//! [--snirelay PATH]`
+//!
+//! `--snirelay` runs another build (say, the previous commit's) in place of this one.
 //!
 //! Each connection starts with a real ClientHello (the captured Chromium one, 1964 bytes,
 //! post-quantum sized), then a 9-byte command the upstream obeys: `D n` send n bytes,
@@ -23,19 +26,21 @@ const CHUNK: usize = 256 * 1024;
 
 struct Options {
     only: Option<String>,
+    binary: String,
     rounds: usize,
     mib: u64,
     conns: usize,
-    idle: usize,
+    idle: Vec<usize>,
 }
 
 fn options() -> Options {
     let mut o = Options {
         only: None,
+        binary: env!("CARGO_BIN_EXE_snirelay").to_owned(),
         rounds: 3,
         mib: 1024,
         conns: 5000,
-        idle: 2000,
+        idle: vec![2000],
     };
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
@@ -45,14 +50,19 @@ fn options() -> Options {
             .and_then(|v| v.parse().ok())
     };
     o.rounds = value("--rounds").unwrap_or(o.rounds);
-    o.only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let text = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    o.only = text("--only");
+    o.binary = text("--snirelay").unwrap_or(o.binary);
     o.mib = value("--mib").unwrap_or(o.mib as usize) as u64;
     o.conns = value("--conns").unwrap_or(o.conns);
-    o.idle = value("--idle").unwrap_or(o.idle);
+    if let Some(list) = text("--idle") {
+        o.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
+    }
     o
 }
 
@@ -317,7 +327,7 @@ async fn wait_listening(addr: SocketAddr) -> bool {
     false
 }
 
-async fn start(name: &'static str, upstream: SocketAddr) -> Option<Target> {
+async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option<Target> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -329,7 +339,7 @@ async fn start(name: &'static str, upstream: SocketAddr) -> Option<Target> {
                 "max_connections_per_client": 200000, "max_pending_hellos": 200000}}"#
             );
             std::fs::write(dir.path().join("rules.json"), config).unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_snirelay"));
+            let mut cmd = Command::new(binary);
             cmd.args(["run", "--listen", &addr.to_string(), "--config"])
                 .arg(dir.path().join("rules.json"));
             cmd.env("RUST_LOG", "warn");
@@ -362,7 +372,7 @@ async fn start(name: &'static str, upstream: SocketAddr) -> Option<Target> {
                 return None;
             }
             let config = format!(
-                "global\n  nbthread {cores}\n  maxconn 6000\n\
+                "global\n  nbthread {cores}\n  maxconn 9500\n\
                  defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
                  frontend fe\n  bind {addr}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
                  use_backend be if {{ req.ssl_sni -i {NAME} }}\n\
@@ -401,7 +411,7 @@ async fn start(name: &'static str, upstream: SocketAddr) -> Option<Target> {
     })
 }
 
-type Figures = BTreeMap<&'static str, Vec<f64>>;
+type Figures = BTreeMap<String, Vec<f64>>;
 
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -425,7 +435,7 @@ async fn main() {
         // Each target gets its own upstream port, so TIME_WAIT tuples never collide.
         let held = Arc::new(AtomicUsize::new(0));
         let up = upstream(held.clone()).await;
-        match start(name, up).await {
+        match start(name, up, &o.binary).await {
             Some(t) => {
                 targets.push(t);
                 holds.push(held);
@@ -438,46 +448,55 @@ async fn main() {
         for (i, t) in targets.iter().enumerate() {
             let pid = t.child.as_ref().map(|c| c.id());
             let r = &mut results[i];
-            let mut push = |k: &'static str, v: f64| r.entry(k).or_default().push(v);
+            let mut push = |k: String, v: f64| r.entry(k).or_default().push(v);
             let cpu = cpu_ms(pid);
             let down1 = throughput(t.addr, 1, total, true).await;
             let cpu_after = cpu_ms(pid);
             push(
-                "relay CPU ms per GiB, 1 conn",
+                "relay CPU ms per GiB, 1 conn".into(),
                 (cpu_after - cpu) / (total as f64 / (1u64 << 30) as f64),
             );
-            push("throughput 1 conn down, MB/s", down1 / 1e6);
+            push("throughput 1 conn down, MB/s".into(), down1 / 1e6);
             push(
-                "throughput 1 conn up, MB/s",
+                "throughput 1 conn up, MB/s".into(),
                 throughput(t.addr, 1, total, false).await / 1e6,
             );
             push(
-                "throughput 8 conns down, MB/s",
+                "throughput 8 conns down, MB/s".into(),
                 throughput(t.addr, 8, total, true).await / 1e6,
             );
             push(
-                "throughput 8 conns up, MB/s",
+                "throughput 8 conns up, MB/s".into(),
                 throughput(t.addr, 8, total, false).await / 1e6,
             );
             let cpu = cpu_ms(pid);
             let (rate, lat) = connection_rate(t.addr, o.conns).await;
             push(
-                "relay CPU ms per 1,000 conns",
+                "relay CPU ms per 1,000 conns".into(),
                 (cpu_ms(pid) - cpu) / (o.conns as f64 / 1000.0),
             );
-            push("conn/s at c=32", rate);
-            push("latency p50 ms", percentile(&lat, 0.5));
-            push("latency p90 ms", percentile(&lat, 0.9));
-            push("latency p99 ms", percentile(&lat, 0.99));
-            let (rss, slab) = idle_cost(t.addr, pid, &holds[i], o.idle).await;
-            push("RSS bytes per idle conn", rss);
-            push("kernel slab bytes per idle conn", slab);
+            push("conn/s at c=32".into(), rate);
+            push("latency p50 ms".into(), percentile(&lat, 0.5));
+            push("latency p90 ms".into(), percentile(&lat, 0.9));
+            push("latency p99 ms".into(), percentile(&lat, 0.99));
+            for &n in &o.idle {
+                let (rss, slab) = idle_cost(t.addr, pid, &holds[i], n).await;
+                push(format!("RSS bytes per idle conn, {n} held"), rss);
+                push(format!("kernel slab bytes per idle conn, {n} held"), slab);
+            }
             eprintln!("round {} {}: done", round + 1, t.name);
         }
     }
     println!(
         "\nmedians of {} interleaved rounds; {} MiB per transfer, {} connections, {} idle\n",
-        o.rounds, o.mib, o.conns, o.idle
+        o.rounds,
+        o.mib,
+        o.conns,
+        o.idle
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
     print!("| figure |");
     for t in &targets {
