@@ -279,29 +279,23 @@ fn run(
     if listen_fixed {
         config.listen = listen;
     }
-    // The relay's connections run on one worker thread per core (see `server::serve`); this
-    // runtime, on the main thread, keeps signals, reloads and the admin endpoint.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     runtime.block_on(async {
         let listeners = config
             .listen
             .iter()
-            .map(|addr| server::bind(*addr, workers))
+            .map(|addr| server::bind(*addr))
             .collect::<Result<Vec<_>, _>>()?;
         let admin = match config.admin {
-            Some(addr) => {
-                let socket = server::bind(addr, 1).context("admin endpoint")?.remove(0);
-                Some(tokio::net::TcpListener::from_std(socket).context("admin endpoint")?)
-            }
+            Some(addr) => Some(server::bind(addr).context("admin endpoint")?),
             None => None,
         };
         let bound: Vec<SocketAddr> = listeners
             .iter()
-            .filter_map(|group| group.first()?.local_addr().ok())
+            .filter_map(|l| l.local_addr().ok())
             .collect();
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));
@@ -310,9 +304,8 @@ fn run(
             tokio::spawn(snirelay::admin::serve(admin, relay.clone()));
         }
         let shutdown = shutdown_signal()?;
-        server::serve(listeners, relay, shutdown)
-            .await
-            .context("cannot start the worker threads")
+        server::serve(listeners, relay, shutdown).await;
+        Ok(())
     })
 }
 

@@ -136,25 +136,22 @@ pub struct BindError {
     hint: &'static str,
 }
 
-/// Opens `count` listening sockets on `addr` that share its connections. With more than one,
-/// each has SO_REUSEPORT and the kernel spreads new connections over them, so each worker
-/// thread accepts on its own socket and a connection never changes thread. IPv6 listeners are
-/// IPv6-only (as nginx does), so `0.0.0.0:443` and `[::]:443` can both be listed.
-pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
-    let shared = count > 1;
-    let open = || -> io::Result<Vec<std::net::TcpListener>> {
-        if shared && addr.port() != 0 {
-            // SO_REUSEPORT would let us join another process's group on this port silently
-            // (same user, e.g. a second snirelay): a plain bind first makes that an error.
-            drop(socket(addr, false)?);
+/// Opens a listening socket. IPv6 listeners are IPv6-only (as nginx does), so `0.0.0.0:443`
+/// and `[::]:443` can both be listed.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let open = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
         }
-        let first = socket(addr, shared)?;
-        let bound = first.local_addr()?;
-        let mut all = vec![first];
-        for _ in 1..count {
-            all.push(socket(bound, true)?);
-        }
-        Ok(all)
+        socket.set_nonblocking(true)?;
+        // Accepted sockets are cloned from the listener, options included: set once here,
+        // these cost nothing per connection.
+        tune(&socket);
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
     };
     open().map_err(|cause| {
         let hint = match cause.kind() {
@@ -173,92 +170,27 @@ pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>
     })
 }
 
-fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    // Accepted sockets are cloned from the listener, options included: set once here,
-    // these cost nothing per connection.
-    tune(&socket);
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// Serves until `shutdown` completes, then stops accepting, lets live connections finish for
-/// the drain period, and ends the rest.
-///
-/// `listeners` holds, per address, one socket per worker (from [`bind`]). Each worker is a
-/// thread with its own single-threaded runtime that accepts on its sockets and runs those
-/// connections to the end: no task moves between threads and no wake-up crosses one, which
-/// a shared work-stealing runtime pays for on every connection. The caller's runtime keeps
-/// the rest (signals, reloads, the admin endpoint).
+/// Serves `listeners` until `shutdown` completes, then stops accepting, lets live
+/// connections finish for the drain period, and ends the rest.
 pub async fn serve(
-    listeners: Vec<Vec<std::net::TcpListener>>,
+    listeners: Vec<TcpListener>,
     relay: Arc<Relay>,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) {
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     let accepting = CancellationToken::new();
     let accept_loops = TaskTracker::new();
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|group| group.first()?.local_addr().ok())
-        .collect();
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = Vec::new();
-    for group in listeners {
-        for (worker, socket) in group.into_iter().enumerate() {
-            if per_worker.len() <= worker {
-                per_worker.push(Vec::new());
-            }
-            per_worker[worker].push(socket);
-        }
-    }
-    let mut threads = Vec::new();
-    for (index, sockets) in per_worker.into_iter().enumerate() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (relay, connections, accept_loops) =
-            (relay.clone(), connections.clone(), accept_loops.clone());
-        let (accepting, stop) = (accepting.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("snirelay-worker-{index}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    for socket in sockets {
-                        match TcpListener::from_std(socket) {
-                            Ok(listener) => {
-                                accept_loops.spawn(accept_loop(
-                                    listener,
-                                    relay.clone(),
-                                    connections.clone(),
-                                    accepting.clone(),
-                                    stop.clone(),
-                                ));
-                            }
-                            Err(e) => tracing::error!(error = %e, "cannot register a listener"),
-                        }
-                    }
-                    // This runtime runs its connections: it stays up until all have ended.
-                    accept_loops.wait().await;
-                    connections.wait().await;
-                });
-            })?;
-        threads.push(thread);
+    for listener in listeners {
+        accept_loops.spawn(accept_loop(
+            listener,
+            relay.clone(),
+            connections.clone(),
+            accepting.clone(),
+            stop.clone(),
+        ));
     }
     accept_loops.close();
-    // Said once the workers' runtimes exist, so whoever waits for it sees the process whole.
-    for addr in addrs {
-        tracing::info!(addr = %addr, "listening");
-    }
     relay.ready.store(true, Ordering::Relaxed);
     shutdown.await;
     relay.ready.store(false, Ordering::Relaxed);
@@ -275,11 +207,7 @@ pub async fn serve(
         stop.cancel();
         connections.wait().await;
     }
-    for thread in threads {
-        let _ = thread.join();
-    }
     tracing::info!("stopped");
-    Ok(())
 }
 
 async fn accept_loop(
@@ -292,6 +220,7 @@ async fn accept_loop(
     let Ok(local) = listener.local_addr() else {
         return;
     };
+    tracing::info!(addr = %local, "listening");
     let mut failing = false;
     loop {
         let accepted = tokio::select! {
@@ -635,8 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {
-        let socket = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-        let listener = TcpListener::from_std(socket).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();

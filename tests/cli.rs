@@ -207,38 +207,6 @@ fn run_explains_a_listener_it_cannot_bind() {
 }
 
 #[test]
-fn run_does_not_join_another_process_on_its_port() {
-    // What a running snirelay holds: a listener with SO_REUSEPORT, under the same user. A
-    // second relay must not silently share its connections.
-    use socket2::{Domain, Socket, Type};
-    let held = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    held.set_reuse_port(true).unwrap();
-    held.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    held.listen(8).unwrap();
-    let addr = held.local_addr().unwrap().as_socket().unwrap().to_string();
-    let config = fixture_dir().join("config/valid/minimal.json");
-    let out = snirelay(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        &addr,
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains(&format!("cannot listen on {addr}")) && err.contains("another process"),
-        "{err}"
-    );
-}
-
-#[test]
 fn run_explains_a_privileged_port() {
     let config = fixture_dir().join("config/valid/minimal.json");
     let mut cmd = if running_as_root() {
