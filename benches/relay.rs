@@ -1,7 +1,7 @@
 //! Side-by-side benchmark: snirelay, nginx (stream + ssl_preread) and HAProxy (req.ssl_sni)
 //! against no relay at all, on loopback, interleaved round by round.
 //!
-//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000,9000] [--only snirelay]
+//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000,7500] [--only snirelay]
 //! [--snirelay PATH]`
 //!
 //! `--snirelay` runs another build (say, the previous commit's) in place of this one.
@@ -302,7 +302,11 @@ struct Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
-            let _ = child.kill();
+            // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked; killed,
+            // it leaves them running (and using CPU) after the bench.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
@@ -372,7 +376,7 @@ async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option
                 return None;
             }
             let config = format!(
-                "global\n  nbthread {cores}\n  maxconn 9500\n\
+                "global\n  nbthread {cores}\n  maxconn 7800\n\
                  defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
                  frontend fe\n  bind {addr}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
                  use_backend be if {{ req.ssl_sni -i {NAME} }}\n\
