@@ -1,4 +1,10 @@
 //! snirelay: an SNI-passthrough TCP relay.
+// Nothing from the network or a config file may panic the relay: outside tests, failures are
+// values with a reason, and clippy holds every commit to that.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 pub mod admin;
 pub mod config;
 pub mod connect;

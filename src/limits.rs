@@ -206,4 +206,25 @@ mod tests {
             (0, 0, 0)
         );
     }
+
+    #[tokio::test]
+    async fn a_connection_task_that_panics_gives_its_place_back() {
+        let counters = Arc::new(Counters::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let slot = counters.admit(ip, &limits(1, 1, 1)).unwrap();
+        let task = tokio::spawn(async move {
+            let _held = slot;
+            panic!("a bug in one connection");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(
+            (
+                counters.active(),
+                counters.pending_hellos(),
+                counters.from_client(ip)
+            ),
+            (0, 0, 0)
+        );
+        assert!(counters.admit(ip, &limits(1, 1, 1)).is_ok());
+    }
 }

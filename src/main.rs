@@ -1,5 +1,6 @@
 //! The `snirelay` command: argument parsing, logging, signals and exit codes. Everything
 //! else lives in the library.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
