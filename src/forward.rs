@@ -129,13 +129,24 @@ async fn pump(
     drop(preface);
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        from.readable().await.map_err(|_| Broken::Reader)?;
-        if buffer.capacity() == 0 {
-            buffer.reserve_exact(FIRST_BUFFER);
-        }
+        read_ready(from).await.map_err(|_| Broken::Reader)?;
         buffer.clear();
-        // Reads into the spare capacity: no zeroing of a buffer about to be overwritten.
-        match from.try_read_buf(&mut buffer) {
+        let read = if buffer.capacity() == 0 {
+            // Readiness can be stale (reading the hello leaves it set, so an idle client's
+            // side looks readable once): read into the stack first, and take a heap buffer
+            // only for bytes that really came.
+            let mut first = [0u8; FIRST_BUFFER];
+            from.try_read(&mut first).inspect(|&n| {
+                if n > 0 {
+                    buffer.reserve_exact(FIRST_BUFFER);
+                    buffer.extend_from_slice(&first[..n]);
+                }
+            })
+        } else {
+            // Into the spare capacity: no zeroing of a buffer about to be overwritten.
+            from.try_read_buf(&mut buffer)
+        };
+        match read {
             Ok(0) => break,
             Ok(n) => {
                 clock.touch();
@@ -175,7 +186,7 @@ async fn splice_all(
 ) -> Result<(), Broken> {
     use tokio::io::Interest;
     loop {
-        from.readable().await.map_err(|_| Broken::Reader)?;
+        read_ready(from).await.map_err(|_| Broken::Reader)?;
         match from.try_io(Interest::READABLE, || pipe.fill_from(from, BULK_BUFFER)) {
             Ok(0) => return Ok(()),
             Ok(_) => clock.touch(),
@@ -183,7 +194,7 @@ async fn splice_all(
             Err(_) => return Err(Broken::Reader),
         }
         while pipe.pending > 0 {
-            to.writable().await.map_err(|_| Broken::Writer)?;
+            write_ready(to).await.map_err(|_| Broken::Writer)?;
             match to.try_io(Interest::WRITABLE, || pipe.drain_into(to)) {
                 Ok(n) => {
                     moved.fetch_add(n as u64, Ordering::Relaxed);
@@ -204,7 +215,7 @@ async fn write_all(
     clock: &Activity,
 ) -> Result<(), Broken> {
     while !bytes.is_empty() {
-        to.writable().await.map_err(|_| Broken::Writer)?;
+        write_ready(to).await.map_err(|_| Broken::Writer)?;
         match to.try_write(bytes) {
             Ok(n) => {
                 bytes = &bytes[n..];
@@ -216,6 +227,18 @@ async fn write_all(
         }
     }
     Ok(())
+}
+
+// Readiness through `poll_*_ready` rather than `readable()`/`writable()`: those futures carry
+// an intrusive waiter node, and every idle connection keeps four of them in its task (its
+// largest part). The poll forms keep one waker per direction in the socket instead, which
+// suffices: each socket has one reader (its pump) and one writer (the other pump).
+async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
+async fn write_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await
 }
 
 /// Closes with RST instead of FIN, so the peer learns the connection broke.
