@@ -279,27 +279,37 @@ async fn connection(
     stop: CancellationToken,
 ) {
     let mut log = ConnectionLog::new(peer, listener);
-    let result = tokio::select! {
+    // Boxed, so what getting there took is freed before the copy loop starts: a
+    // long-lived connection's task keeps only the copy loop's state.
+    let opened = tokio::select! {
         biased;
-        result = forward_connection(client, &settings, &mut slot, &stop, &mut log) => result,
+        opened = Box::pin(open(client, &settings, &mut slot, &mut log)) => opened,
         () = stop.cancelled() => Err(Rejection::Shutdown),
+    };
+    let result = match opened {
+        Ok((client, upstream, preface)) => {
+            let idle = settings.config.timeouts.idle;
+            Ok(forward::relay(client, upstream, preface, idle, &stop).await)
+        }
+        Err(rejection) => Err(rejection),
     };
     // The connection is over: free its place before saying so.
     drop(slot);
     log.emit(result, &relay.metrics);
 }
 
-async fn forward_connection(
+/// From accept to a connected upstream: the client, the upstream, and the bytes to replay
+/// (the hello and whatever followed it).
+async fn open(
     client: TcpStream,
     settings: &Settings,
     slot: &mut Slot,
-    stop: &CancellationToken,
     log: &mut ConnectionLog,
-) -> Result<Transfer, Rejection> {
+) -> Result<(TcpStream, TcpStream, Vec<u8>), Rejection> {
     let config = &settings.config;
 
-    // The phases before forwarding are boxed: their state is freed once they finish, so a
-    // long-lived connection keeps only the copy loop's (the DNS lookup's alone is kilobytes).
+    // Each phase is boxed on its own: a connection waiting for its hello must not hold
+    // room for the DNS lookup's state, which is kilobytes.
     let mut received = Vec::new();
     let hello = timeout(
         config.timeouts.hello,
@@ -329,7 +339,7 @@ async fn forward_connection(
     log.connected(addr);
     tune(&upstream);
 
-    Ok(forward::relay(client, upstream, received, config.timeouts.idle, stop).await)
+    Ok((client, upstream, received))
 }
 
 /// Reads until `received` holds a complete ClientHello. Bytes past the hello stay in
