@@ -223,18 +223,23 @@ fn family(pid: u32) -> Vec<u32> {
     pids
 }
 
-/// utime + stime of the relay's processes, in milliseconds.
-fn cpu_ms(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    let ticks: u64 = family(pid)
+/// utime and stime of the relay's processes, in milliseconds.
+fn cpu_ms(pid: Option<u32>) -> (f64, f64) {
+    let Some(pid) = pid else { return (0.0, 0.0) };
+    let (user, system) = family(pid)
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .map(|stat| {
             let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+            (f[11].parse::<u64>().unwrap(), f[12].parse::<u64>().unwrap())
         })
-        .sum();
-    ticks as f64 * 1000.0 / clock_ticks()
+        .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds));
+    let ms = 1000.0 / clock_ticks();
+    (user as f64 * ms, system as f64 * ms)
+}
+
+fn total_ms((user, system): (f64, f64)) -> f64 {
+    user + system
 }
 
 fn clock_ticks() -> f64 {
@@ -453,9 +458,9 @@ async fn main() {
             let pid = t.child.as_ref().map(|c| c.id());
             let r = &mut results[i];
             let mut push = |k: String, v: f64| r.entry(k).or_default().push(v);
-            let cpu = cpu_ms(pid);
+            let cpu = total_ms(cpu_ms(pid));
             let down1 = throughput(t.addr, 1, total, true).await;
-            let cpu_after = cpu_ms(pid);
+            let cpu_after = total_ms(cpu_ms(pid));
             push(
                 "relay CPU ms per GiB, 1 conn".into(),
                 (cpu_after - cpu) / (total as f64 / (1u64 << 30) as f64),
@@ -473,11 +478,18 @@ async fn main() {
                 "throughput 8 conns up, MB/s".into(),
                 throughput(t.addr, 8, total, false).await / 1e6,
             );
-            let cpu = cpu_ms(pid);
+            let (user, system) = cpu_ms(pid);
             let (rate, lat) = connection_rate(t.addr, o.conns).await;
+            let (user_after, system_after) = cpu_ms(pid);
+            let thousands = o.conns as f64 / 1000.0;
             push(
                 "relay CPU ms per 1,000 conns".into(),
-                (cpu_ms(pid) - cpu) / (o.conns as f64 / 1000.0),
+                (user_after + system_after - user - system) / thousands,
+            );
+            // The kernel's part is mostly TCP on loopback, which every relay pays alike.
+            push(
+                "relay CPU ms per 1,000 conns, kernel part".into(),
+                (system_after - system) / thousands,
             );
             push("conn/s at c=32".into(), rate);
             push("latency p50 ms".into(), percentile(&lat, 0.5));
