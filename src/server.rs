@@ -269,7 +269,12 @@ async fn accept_loop(
 }
 
 /// One connection, start to end, logged once.
-async fn connection(
+///
+/// A plain function returning an `async move` block rather than an `async fn`: the block
+/// uses what it captures in place, while an `async fn` keeps its arguments twice in the
+/// task of every connection for as long as it lives.
+#[allow(clippy::manual_async_fn)]
+fn connection(
     client: TcpStream,
     peer: SocketAddr,
     listener: SocketAddr,
@@ -277,25 +282,27 @@ async fn connection(
     settings: Arc<Settings>,
     mut slot: Slot,
     stop: CancellationToken,
-) {
-    let mut log = ConnectionLog::new(peer, listener);
-    // Boxed, so what getting there took is freed before the copy loop starts: a
-    // long-lived connection's task keeps only the copy loop's state.
-    let opened = tokio::select! {
-        biased;
-        opened = Box::pin(open(client, &settings, &mut slot, &mut log)) => opened,
-        () = stop.cancelled() => Err(Rejection::Shutdown),
-    };
-    let result = match opened {
-        Ok((client, upstream, preface)) => {
-            let idle = settings.config.timeouts.idle;
-            Ok(forward::relay(client, upstream, preface, idle, &stop).await)
-        }
-        Err(rejection) => Err(rejection),
-    };
-    // The connection is over: free its place before saying so.
-    drop(slot);
-    log.emit(result, &relay.metrics);
+) -> impl Future<Output = ()> {
+    async move {
+        let mut log = ConnectionLog::new(peer, listener);
+        // Boxed, so what getting there took is freed before the copy loop starts: a
+        // long-lived connection's task keeps only the copy loop's state.
+        let opened = tokio::select! {
+            biased;
+            opened = Box::pin(open(client, &settings, &mut slot, &mut log)) => opened,
+            () = stop.cancelled() => Err(Rejection::Shutdown),
+        };
+        let result = match opened {
+            Ok((client, upstream, preface)) => {
+                let idle = settings.config.timeouts.idle;
+                Ok(forward::relay(client, upstream, preface, idle, &stop).await)
+            }
+            Err(rejection) => Err(rejection),
+        };
+        // The connection is over: free its place before saying so.
+        drop(slot);
+        log.emit(result, &relay.metrics);
+    }
 }
 
 /// From accept to a connected upstream: the client, the upstream, and the bytes to replay
@@ -456,12 +463,22 @@ impl Rejection {
     }
 }
 
+/// What the log line says of the hello, formatted once it is read: a few strings are
+/// cheaper to keep through a long-lived connection than the parsed lists.
+struct HelloFields {
+    sni: Box<str>,
+    alpn: String,
+    tls: String,
+    ech: bool,
+    len: usize,
+}
+
 /// The one log line a connection leaves.
 struct ConnectionLog {
     started: Instant,
     client: SocketAddr,
     listener: SocketAddr,
-    hello: Option<ClientHello>,
+    hello: Option<HelloFields>,
     hello_done: Option<Duration>,
     rule: Option<String>,
     upstream: Option<SocketAddr>,
@@ -486,7 +503,13 @@ impl ConnectionLog {
 
     fn hello(&mut self, hello: &ClientHello) {
         self.hello_done = Some(self.started.elapsed());
-        self.hello = Some(hello.clone());
+        self.hello = Some(HelloFields {
+            sni: hello.sni.as_str().into(),
+            alpn: hello.alpn.join(","),
+            tls: versions(&hello.versions),
+            ech: hello.ech,
+            len: hello.len,
+        });
     }
 
     fn connected(&mut self, upstream: SocketAddr) {
@@ -533,9 +556,9 @@ impl ConnectionLog {
             target: "snirelay::connection",
             client = %self.client,
             listener = %self.listener,
-            sni = hello.map(|h| h.sni.as_str()),
-            alpn = hello.map(|h| h.alpn.join(",")).filter(|a| !a.is_empty()),
-            tls = hello.map(|h| versions(&h.versions)),
+            sni = hello.map(|h| &*h.sni),
+            alpn = hello.map(|h| h.alpn.as_str()).filter(|a| !a.is_empty()),
+            tls = hello.map(|h| h.tls.as_str()),
             ech = hello.map(|h| h.ech),
             rule = self.rule,
             upstream = self.upstream.map(|a| a.to_string()),
