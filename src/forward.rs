@@ -68,13 +68,13 @@ pub struct Transfer {
 /// then copies both ways until both are done, one side fails, `idle` passes without a byte,
 /// or `stop` fires.
 #[allow(clippy::manual_async_fn)]
-pub fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
+pub fn relay<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
     preface: Vec<u8>,
     idle: Duration,
-    stop: &CancellationToken,
-) -> impl Future<Output = Transfer> + '_ {
+    stop: &'a CancellationToken,
+) -> impl Future<Output = Transfer> + 'a {
     // An `async move` block, not an `async fn`, so the arguments are not kept twice.
     async move {
         // A hand-written poll over two plain structs, not two async copy functions: an idle
@@ -89,7 +89,7 @@ pub fn relay(
         tokio::pin!(timer, cancelled);
         let end = std::future::poll_fn(|cx| {
             if !up.done {
-                match up.poll(cx, &client, &upstream, &mut spliced, &clock) {
+                match up.poll(cx, client, upstream, &mut spliced, &clock) {
                     Poll::Ready(Ok(())) => up.done = true,
                     Poll::Ready(Err(Broken::Reader)) => return Poll::Ready(End::ClientReset),
                     Poll::Ready(Err(Broken::Writer)) => return Poll::Ready(End::UpstreamReset),
@@ -97,7 +97,7 @@ pub fn relay(
                 }
             }
             if !down.done {
-                match down.poll(cx, &upstream, &client, &mut spliced, &clock) {
+                match down.poll(cx, upstream, client, &mut spliced, &clock) {
                     Poll::Ready(Ok(())) => down.done = true,
                     Poll::Ready(Err(Broken::Reader)) => return Poll::Ready(End::UpstreamReset),
                     Poll::Ready(Err(Broken::Writer)) => return Poll::Ready(End::ClientReset),
@@ -117,8 +117,8 @@ pub fn relay(
         })
         .await;
         if matches!(end, End::ClientReset | End::UpstreamReset) {
-            abort(&client);
-            abort(&upstream);
+            abort(client);
+            abort(upstream);
         }
         Transfer {
             up: up.moved,

@@ -254,8 +254,7 @@ async fn accept_loop(
             Ok(slot) => {
                 connections.spawn(connection(
                     client,
-                    peer,
-                    local,
+                    ConnectionLog::new(peer, local),
                     relay.clone(),
                     settings,
                     slot,
@@ -276,32 +275,34 @@ async fn accept_loop(
 #[allow(clippy::manual_async_fn)]
 fn connection(
     client: TcpStream,
-    peer: SocketAddr,
-    listener: SocketAddr,
+    mut log: ConnectionLog,
     relay: Arc<Relay>,
     settings: Arc<Settings>,
     mut slot: Slot,
     stop: CancellationToken,
 ) -> impl Future<Output = ()> {
     async move {
-        let mut log = ConnectionLog::new(peer, listener);
-        // Boxed, so what getting there took is freed before the copy loop starts: a
-        // long-lived connection's task keeps only the copy loop's state.
-        let opened = tokio::select! {
+        // Boxed, so what getting there took is freed before the copy loop starts, and
+        // matched in one statement, whose temporaries end with it: a long-lived
+        // connection's task keeps only the copy loop's state.
+        let (client, upstream, preface) = match tokio::select! {
             biased;
             opened = Box::pin(open(client, &settings, &mut slot, &mut log)) => opened,
             () = stop.cancelled() => Err(Rejection::Shutdown),
-        };
-        let result = match opened {
-            Ok((client, upstream, preface)) => {
-                let idle = settings.config.timeouts.idle;
-                Ok(forward::relay(client, upstream, preface, idle, &stop).await)
+        } {
+            Ok(parts) => parts,
+            Err(rejection) => {
+                drop(slot);
+                log.emit(Err(rejection), &relay.metrics);
+                return;
             }
-            Err(rejection) => Err(rejection),
         };
-        // The connection is over: free its place before saying so.
+        let idle = settings.config.timeouts.idle;
+        let transfer = forward::relay(&client, &upstream, preface, idle, &stop).await;
+        // The connection is over: close it and free its place before saying so.
+        drop((client, upstream));
         drop(slot);
-        log.emit(result, &relay.metrics);
+        log.emit(Ok(transfer), &relay.metrics);
     }
 }
 
@@ -331,7 +332,7 @@ async fn open(
         Box::pin(refuse_with_alert(client)).await;
         return Err(Rejection::NotAllowed);
     };
-    log.rule = Some(route.rule.pattern.to_string());
+    log.rule = Some(route.rule.pattern.to_string().into());
 
     let deadline = Instant::now() + config.timeouts.connect;
     let (targets, source) = timeout_at(
@@ -467,8 +468,8 @@ impl Rejection {
 /// cheaper to keep through a long-lived connection than the parsed lists.
 struct HelloFields {
     sni: Box<str>,
-    alpn: String,
-    tls: String,
+    alpn: Box<str>,
+    tls: Box<str>,
     ech: bool,
     len: usize,
 }
@@ -480,7 +481,7 @@ struct ConnectionLog {
     listener: SocketAddr,
     hello: Option<HelloFields>,
     hello_done: Option<Duration>,
-    rule: Option<String>,
+    rule: Option<Box<str>>,
     upstream: Option<SocketAddr>,
     dns: Option<Source>,
     connect_done: Option<Duration>,
@@ -505,8 +506,8 @@ impl ConnectionLog {
         self.hello_done = Some(self.started.elapsed());
         self.hello = Some(HelloFields {
             sni: hello.sni.as_str().into(),
-            alpn: hello.alpn.join(","),
-            tls: versions(&hello.versions),
+            alpn: hello.alpn.join(",").into(),
+            tls: versions(&hello.versions).into(),
             ech: hello.ech,
             len: hello.len,
         });
@@ -557,8 +558,8 @@ impl ConnectionLog {
             client = %self.client,
             listener = %self.listener,
             sni = hello.map(|h| &*h.sni),
-            alpn = hello.map(|h| h.alpn.as_str()).filter(|a| !a.is_empty()),
-            tls = hello.map(|h| h.tls.as_str()),
+            alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
+            tls = hello.map(|h| &*h.tls),
             ech = hello.map(|h| h.ech),
             rule = self.rule,
             upstream = self.upstream.map(|a| a.to_string()),
