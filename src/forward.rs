@@ -81,27 +81,22 @@ pub fn relay<'a>(
         // connection's task is mostly this state, and async functions keep their arguments
         // twice and a readiness future per await (1,248 bytes against about 500 here).
         let clock = Activity::new();
-        let mut up = Direction::new(preface);
-        let mut down = Direction::new(Vec::new());
+        let mut up = Direction::new(preface, [End::ClientReset, End::UpstreamReset]);
+        let mut down = Direction::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
         let mut spliced = 0;
         let timer = tokio::time::sleep(idle);
         let cancelled = stop.cancelled();
         tokio::pin!(timer, cancelled);
         let end = std::future::poll_fn(|cx| {
-            if !up.done {
-                match up.poll(cx, client, upstream, &mut spliced, &clock) {
-                    Poll::Ready(Ok(())) => up.done = true,
-                    Poll::Ready(Err(Broken::Reader)) => return Poll::Ready(End::ClientReset),
-                    Poll::Ready(Err(Broken::Writer)) => return Poll::Ready(End::UpstreamReset),
-                    Poll::Pending => {}
-                }
-            }
-            if !down.done {
-                match down.poll(cx, upstream, client, &mut spliced, &clock) {
-                    Poll::Ready(Ok(())) => down.done = true,
-                    Poll::Ready(Err(Broken::Reader)) => return Poll::Ready(End::UpstreamReset),
-                    Poll::Ready(Err(Broken::Writer)) => return Poll::Ready(End::ClientReset),
-                    Poll::Pending => {}
+            for (direction, from, to) in
+                [(&mut up, client, upstream), (&mut down, upstream, client)]
+            {
+                if !direction.done {
+                    match direction.poll(cx, from, to, &mut spliced, &clock) {
+                        Poll::Ready(Ok(())) => direction.done = true,
+                        Poll::Ready(Err(broken)) => return Poll::Ready(direction.blame(broken)),
+                        Poll::Pending => {}
+                    }
                 }
             }
             if up.done && down.done {
@@ -151,10 +146,12 @@ struct Direction {
     pipe: Option<crate::splice::Pipe>,
     moved: u64,
     done: bool,
+    /// How the relay ends when this direction's reader, or its writer, breaks.
+    ends: [End; 2],
 }
 
 impl Direction {
-    fn new(preface: Vec<u8>) -> Direction {
+    fn new(preface: Vec<u8>, ends: [End; 2]) -> Direction {
         Direction {
             buffer: preface,
             written: 0,
@@ -163,6 +160,14 @@ impl Direction {
             pipe: None,
             moved: 0,
             done: false,
+            ends,
+        }
+    }
+
+    fn blame(&self, broken: Broken) -> End {
+        match broken {
+            Broken::Reader => self.ends[0],
+            Broken::Writer => self.ends[1],
         }
     }
 
