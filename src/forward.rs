@@ -195,13 +195,14 @@ impl Direction {
                     Err(_) => return Poll::Ready(Err(Broken::Writer)),
                 }
             }
+            // Written out: only bulk data without a pipe keeps (and grows) its buffer.
             self.written = 0;
-            if self.bulk && !self.has_pipe() && self.buffer.capacity() < BULK_BUFFER {
-                self.buffer = Vec::with_capacity(BULK_BUFFER);
-            } else if !self.bulk || self.has_pipe() {
+            if self.bulk && !self.has_pipe() {
+                self.buffer.clear();
+                self.buffer.reserve_exact(BULK_BUFFER);
+            } else {
                 self.buffer = Vec::new();
             }
-            self.buffer.clear();
             #[cfg(target_os = "linux")]
             if let Some(pipe) = &mut self.pipe {
                 ready!(Self::poll_splice(
@@ -234,7 +235,7 @@ impl Direction {
                 Ok(0) => return self.finish(to),
                 Ok(n) => {
                     clock.touch();
-                    self.bulk = n >= FIRST_BUFFER.max(self.buffer.capacity());
+                    self.bulk = n == self.buffer.capacity();
                     #[cfg(target_os = "linux")]
                     if self.bulk {
                         self.pipe = crate::splice::Pipe::new().ok();
