@@ -208,12 +208,30 @@ fn run_explains_a_listener_it_cannot_bind() {
 
 #[test]
 fn run_explains_a_privileged_port() {
-    let config = fixture_dir().join("config/valid/minimal.json");
+    let mut config = fixture_dir().join("config/valid/minimal.json");
+    // Kept alive until the command has run.
+    let _unprivileged_dir;
     let mut cmd = if running_as_root() {
-        // Root may bind anything; the unprivileged case is what operators hit.
+        // Root may bind anything; the unprivileged case is what operators hit. `nobody` may
+        // not be able to reach the checkout (a clone under a 0700 directory), so the config
+        // and the binary go to a directory it can read.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        open(dir.path(), 0o755);
+        let binary = dir.path().join("snirelay");
+        std::fs::copy(env!("CARGO_BIN_EXE_snirelay"), &binary).unwrap();
+        open(&binary, 0o755);
+        let copied = dir.path().join("rules.json");
+        std::fs::copy(&config, &copied).unwrap();
+        open(&copied, 0o644);
+        config = copied;
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_snirelay"));
+            .arg(&binary);
+        _unprivileged_dir = dir;
         cmd
     } else {
         Command::new(env!("CARGO_BIN_EXE_snirelay"))
