@@ -104,11 +104,15 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Config::parse(&Config::read(path)?, path)
+    }
+
+    /// Reads the file at `path`, for a caller that needs the text as well as the rules.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
-        Config::parse(&text, path)
+        })
     }
 
     /// Validates `text`; `path` only names the source in errors.

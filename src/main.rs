@@ -112,14 +112,16 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logging(log_format);
-            let config = match Config::load(&path) {
-                Ok(config) => config,
+            let loaded =
+                Config::read(&path).and_then(|text| Ok((Config::parse(&text, &path)?, text)));
+            let (config, text) = match loaded {
+                Ok(loaded) => loaded,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
-            match run(config, path, listen, resolve) {
+            match run(config, text, path, listen, resolve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("snirelay: {e:#}");
@@ -270,8 +272,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Runs the relay on `config`, parsed from `text`, read from `path`.
 fn run(
     mut config: Config,
+    text: String,
     path: PathBuf,
     listen: Vec<SocketAddr>,
     pins: Vec<Pin>,
@@ -300,7 +304,7 @@ fn run(
             .collect();
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));
-        tokio::spawn(Reloader::install(path, relay.clone(), listen_fixed).run());
+        tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), listen_fixed).run());
         if let Some(admin) = admin {
             tokio::spawn(snirelay::admin::serve(admin, relay.clone()));
         }

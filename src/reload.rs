@@ -29,6 +29,8 @@ pub struct Reloader {
     path: PathBuf,
     relay: Arc<Relay>,
     listen_fixed: bool,
+    /// The file's content when it was last read, valid or not.
+    last_read: Option<Vec<u8>>,
     changes: mpsc::UnboundedReceiver<()>,
     hangups: Option<Signal>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -37,10 +39,18 @@ pub struct Reloader {
 impl Reloader {
     /// Starts watching now, before the relay announces it is listening: a change or a SIGHUP
     /// that arrives early must not be missed (an unhandled SIGHUP would end the process).
-    /// `listen_fixed` says the listeners came from `--listen`, so the file's `listen` is not
-    /// theirs to change.
-    pub fn install(path: PathBuf, relay: Arc<Relay>, listen_fixed: bool) -> Reloader {
+    /// `loaded` is the text the running rules were parsed from. `listen_fixed` says the
+    /// listeners came from `--listen`, so the file's `listen` is not theirs to change.
+    pub fn install(
+        path: PathBuf,
+        loaded: Vec<u8>,
+        relay: Arc<Relay>,
+        listen_fixed: bool,
+    ) -> Reloader {
         let (tx, changes) = mpsc::unbounded_channel();
+        // The file may have changed after it was loaded and before the watch began, when no
+        // event could report it; one comparison against `loaded` at start-up covers that.
+        let _ = tx.send(());
         let watcher = watch_directory(&path, tx)
             .inspect_err(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP")
@@ -53,6 +63,7 @@ impl Reloader {
             path,
             relay,
             listen_fixed,
+            last_read: Some(loaded),
             changes,
             hangups,
             _watcher: watcher,
@@ -61,7 +72,6 @@ impl Reloader {
 
     /// Reloads on every change until the process ends.
     pub async fn run(mut self) {
-        let mut last_read = std::fs::read(&self.path).ok();
         loop {
             let trigger = tokio::select! {
                 Some(()) = self.changes.recv() => Trigger::File,
@@ -77,7 +87,7 @@ impl Reloader {
                 &self.relay,
                 self.listen_fixed,
                 trigger,
-                &mut last_read,
+                &mut self.last_read,
             );
         }
     }
@@ -165,4 +175,35 @@ fn watch_directory(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Settings;
+
+    fn allowing(names: &[&str]) -> String {
+        serde_json::json!({ "allow": names }).to_string()
+    }
+
+    /// A regression: the watch began after start-up had read the file, and the first read
+    /// for comparison came later still, so a change in between was taken as the running
+    /// rules and never applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_change_between_loading_and_watching_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.json");
+        let loaded = allowing(&["a.example.com"]);
+        let config = Config::parse(&loaded, &path).unwrap();
+        let relay = Arc::new(Relay::new(
+            Settings::new(config, &[], &[], None).unwrap(),
+            Vec::new(),
+            Vec::new(),
+        ));
+        std::fs::write(&path, allowing(&["a.example.com", "b.example.com"])).unwrap();
+        tokio::spawn(Reloader::install(path, loaded.into_bytes(), relay.clone(), false).run());
+        // The clock is paused: this returns once the reloader has nothing left to do.
+        tokio::time::sleep(SETTLE * 10).await;
+        assert_eq!(relay.settings().config.rules.len(), 2);
+    }
 }
