@@ -181,6 +181,9 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let accepting = CancellationToken::new();
     let accept_loops = TaskTracker::new();
+    // Ready before any accept loop says it is listening, so whoever saw that line finds
+    // /readyz agreeing.
+    relay.ready.store(true, Ordering::Relaxed);
     for listener in listeners {
         accept_loops.spawn(accept_loop(
             listener,
@@ -191,7 +194,6 @@ pub async fn serve(
         ));
     }
     accept_loops.close();
-    relay.ready.store(true, Ordering::Relaxed);
     shutdown.await;
     relay.ready.store(false, Ordering::Relaxed);
     accepting.cancel();
