@@ -30,7 +30,7 @@ pub struct Reloader {
     relay: Arc<Relay>,
     listen_fixed: bool,
     /// The file's content when it was last read, valid or not.
-    last_read: Option<Vec<u8>>,
+    last_read: Vec<u8>,
     changes: mpsc::UnboundedReceiver<()>,
     hangups: Option<Signal>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -63,7 +63,7 @@ impl Reloader {
             path,
             relay,
             listen_fixed,
-            last_read: Some(loaded),
+            last_read: loaded,
             changes,
             hangups,
             _watcher: watcher,
@@ -99,7 +99,7 @@ fn reload(
     relay: &Relay,
     listen_fixed: bool,
     trigger: Trigger,
-    last_read: &mut Option<Vec<u8>>,
+    last_read: &mut Vec<u8>,
 ) {
     let trigger = match trigger {
         Trigger::File => "file",
@@ -130,15 +130,15 @@ fn apply(
     relay: &Relay,
     listen_fixed: bool,
     only_if_changed: bool,
-    last_read: &mut Option<Vec<u8>>,
+    last_read: &mut Vec<u8>,
 ) -> Result<Option<usize>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if only_if_changed && last_read.as_deref() == Some(text.as_slice()) {
+    if only_if_changed && *last_read == text {
         return Ok(None);
     }
-    *last_read = Some(text.clone());
-    let text =
-        std::str::from_utf8(&text).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
+    *last_read = text;
+    let text = std::str::from_utf8(last_read)
+        .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
     let mut config = Config::parse(text, path).map_err(|e| e.to_string())?;
     let running = relay.settings().config.listen.clone();
     if !listen_fixed && config.listen != running {
