@@ -1,7 +1,7 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up) and
 //! `/readyz` (listeners accepting and rules loaded; 503 while draining).
 
-use crate::server::Relay;
+use crate::state::Relay;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;

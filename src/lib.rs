@@ -1,4 +1,11 @@
 //! snirelay: an SNI-passthrough TCP relay.
+//!
+//! The modules follow one connection. `net` opens the listeners; `tcp::server` accepts and
+//! admits (`policy`, `limits`); `tcp::connection` reads the ClientHello (`hello`,
+//! `hostname`), asks `decide` (over `rules` from `config`), resolves (`resolve`) and
+//! connects (`connect`), then `tcp::forward` copies both ways; `outcome` names how it ended
+//! and `telemetry` logs and counts it. Around that: `state` (the running relay, swapped
+//! whole by `reload`), `admin` (metrics and health) and `cli` (the operator's commands).
 // Nothing from the network or a config file may panic the relay: outside tests, failures are
 // values with a reason, and clippy holds every commit to that.
 #![cfg_attr(
@@ -6,19 +13,19 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod connect;
-pub mod forward;
+pub mod decide;
 pub mod hello;
 pub mod hostname;
 pub mod limits;
-pub mod metrics;
+pub mod net;
+pub mod outcome;
 pub mod policy;
-pub mod probe;
 pub mod reload;
 pub mod resolve;
-pub mod review;
 pub mod rules;
-pub mod server;
-#[cfg(target_os = "linux")]
-pub mod splice;
+pub mod state;
+pub mod tcp;
+pub mod telemetry;

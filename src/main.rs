@@ -4,12 +4,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use snirelay::cli;
 use snirelay::config::Config;
+use snirelay::net::listen;
 use snirelay::reload::Reloader;
 use snirelay::resolve::Pin;
-use snirelay::review;
-use snirelay::rules::Pattern;
-use snirelay::server::{self, Relay, Settings};
+use snirelay::state::{Relay, Settings};
+use snirelay::tcp::server;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
         ),
         Command::Hosts { relay, config } => match Config::load(&config) {
             Ok(loaded) => {
-                let block = review::hosts_block(&loaded, relay, &config.display().to_string());
+                let block = cli::hosts::hosts_block(&loaded, relay, &config.display().to_string());
                 let _ = std::io::stdout().write_all(block.as_bytes());
                 ExitCode::SUCCESS
             }
@@ -143,7 +144,7 @@ fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> Exi
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(snirelay::probe::probe(name, relay, cacert, limit)) {
+    match runtime.block_on(cli::probe::probe(name, relay, cacert, limit)) {
         Ok(answer) => {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             let report = format!(
@@ -172,8 +173,8 @@ fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(summary(path, &config).as_bytes());
-            for warning in review::warnings(&config) {
+            let _ = std::io::stdout().write_all(cli::check::summary(path, &config).as_bytes());
+            for warning in cli::check::warnings(&config) {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS
@@ -183,78 +184,6 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn summary(path: &Path, config: &Config) -> String {
-    let mut text = overview(path, config);
-    let clients: Vec<String> = config.clients.iter().map(|n| n.to_string()).collect();
-    let limits = config.limits;
-    let admin = config
-        .admin
-        .map_or_else(|| "off".to_owned(), |a| a.to_string());
-    text.push_str(&format!(
-        "  clients: {}\n  limits: {} connections, {} per client, {} waiting for a hello\n  admin: {admin}\n",
-        clients.join(", "),
-        limits.max_connections,
-        limits.max_connections_per_client,
-        limits.max_pending_hellos,
-    ));
-    text.push_str("  effective rules (exact names first, then the longest wildcard):\n");
-    for rule in config.rules.iter() {
-        let to = review::destination(rule, config.upstream_port);
-        text.push_str(&format!("    {} -> {to}\n", rule.pattern));
-    }
-    for note in review::redundant(config) {
-        text.push_str(&format!("  redundant: {note}\n"));
-    }
-    text
-}
-
-fn overview(path: &Path, config: &Config) -> String {
-    let wildcards = config
-        .rules
-        .iter()
-        .filter(|r| matches!(r.pattern, Pattern::Wildcard(_)))
-        .count();
-    let pinned = config.rules.iter().filter(|r| r.upstream.is_some()).count();
-    let list = |addrs: &[SocketAddr]| {
-        addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let t = config.timeouts;
-    let resolver = match &config.nameservers {
-        Some(servers) => list(servers),
-        None => "system (/etc/resolv.conf)".to_owned(),
-    };
-    let private: Vec<String> = config
-        .private_destinations
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
-    let private = if private.is_empty() {
-        "none".to_owned()
-    } else {
-        private.join(", ")
-    };
-    format!(
-        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard, {pinned} with a pinned upstream)\n  \
-         listen: {listen}\n  upstream port: {port}\n  \
-         timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s\n  \
-         max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n",
-        path = path.display(),
-        total = config.rules.len(),
-        exact = config.rules.len() - wildcards,
-        listen = list(&config.listen),
-        port = config.upstream_port,
-        hello = t.hello.as_millis(),
-        connect = t.connect.as_millis(),
-        idle = t.idle.as_secs(),
-        drain = t.drain.as_secs(),
-        max = config.max_hello_bytes,
-    )
 }
 
 fn init_logging(format: LogFormat) {
@@ -292,10 +221,10 @@ fn run(
         let listeners = config
             .listen
             .iter()
-            .map(|addr| server::bind(*addr))
+            .map(|addr| listen::bind(*addr))
             .collect::<Result<Vec<_>, _>>()?;
         let admin = match config.admin {
-            Some(addr) => Some(server::bind(addr).context("admin endpoint")?),
+            Some(addr) => Some(listen::bind(addr).context("admin endpoint")?),
             None => None,
         };
         let bound: Vec<SocketAddr> = listeners

@@ -6,7 +6,7 @@
 //! relay switches to it; an invalid one changes nothing.
 
 use crate::config::Config;
-use crate::server::Relay;
+use crate::state::Relay;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -180,7 +180,7 @@ fn watch_directory(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::Settings;
+    use crate::state::Settings;
 
     fn allowing(names: &[&str]) -> String {
         serde_json::json!({ "allow": names }).to_string()

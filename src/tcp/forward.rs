@@ -5,6 +5,7 @@
 //! both, and the survivor is reset too so it does not wait for data that will never come.
 //! Idleness is judged over both directions together, so a long one-way stream stays up.
 
+use crate::outcome::End;
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
@@ -22,34 +23,6 @@ use tokio_util::sync::CancellationToken;
 /// still move 64 KiB per system call.
 const FIRST_BUFFER: usize = 4 * 1024;
 const BULK_BUFFER: usize = 64 * 1024;
-
-/// How a forwarded connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Both directions finished with a FIN.
-    Closed,
-    /// The client reset the connection or stopped accepting data.
-    ClientReset,
-    /// The upstream reset the connection or stopped accepting data.
-    UpstreamReset,
-    /// No byte moved either way for the idle timeout.
-    IdleTimeout,
-    /// The relay was shutting down and the drain period ran out.
-    Shutdown,
-}
-
-impl End {
-    /// The stable word logged as the reason of a forwarded connection.
-    pub fn word(self) -> &'static str {
-        match self {
-            End::Closed => "closed",
-            End::ClientReset => "client_reset",
-            End::UpstreamReset => "upstream_reset",
-            End::IdleTimeout => "idle_timeout",
-            End::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// What moved, and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +116,7 @@ struct Direction {
     /// The last read filled the buffer.
     bulk: bool,
     #[cfg(target_os = "linux")]
-    pipe: Option<crate::splice::Pipe>,
+    pipe: Option<crate::net::sys::Pipe>,
     moved: u64,
     done: bool,
     /// How the relay ends when this direction's reader, or its writer, breaks.
@@ -238,7 +211,7 @@ impl Direction {
                     self.bulk = n == self.buffer.capacity();
                     #[cfg(target_os = "linux")]
                     if self.bulk {
-                        self.pipe = crate::splice::Pipe::new().ok();
+                        self.pipe = crate::net::sys::Pipe::new().ok();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -263,7 +236,7 @@ impl Direction {
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &TcpStream,
-        pipe: &mut crate::splice::Pipe,
+        pipe: &mut crate::net::sys::Pipe,
         moved: &mut u64,
         spliced: &mut u64,
         clock: &Activity,

@@ -1,9 +1,9 @@
-//! What `snirelay check` and `snirelay hosts` say about a configuration. Pure.
+//! `snirelay check`: what a valid configuration does, and what to look at twice. Pure.
 
 use crate::config::Config;
 use crate::rules::{Host, Pattern, Rule};
-use std::fmt::Write;
-use std::net::IpAddr;
+use std::net::SocketAddr;
+use std::path::Path;
 
 /// Where a rule sends its connections, in words.
 pub fn destination(rule: &Rule, upstream_port: u16) -> String {
@@ -86,30 +86,78 @@ pub fn warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
-/// The /etc/hosts block for the client machines: one line per exact name; wildcards become
-/// comments, since /etc/hosts cannot express them.
-pub fn hosts_block(config: &Config, relay: IpAddr, source: &str) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# snirelay: names served through the relay at {relay}");
-    let _ = writeln!(
-        out,
-        "# Generated from {source} by `snirelay hosts`; add to /etc/hosts on each client."
-    );
+/// What `snirelay check` prints for a valid file: the settings, where each rule sends its
+/// connections, and the rules that change nothing.
+pub fn summary(path: &Path, config: &Config) -> String {
+    let mut text = overview(path, config);
+    let clients: Vec<String> = config.clients.iter().map(|n| n.to_string()).collect();
+    let limits = config.limits;
+    let admin = config
+        .admin
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    text.push_str(&format!(
+        "  clients: {}\n  limits: {} connections, {} per client, {} waiting for a hello\n  admin: {admin}\n",
+        clients.join(", "),
+        limits.max_connections,
+        limits.max_connections_per_client,
+        limits.max_pending_hellos,
+    ));
+    text.push_str("  effective rules (exact names first, then the longest wildcard):\n");
     for rule in config.rules.iter() {
-        match &rule.pattern {
-            Pattern::Exact(name) => {
-                let _ = writeln!(out, "{relay} {name}");
-            }
-            Pattern::Wildcard(suffix) => {
-                let _ = writeln!(
-                    out,
-                    "# {}: /etc/hosts has no wildcards; add one line per name, like\n#   {relay} example.{suffix}",
-                    rule.pattern
-                );
-            }
-        }
+        let to = destination(rule, config.upstream_port);
+        text.push_str(&format!("    {} -> {to}\n", rule.pattern));
     }
-    out
+    for note in redundant(config) {
+        text.push_str(&format!("  redundant: {note}\n"));
+    }
+    text
+}
+
+fn overview(path: &Path, config: &Config) -> String {
+    let wildcards = config
+        .rules
+        .iter()
+        .filter(|r| matches!(r.pattern, Pattern::Wildcard(_)))
+        .count();
+    let pinned = config.rules.iter().filter(|r| r.upstream.is_some()).count();
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let t = config.timeouts;
+    let resolver = match &config.nameservers {
+        Some(servers) => list(servers),
+        None => "system (/etc/resolv.conf)".to_owned(),
+    };
+    let private: Vec<String> = config
+        .private_destinations
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let private = if private.is_empty() {
+        "none".to_owned()
+    } else {
+        private.join(", ")
+    };
+    format!(
+        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard, {pinned} with a pinned upstream)\n  \
+         listen: {listen}\n  upstream port: {port}\n  \
+         timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s\n  \
+         max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n",
+        path = path.display(),
+        total = config.rules.len(),
+        exact = config.rules.len() - wildcards,
+        listen = list(&config.listen),
+        port = config.upstream_port,
+        hello = t.hello.as_millis(),
+        connect = t.connect.as_millis(),
+        idle = t.idle.as_secs(),
+        drain = t.drain.as_secs(),
+        max = config.max_hello_bytes,
+    )
 }
 
 #[cfg(test)]
@@ -151,19 +199,5 @@ mod tests {
         assert!(w[3].contains("admin listens on 0.0.0.0:9901"));
         assert!(w[4].contains("max_connections_per_client"));
         assert!(warnings(&config(r#"{"allow": ["a.example.com"]}"#)).is_empty());
-    }
-
-    #[test]
-    fn hosts_lists_exact_names_and_explains_wildcards() {
-        let c = config(
-            r#"{"allow": ["a.example.com", "*.example.org", {"name": "b.example.com", "upstream": "10.0.0.1:443"}]}"#,
-        );
-        let block = hosts_block(&c, "10.20.0.5".parse().unwrap(), "rules.json");
-        let lines: Vec<&str> = block.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            lines,
-            ["10.20.0.5 a.example.com", "10.20.0.5 b.example.com"]
-        );
-        assert!(block.contains("# *.example.org: /etc/hosts has no wildcards"));
     }
 }

@@ -1,0 +1,6 @@
+//! The operator's commands besides `run`: what they compute, kept out of `main.rs` so it
+//! can be tested without a process.
+
+pub mod check;
+pub mod hosts;
+pub mod probe;

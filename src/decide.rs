@@ -1,0 +1,85 @@
+//! What to do with a connection once its ClientHello is read. Pure: the rules and the hello
+//! in, a decision out, with no socket in sight.
+
+use crate::hello::ClientHello;
+use crate::outcome::Rejection;
+use crate::rules::{Route, Rules};
+
+/// The verdict on one hello.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// Forward to this route.
+    Forward(Route<'a>),
+    /// Refuse, for this reason.
+    Refuse(Rejection),
+}
+
+/// Decides `hello` against `rules`; names without a pinned upstream go to `upstream_port`.
+pub fn decide<'a>(rules: &'a Rules, hello: &ClientHello, upstream_port: u16) -> Decision<'a> {
+    match rules.route(&hello.sni, upstream_port) {
+        Some(route) => Decision::Forward(route),
+        None => Decision::Refuse(Rejection::NotAllowed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Host, Pattern, Rule};
+
+    fn hello(sni: &str) -> ClientHello {
+        ClientHello {
+            sni: sni.parse().unwrap(),
+            alpn: Vec::new(),
+            versions: vec![0x0304],
+            ech: false,
+            len: 0,
+        }
+    }
+
+    fn rules(list: &[(&str, Option<&str>)]) -> Rules {
+        Rules::new(
+            list.iter()
+                .map(|(pattern, upstream)| Rule {
+                    pattern: pattern.parse::<Pattern>().unwrap(),
+                    upstream: upstream.map(|u| u.parse().unwrap()),
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_allowed_name_goes_to_itself_on_the_upstream_port() {
+        let rules = rules(&[("translate.googleapis.com", None)]);
+        let Decision::Forward(route) = decide(&rules, &hello("translate.googleapis.com"), 8443)
+        else {
+            panic!("refused an allowed name");
+        };
+        assert_eq!(
+            route.host,
+            Host::Name("translate.googleapis.com".parse().unwrap())
+        );
+        assert_eq!((route.port, route.pinned), (8443, false));
+    }
+
+    #[test]
+    fn a_pinned_rule_goes_to_its_upstream_and_says_so() {
+        let rules = rules(&[("*.googleapis.com", Some("10.1.2.3:4443"))]);
+        let Decision::Forward(route) = decide(&rules, &hello("tts.googleapis.com"), 443) else {
+            panic!("refused a name under an allowed wildcard");
+        };
+        assert_eq!(route.rule.pattern.to_string(), "*.googleapis.com");
+        assert_eq!((route.port, route.pinned), (4443, true));
+    }
+
+    #[test]
+    fn a_name_no_rule_allows_is_refused_as_not_allowed() {
+        let rules = rules(&[("*.googleapis.com", None)]);
+        // A wildcard does not cover the name it is written under.
+        let Decision::Refuse(rejection) = decide(&rules, &hello("googleapis.com"), 443) else {
+            panic!("forwarded a name no rule allows");
+        };
+        assert_eq!(rejection.reason(), "not_allowed");
+    }
+}

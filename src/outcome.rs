@@ -1,0 +1,151 @@
+//! How a connection ends: the rejections before forwarding and the ends of a forwarded
+//! connection, each with its stable reason word and the side that caused it. The words are
+//! a contract: logs, metrics and the README's table use them, and they are never renamed.
+
+use crate::connect::ConnectError;
+use crate::hello::HelloError;
+use crate::limits::LimitExceeded;
+use crate::resolve::ResolveError;
+use std::io;
+
+/// Who caused a rejection or an abnormal end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: what it sent, where it came from, or how it went away.
+    Client,
+    /// The upstream, or DNS on the way to it.
+    Upstream,
+    /// The relay itself: its capacity, its timers, its shutdown.
+    Relay,
+}
+
+impl Side {
+    /// The word logged as `side`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Relay => "relay",
+        }
+    }
+}
+
+/// Why a connection was not forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The source address is not in `clients`.
+    #[error("client address not in `clients`")]
+    ClientDenied,
+    /// A connection limit.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+    /// The hello deadline passed.
+    #[error("no complete ClientHello in time")]
+    HelloTimeout,
+    /// FIN before the hello was complete.
+    #[error("client closed before its ClientHello was complete")]
+    ClientClosed,
+    /// A socket error on the client side before forwarding.
+    #[error("client connection failed: {0}")]
+    ClientError(io::Error),
+    /// The hello was refused.
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    /// The name matches no rule.
+    #[error("name not on the allowlist")]
+    NotAllowed,
+    /// DNS did not answer within the connect deadline.
+    #[error("DNS lookup did not finish within the connect timeout")]
+    DnsTimeout,
+    /// DNS failed, or its answers are forbidden.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// No upstream address could be connected.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The relay stopped before the connection was forwarded.
+    #[error("relay shut down before the connection was forwarded")]
+    Shutdown,
+}
+
+impl Rejection {
+    /// The stable reason word.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ClientDenied => "client_denied",
+            Self::Limit(e) => e.reason(),
+            Self::HelloTimeout => "hello_timeout",
+            Self::ClientClosed => "client_closed",
+            Self::ClientError(_) => "client_error",
+            Self::Hello(e) => e.reason(),
+            Self::NotAllowed => "not_allowed",
+            Self::DnsTimeout => "dns_failed",
+            Self::Resolve(e) => e.reason(),
+            Self::Connect(_) => "upstream_unreachable",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// A stable word that narrows the reason down, where there is one.
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            Self::Hello(e) => Some(e.detail()),
+            Self::DnsTimeout => Some("timeout"),
+            Self::Connect(e) => Some(e.detail()),
+            _ => None,
+        }
+    }
+
+    /// Who caused it.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::ClientDenied
+            | Self::Limit(LimitExceeded::PerClient)
+            | Self::HelloTimeout
+            | Self::ClientClosed
+            | Self::ClientError(_)
+            | Self::Hello(_)
+            | Self::NotAllowed => Side::Client,
+            Self::DnsTimeout | Self::Resolve(_) | Self::Connect(_) => Side::Upstream,
+            Self::Limit(_) | Self::Shutdown => Side::Relay,
+        }
+    }
+}
+
+/// How a forwarded connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished with a FIN.
+    Closed,
+    /// The client reset the connection or stopped accepting data.
+    ClientReset,
+    /// The upstream reset the connection or stopped accepting data.
+    UpstreamReset,
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
+    /// The relay was shutting down and the drain period ran out.
+    Shutdown,
+}
+
+impl End {
+    /// The stable word logged as the reason of a forwarded connection.
+    pub fn word(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientReset => "client_reset",
+            End::UpstreamReset => "upstream_reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+        }
+    }
+
+    /// Who ended it, when it did not end normally.
+    pub fn side(self) -> Option<Side> {
+        match self {
+            End::Closed => None,
+            End::ClientReset => Some(Side::Client),
+            End::UpstreamReset => Some(Side::Upstream),
+            End::IdleTimeout | End::Shutdown => Some(Side::Relay),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The running relay: the settings new connections are decided by, swapped whole on reload,
+//! and the counts and metrics that outlive them.
+
+use crate::config::Config;
+use crate::limits::Counters;
+use crate::policy::DestinationPolicy;
+use crate::resolve::{Pin, Resolver};
+use crate::telemetry::metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// What connections are decided by. A reload builds a new one and swaps it in whole; a
+/// connection keeps the one it started with.
+pub struct Settings {
+    /// The validated configuration.
+    pub config: Config,
+    /// DNS and `--resolve` pins.
+    pub resolver: Arc<Resolver>,
+    /// Policy for DNS answers to client-supplied names.
+    pub policy: DestinationPolicy,
+}
+
+impl Settings {
+    /// Settings for `config`. `listeners` are the bound sockets, which the destination
+    /// policy refuses. The resolver of `previous` is kept when the nameservers are the same,
+    /// so its cache survives a reload.
+    pub fn new(
+        config: Config,
+        listeners: &[SocketAddr],
+        pins: &[Pin],
+        previous: Option<&Settings>,
+    ) -> Result<Settings, String> {
+        let resolver = match previous {
+            Some(old) if old.config.nameservers == config.nameservers => old.resolver.clone(),
+            _ => Arc::new(Resolver::new(config.nameservers.as_deref(), pins.to_vec())?),
+        };
+        let policy = DestinationPolicy {
+            private_allowed: config.private_destinations.clone(),
+            listeners: listeners.to_vec(),
+        };
+        Ok(Settings {
+            config,
+            resolver,
+            policy,
+        })
+    }
+}
+
+/// The running relay: the current settings and the counts that outlive them.
+pub struct Relay {
+    settings: RwLock<Arc<Settings>>,
+    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    pins: Vec<Pin>,
+    listeners: Vec<SocketAddr>,
+}
+
+impl Relay {
+    /// A relay serving `listeners` with `settings`.
+    pub fn new(settings: Settings, pins: Vec<Pin>, listeners: Vec<SocketAddr>) -> Relay {
+        Relay {
+            settings: RwLock::new(Arc::new(settings)),
+            counters: Arc::default(),
+            metrics: Arc::default(),
+            ready: AtomicBool::new(false),
+            pins,
+            listeners,
+        }
+    }
+
+    /// The settings new connections get now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Switches new connections to `config`, atomically; live ones are not touched.
+    pub fn replace(&self, config: Config) -> Result<(), String> {
+        let current = self.settings();
+        let next = Settings::new(config, &self.listeners, &self.pins, Some(&current))?;
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The live connection counts.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// The relay's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Listeners are accepting and rules are loaded (false again once draining).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}

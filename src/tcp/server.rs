@@ -1,0 +1,117 @@
+//! The accept loops and shutdown: admission before a byte is read, then one task per
+//! connection, and a drain that lets live connections finish.
+
+use crate::outcome::Rejection;
+use crate::policy::client_allowed;
+use crate::state::Relay;
+use crate::tcp::connection::connection;
+use crate::telemetry::log::ConnectionLog;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `listeners` until `shutdown` completes, then stops accepting, lets live
+/// connections finish for the drain period, and ends the rest.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    relay: Arc<Relay>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let accepting = CancellationToken::new();
+    let accept_loops = TaskTracker::new();
+    // Ready before any accept loop says it is listening, so whoever saw that line finds
+    // /readyz agreeing.
+    relay.set_ready(true);
+    for listener in listeners {
+        accept_loops.spawn(accept_loop(
+            listener,
+            relay.clone(),
+            connections.clone(),
+            accepting.clone(),
+            stop.clone(),
+        ));
+    }
+    accept_loops.close();
+    shutdown.await;
+    relay.set_ready(false);
+    accepting.cancel();
+    accept_loops.wait().await;
+    connections.close();
+    let drain = relay.settings().config.timeouts.drain;
+    tracing::info!(
+        live = connections.len(),
+        drain_s = drain.as_secs(),
+        "draining"
+    );
+    if timeout(drain, connections.wait()).await.is_err() {
+        stop.cancel();
+        connections.wait().await;
+    }
+    tracing::info!("stopped");
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    connections: TaskTracker,
+    accepting: CancellationToken,
+    stop: CancellationToken,
+) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(addr = %local, "listening");
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = accepting.cancelled() => return,
+        };
+        let (client, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: pause instead of spinning, and say so once per episode.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(listener = %local, error = %e, "accept failing; pausing between attempts");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!(listener = %local, "accept recovered");
+        }
+        let settings = relay.settings();
+        let admitted = if client_allowed(peer.ip(), &settings.config.clients) {
+            relay
+                .counters()
+                .admit(peer.ip(), &settings.config.limits)
+                .map_err(Rejection::Limit)
+        } else {
+            Err(Rejection::ClientDenied)
+        };
+        match admitted {
+            Ok(slot) => {
+                connections.spawn(connection(
+                    client,
+                    ConnectionLog::new(peer, local),
+                    relay.clone(),
+                    settings,
+                    slot,
+                    stop.clone(),
+                ));
+            }
+            // Closed before a byte is read; the log line is the only trace.
+            Err(rejection) => ConnectionLog::new(peer, local).emit(Err(rejection), relay.metrics()),
+        }
+    }
+}

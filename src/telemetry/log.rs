@@ -1,0 +1,160 @@
+//! The one log line each connection leaves, and the metrics record made from the same
+//! fields, so the two always agree.
+
+use crate::hello::ClientHello;
+use crate::outcome::Rejection;
+use crate::resolve::Source;
+use crate::tcp::forward::Transfer;
+use crate::telemetry::metrics::{ConnectionRecord, Metrics};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the log line says of the hello, formatted once it is read: a few strings are
+/// cheaper to keep through a long-lived connection than the parsed lists.
+struct HelloFields {
+    sni: Box<str>,
+    alpn: Box<str>,
+    tls: Box<str>,
+    ech: bool,
+    len: usize,
+}
+
+/// The one log line a connection leaves, filled in as the connection goes.
+pub struct ConnectionLog {
+    started: Instant,
+    client: SocketAddr,
+    listener: SocketAddr,
+    hello: Option<HelloFields>,
+    hello_done: Option<Duration>,
+    rule: Option<Box<str>>,
+    upstream: Option<SocketAddr>,
+    dns: Option<Source>,
+    connect_done: Option<Duration>,
+}
+
+impl ConnectionLog {
+    /// A connection from `client` accepted on `listener`, starting now.
+    pub fn new(client: SocketAddr, listener: SocketAddr) -> Self {
+        ConnectionLog {
+            started: Instant::now(),
+            client,
+            listener,
+            hello: None,
+            hello_done: None,
+            rule: None,
+            upstream: None,
+            dns: None,
+            connect_done: None,
+        }
+    }
+
+    /// The hello is complete.
+    pub fn hello(&mut self, hello: &ClientHello) {
+        self.hello_done = Some(self.started.elapsed());
+        self.hello = Some(HelloFields {
+            sni: hello.sni.as_str().into(),
+            alpn: hello.alpn.join(",").into(),
+            tls: versions(&hello.versions).into(),
+            ech: hello.ech,
+            len: hello.len,
+        });
+    }
+
+    /// The rule that allowed the connection, as written.
+    pub fn rule(&mut self, rule: String) {
+        self.rule = Some(rule.into());
+    }
+
+    /// Where the destination's addresses came from.
+    pub fn dns(&mut self, source: Source) {
+        self.dns = Some(source);
+    }
+
+    /// The upstream connection is up.
+    pub fn connected(&mut self, upstream: SocketAddr) {
+        self.connect_done = Some(self.started.elapsed());
+        self.upstream = Some(upstream);
+    }
+
+    /// Counts the connection in `metrics`, then logs it.
+    pub fn emit(self, result: Result<Transfer, Rejection>, metrics: &Metrics) {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let total = self.started.elapsed();
+        let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
+        let hello = self.hello.as_ref();
+        let (outcome, reason, detail, side, transfer, error) = match &result {
+            Ok(t) => (
+                "forwarded",
+                t.end.word(),
+                None,
+                t.end.side(),
+                Some(*t),
+                None,
+            ),
+            Err(r) => (
+                "rejected",
+                r.reason(),
+                r.detail(),
+                Some(r.side()),
+                None,
+                Some(r.to_string()),
+            ),
+        };
+        // Counted before logged: whoever sees the line finds it in the metrics too.
+        metrics.connection(&ConnectionRecord {
+            outcome,
+            reason,
+            rule: self.rule.as_deref(),
+            hello_bytes: hello.map(|h| h.len),
+            hello: self.hello_done,
+            connect,
+            total,
+            bytes: transfer.map(|t| (t.up, t.down)),
+            spliced: transfer.map_or(0, |t| t.spliced),
+            resolver_cache_hit: match self.dns {
+                Some(Source::Cache) => Some(true),
+                Some(Source::Query) => Some(false),
+                _ => None,
+            },
+        });
+        tracing::info!(
+            target: "snirelay::connection",
+            client = %self.client,
+            listener = %self.listener,
+            sni = hello.map(|h| &*h.sni),
+            alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
+            tls = hello.map(|h| &*h.tls),
+            ech = hello.map(|h| h.ech),
+            rule = self.rule,
+            upstream = self.upstream.map(|a| a.to_string()),
+            outcome,
+            reason,
+            detail,
+            side = side.map(|s| s.word()),
+            error,
+            bytes_up = transfer.map(|t| t.up),
+            bytes_down = transfer.map(|t| t.down),
+            bytes_spliced = transfer.map(|t| t.spliced),
+            hello_ms = self.hello_done.map(ms),
+            connect_ms = connect.map(ms),
+            total_ms = ms(total),
+            "connection"
+        );
+    }
+}
+
+/// The offered TLS versions as the log shows them: `1.3,1.2`.
+fn versions(offered: &[u16]) -> String {
+    offered
+        .iter()
+        .map(|v| match v {
+            0x0304 => "1.3".to_owned(),
+            0x0303 => "1.2".to_owned(),
+            0x0302 => "1.1".to_owned(),
+            0x0301 => "1.0".to_owned(),
+            other => format!("0x{other:04x}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
