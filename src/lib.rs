@@ -23,6 +23,7 @@ pub mod limits;
 pub mod net;
 pub mod outcome;
 pub mod policy;
+pub mod proxy;
 pub mod reload;
 pub mod resolve;
 pub mod rules;

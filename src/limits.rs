@@ -45,7 +45,8 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Slot {
     counters: Arc<Counters>,
-    peer: IpAddr,
+    /// The client counted against `max_connections_per_client`, once known.
+    client: Option<IpAddr>,
     hello_pending: bool,
 }
 
@@ -53,29 +54,22 @@ impl Counters {
     /// Takes a place for a new connection from `peer`, counted as waiting for its hello
     /// until [`Slot::hello_done`].
     pub fn admit(self: &Arc<Self>, peer: IpAddr, limits: &Limits) -> Result<Slot, LimitExceeded> {
-        let peer = peer.to_canonical();
+        let mut slot = self.admit_unknown(limits)?;
+        slot.claim_client(peer, limits)?;
+        Ok(slot)
+    }
+
+    /// Takes a place for a connection whose client is not known yet (a PROXY protocol
+    /// header will name it): the global and hello-phase limits now, the per-client limit
+    /// once [`Slot::claim_client`] is called.
+    pub fn admit_unknown(self: &Arc<Self>, limits: &Limits) -> Result<Slot, LimitExceeded> {
         if !try_increment(&self.active, limits.max_connections) {
             return Err(LimitExceeded::Connections);
-        }
-        {
-            let mut per_client = self
-                .per_client
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let count = per_client.entry(peer).or_insert(0);
-            if *count >= limits.max_connections_per_client {
-                if *count == 0 {
-                    per_client.remove(&peer);
-                }
-                self.active.fetch_sub(1, Ordering::Relaxed);
-                return Err(LimitExceeded::PerClient);
-            }
-            *count += 1;
         }
         // From here on, dropping the slot gives back what was taken.
         let mut slot = Slot {
             counters: self.clone(),
-            peer,
+            client: None,
             hello_pending: false,
         };
         if !try_increment(&self.pending_hellos, limits.max_pending_hellos) {
@@ -106,6 +100,30 @@ impl Counters {
 }
 
 impl Slot {
+    /// Counts this connection against `client`'s limit, moving it from any client it was
+    /// counted against before.
+    pub fn claim_client(&mut self, client: IpAddr, limits: &Limits) -> Result<(), LimitExceeded> {
+        let client = client.to_canonical();
+        let mut per_client = self
+            .counters
+            .per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(previous) = self.client.take() {
+            release(&mut per_client, previous);
+        }
+        let count = per_client.entry(client).or_insert(0);
+        if *count >= limits.max_connections_per_client {
+            if *count == 0 {
+                per_client.remove(&client);
+            }
+            return Err(LimitExceeded::PerClient);
+        }
+        *count += 1;
+        self.client = Some(client);
+        Ok(())
+    }
+
     /// The hello phase is over; the connection no longer counts against `max_pending_hellos`.
     pub fn hello_done(&mut self) {
         if std::mem::take(&mut self.hello_pending) {
@@ -117,19 +135,24 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.hello_done();
-        let mut per_client = self
-            .counters
-            .per_client
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = per_client.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                per_client.remove(&self.peer);
-            }
+        if let Some(client) = self.client {
+            let mut per_client = self
+                .counters
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            release(&mut per_client, client);
         }
-        drop(per_client);
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn release(per_client: &mut HashMap<IpAddr, usize>, client: IpAddr) {
+    if let Some(count) = per_client.get_mut(&client) {
+        *count -= 1;
+        if *count == 0 {
+            per_client.remove(&client);
+        }
     }
 }
 
@@ -205,6 +228,29 @@ mod tests {
             ),
             (0, 0, 0)
         );
+    }
+
+    #[test]
+    fn a_slot_admitted_before_its_client_is_known_counts_it_once_claimed() {
+        let counters = Arc::new(Counters::default());
+        let balancer: IpAddr = "10.0.0.9".parse().unwrap();
+        let real: IpAddr = "192.0.2.1".parse().unwrap();
+        let l = limits(10, 1, 10);
+        // Many connections from one balancer: the per-client limit is not the balancer's.
+        let mut a = counters.admit_unknown(&l).unwrap();
+        let mut b = counters.admit_unknown(&l).unwrap();
+        assert_eq!((counters.active(), counters.from_client(balancer)), (2, 0));
+        a.claim_client(real, &l).unwrap();
+        assert_eq!(b.claim_client(real, &l), Err(LimitExceeded::PerClient));
+        assert_eq!(counters.from_client(real), 1);
+        drop(a);
+        assert_eq!(counters.from_client(real), 0);
+        b.claim_client(real, &l).unwrap();
+        // Claiming again moves the count.
+        b.claim_client(balancer, &l).unwrap();
+        assert_eq!((counters.from_client(real), counters.from_client(balancer)), (0, 1));
+        drop(b);
+        assert_eq!((counters.active(), counters.pending_hellos(), counters.from_client(balancer)), (0, 0, 0));
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use snirelay::cli;
-use snirelay::config::Config;
+use snirelay::config::{Config, Listener};
 use snirelay::net::listen;
 use snirelay::reload::Reloader;
 use snirelay::resolve::Pin;
@@ -112,6 +112,10 @@ fn main() -> ExitCode {
             resolve,
             log_format,
         } => {
+            if let Some(twice) = repeated(&listen) {
+                eprintln!("--listen lists {twice} twice");
+                return ExitCode::from(2);
+            }
             init_logging(log_format);
             let loaded =
                 Config::read(&path).and_then(|text| Ok((Config::parse(&text, &path)?, text)));
@@ -131,6 +135,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The first address given twice, if any.
+fn repeated(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    addrs.iter().copied().find(|a| !seen.insert(*a))
 }
 
 fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
@@ -211,7 +221,7 @@ fn run(
 ) -> anyhow::Result<()> {
     let listen_fixed = !listen.is_empty();
     if listen_fixed {
-        config.listen = listen;
+        config.listen = listen.into_iter().map(Listener::plain).collect();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -221,15 +231,15 @@ fn run(
         let listeners = config
             .listen
             .iter()
-            .map(|addr| listen::bind(*addr))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|l| Ok((listen::bind(l.addr)?, l.clone())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let admin = match config.admin {
             Some(addr) => Some(listen::bind(addr).context("admin endpoint")?),
             None => None,
         };
         let bound: Vec<SocketAddr> = listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect();
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));

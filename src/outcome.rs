@@ -5,6 +5,7 @@
 use crate::connect::ConnectError;
 use crate::hello::HelloError;
 use crate::limits::LimitExceeded;
+use crate::proxy::ProxyError;
 use crate::resolve::ResolveError;
 use std::io;
 
@@ -36,6 +37,15 @@ pub enum Rejection {
     /// The source address is not in `clients`.
     #[error("client address not in `clients`")]
     ClientDenied,
+    /// A PROXY protocol listener's peer is not in its `trusted_proxies`.
+    #[error("peer not in the listener's trusted_proxies")]
+    ProxyUntrusted,
+    /// The PROXY protocol header is missing or malformed.
+    #[error(transparent)]
+    BadProxyHeader(#[from] ProxyError),
+    /// A PROXY protocol `LOCAL` connection: the balancer's health check. Counted, not logged.
+    #[error("PROXY protocol LOCAL connection (a health check)")]
+    ProxyLocal,
     /// A connection limit.
     #[error(transparent)]
     Limit(#[from] LimitExceeded),
@@ -73,6 +83,9 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::ClientDenied => "client_denied",
+            Self::ProxyUntrusted => "proxy_untrusted",
+            Self::BadProxyHeader(_) => "bad_proxy_header",
+            Self::ProxyLocal => "proxy_local",
             Self::Limit(e) => e.reason(),
             Self::HelloTimeout => "hello_timeout",
             Self::ClientClosed => "client_closed",
@@ -90,6 +103,7 @@ impl Rejection {
     pub fn detail(&self) -> Option<&'static str> {
         match self {
             Self::Hello(e) => Some(e.detail()),
+            Self::BadProxyHeader(e) => Some(e.detail()),
             Self::DnsTimeout => Some("timeout"),
             Self::Connect(e) => Some(e.detail()),
             _ => None,
@@ -100,6 +114,9 @@ impl Rejection {
     pub fn side(&self) -> Side {
         match self {
             Self::ClientDenied
+            | Self::ProxyUntrusted
+            | Self::BadProxyHeader(_)
+            | Self::ProxyLocal
             | Self::Limit(LimitExceeded::PerClient)
             | Self::HelloTimeout
             | Self::ClientClosed

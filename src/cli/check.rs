@@ -62,6 +62,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         if let Some(up) = &rule.upstream
             && let Host::Ip(ip) = up.host
             && config.listen.iter().any(|l| {
+                let l = l.addr;
                 l.port() == up.port && (l.ip() == ip || l.ip().is_unspecified() && ip.is_loopback())
             })
         {
@@ -150,7 +151,12 @@ fn overview(path: &Path, config: &Config) -> String {
         path = path.display(),
         total = config.rules.len(),
         exact = config.rules.len() - wildcards,
-        listen = list(&config.listen),
+        listen = config
+            .listen
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         port = config.upstream_port,
         hello = t.hello.as_millis(),
         connect = t.connect.as_millis(),

@@ -4,22 +4,27 @@
 //! serde_json was when it failed: `rules.json:7:35: invalid value: ...`. A typo never drops a
 //! rule silently: unknown keys, duplicate names and malformed values are all errors.
 
-use crate::rules::{Pattern, Rule, Rules, Upstream};
+mod allow;
+mod listen;
+mod values;
+
+pub use listen::{Listener, ProxyProtocol};
+
+use crate::rules::Rules;
+use allow::AllowList;
 use ipnet::IpNet;
+use listen::ListenList;
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
-use std::collections::HashSet;
-use std::fmt;
-use std::marker::PhantomData;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use values::{AddrList, AdminAddr, Bounded, Nameserver, Network, Object};
 use std::time::Duration;
 
 /// A validated configuration. The running relay only ever holds whole ones.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Addresses to accept connections on.
-    pub listen: Vec<SocketAddr>,
+    /// Where to accept connections, and how they begin.
+    pub listen: Vec<Listener>,
     /// Port for names that have no pinned upstream.
     pub upstream_port: u16,
     /// The allowlist.
@@ -166,7 +171,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default = "default_listen")]
-    listen: AddrList<Listen>,
+    listen: ListenList,
     #[serde(default = "default_upstream_port")]
     upstream_port: Bounded<1, 65535>,
     allow: AllowList,
@@ -218,8 +223,8 @@ struct ResolverFile {
     nameservers: Option<AddrList<Nameserver>>,
 }
 
-fn default_listen() -> AddrList<Listen> {
-    AddrList(vec![SocketAddr::from(([0, 0, 0, 0], 443))], PhantomData)
+fn default_listen() -> ListenList {
+    ListenList(vec![Listener::plain(SocketAddr::from(([0, 0, 0, 0], 443)))])
 }
 fn default_max_connections() -> Bounded<1, 10_000_000> {
     Bounded(20_000)
@@ -249,265 +254,3 @@ fn default_drain_s() -> Bounded<0, 86_400> {
     Bounded(30)
 }
 
-/// A JSON object only: serde's derive would also take an array as positional fields, so a
-/// misplaced `[...]` would be read silently instead of refused.
-#[derive(Default)]
-struct Object<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
-            type Value = Object<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object { ... }")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
-                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
-            }
-        }
-        d.deserialize_map(ObjectVisitor(PhantomData))
-    }
-}
-
-/// An integer in `MIN..=MAX`, with an error that says so.
-struct Bounded<const MIN: u64, const MAX: u64>(u64);
-
-impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct RangeVisitor<const MIN: u64, const MAX: u64>;
-        impl<const MIN: u64, const MAX: u64> Visitor<'_> for RangeVisitor<MIN, MAX> {
-            type Value = Bounded<MIN, MAX>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "an integer from {MIN} to {MAX}")
-            }
-            // Validating inside the visitor lets serde_json place the error on the value.
-            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-                if (MIN..=MAX).contains(&value) {
-                    Ok(Bounded(value))
-                } else {
-                    Err(E::invalid_value(Unexpected::Unsigned(value), &self))
-                }
-            }
-        }
-        d.deserialize_u64(RangeVisitor::<MIN, MAX>)
-    }
-}
-
-/// Deserialises a JSON string through `parse`; errors are raised inside the visitor, so
-/// serde_json reports them at the string itself.
-fn parse_string<'de, D, T>(
-    d: D,
-    expected: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    struct StrVisitor<F> {
-        expected: &'static str,
-        parse: F,
-    }
-    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for StrVisitor<F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str(self.expected)
-        }
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
-            (self.parse)(text).map_err(E::custom)
-        }
-    }
-    d.deserialize_str(StrVisitor { expected, parse })
-}
-
-/// The standard "invalid value" message for a string that did not parse.
-fn invalid(text: &str, expected: &str) -> String {
-    format!("invalid value: string {text:?}, expected {expected}")
-}
-
-/// What one kind of address list holds.
-trait AddrKind {
-    const EXPECTED: &'static str;
-    const WHAT: &'static str;
-    fn parse(text: &str) -> Option<SocketAddr>;
-}
-
-struct Listen;
-impl AddrKind for Listen {
-    const EXPECTED: &'static str = "a listen address like \"0.0.0.0:443\" or \"[::]:443\"";
-    const WHAT: &'static str = "listen";
-    fn parse(text: &str) -> Option<SocketAddr> {
-        text.parse().ok()
-    }
-}
-
-struct Nameserver;
-impl AddrKind for Nameserver {
-    const EXPECTED: &'static str = "a DNS server like \"8.8.8.8:53\" or \"8.8.8.8\"";
-    const WHAT: &'static str = "resolver.nameservers";
-    fn parse(text: &str) -> Option<SocketAddr> {
-        text.parse().ok().or_else(|| {
-            text.parse::<IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
-    }
-}
-
-/// The admin endpoint's address.
-struct AdminAddr(SocketAddr);
-
-impl<'de> Deserialize<'de> for AdminAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const EXPECTED: &str = "an address like \"127.0.0.1:9901\"";
-        parse_string(d, EXPECTED, |text| {
-            text.parse()
-                .map(AdminAddr)
-                .map_err(|_| invalid(text, EXPECTED))
-        })
-    }
-}
-
-/// A non-empty list of distinct socket addresses.
-struct AddrList<K>(Vec<SocketAddr>, PhantomData<K>);
-
-impl<'de, K: AddrKind> Deserialize<'de> for AddrList<K> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Addr<K>(SocketAddr, PhantomData<K>);
-        impl<'de, K: AddrKind> Deserialize<'de> for Addr<K> {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                parse_string(d, K::EXPECTED, |text| {
-                    K::parse(text).ok_or_else(|| invalid(text, K::EXPECTED))
-                })
-                .map(|addr| Addr(addr, PhantomData))
-            }
-        }
-        let list = Vec::<Addr<K>>::deserialize(d)?;
-        if list.is_empty() {
-            return Err(de::Error::custom(format!(
-                "{} must list at least one address",
-                K::WHAT
-            )));
-        }
-        let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(list.len());
-        for Addr(addr, _) in list {
-            if !seen.insert(addr) {
-                return Err(de::Error::custom(format!("{} lists {addr} twice", K::WHAT)));
-            }
-            out.push(addr);
-        }
-        Ok(AddrList(out, PhantomData))
-    }
-}
-
-/// A CIDR network (a bare address means just that host), with host bits clear.
-struct Network(IpNet);
-
-impl<'de> Deserialize<'de> for Network {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const EXPECTED: &str = "a network like \"10.20.0.0/16\" or \"fd00::/8\"";
-        parse_string(d, EXPECTED, |text| {
-            let net = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| invalid(text, EXPECTED))?;
-            if net.trunc() != net {
-                return Err(format!(
-                    "network \"{text}\" has host bits set; did you mean \"{}\"?",
-                    net.trunc()
-                ));
-            }
-            Ok(Network(net))
-        })
-    }
-}
-
-/// The `allow` array: names, wildcards and `{name, upstream}` objects, no duplicates.
-struct AllowList(Rules);
-
-impl<'de> Deserialize<'de> for AllowList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = AllowList;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of rules")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AllowList, A::Error> {
-                let mut rules = Rules::default();
-                while seq.next_element_seed(RuleSeed(&mut rules))?.is_some() {}
-                Ok(AllowList(rules))
-            }
-        }
-        d.deserialize_seq(ListVisitor)
-    }
-}
-
-const PATTERN_EXPECTED: &str =
-    "a host name like \"api.example.com\" or a wildcard like \"*.example.com\"";
-const UPSTREAM_EXPECTED: &str = "host:port or ip:port, like \"private.googleapis.com:443\"";
-
-/// Reads one rule (a pattern string, or `{ "name": ..., "upstream": ... }`) into the
-/// rules being built, so a duplicate is reported at the rule that repeats.
-struct RuleSeed<'a>(&'a mut Rules);
-
-impl<'de> DeserializeSeed<'de> for RuleSeed<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RuleSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a name string or an object {\"name\": ..., \"upstream\": ...}")
-    }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        let pattern = parse_pattern(text).map_err(E::custom)?;
-        self.0
-            .push(Rule {
-                pattern,
-                upstream: None,
-            })
-            .map_err(E::custom)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Object {
-            #[serde(deserialize_with = "pattern")]
-            name: Pattern,
-            #[serde(default, deserialize_with = "upstream")]
-            upstream: Option<Upstream>,
-        }
-        let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        self.0
-            .push(Rule {
-                pattern: obj.name,
-                upstream: obj.upstream,
-            })
-            .map_err(de::Error::custom)
-    }
-}
-
-fn parse_pattern(text: &str) -> Result<Pattern, String> {
-    text.parse().map_err(|_| invalid(text, PATTERN_EXPECTED))
-}
-
-fn pattern<'de, D: Deserializer<'de>>(d: D) -> Result<Pattern, D::Error> {
-    parse_string(d, PATTERN_EXPECTED, parse_pattern)
-}
-
-fn upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Error> {
-    parse_string(d, UPSTREAM_EXPECTED, |text| {
-        text.parse()
-            .map(Some)
-            .map_err(|()| invalid(text, UPSTREAM_EXPECTED))
-    })
-}

@@ -1,12 +1,15 @@
 //! The accept loops and shutdown: admission before a byte is read, then one task per
 //! connection, and a drain that lets live connections finish.
 
+use crate::config::{Listener, ProxyProtocol};
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
-use crate::state::Relay;
+use crate::state::{Relay, Settings};
 use crate::tcp::connection::connection;
+use crate::limits::Slot;
 use crate::telemetry::log::ConnectionLog;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -17,10 +20,10 @@ use tokio_util::task::TaskTracker;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `listeners` until `shutdown` completes, then stops accepting, lets live
+/// Serves `listeners`, each with the settings it was opened for, until `shutdown` completes, then stops accepting, lets live
 /// connections finish for the drain period, and ends the rest.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Listener)>,
     relay: Arc<Relay>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -31,9 +34,10 @@ pub async fn serve(
     // Ready before any accept loop says it is listening, so whoever saw that line finds
     // /readyz agreeing.
     relay.set_ready(true);
-    for listener in listeners {
+    for (listener, settings) in listeners {
         accept_loops.spawn(accept_loop(
             listener,
+            settings.proxy.map(Arc::new),
             relay.clone(),
             connections.clone(),
             accepting.clone(),
@@ -61,6 +65,7 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: TcpListener,
+    proxy: Option<Arc<ProxyProtocol>>,
     relay: Arc<Relay>,
     connections: TaskTracker,
     accepting: CancellationToken,
@@ -91,19 +96,12 @@ async fn accept_loop(
             tracing::info!(listener = %local, "accept recovered");
         }
         let settings = relay.settings();
-        let admitted = if client_allowed(peer.ip(), &settings.config.clients) {
-            relay
-                .counters()
-                .admit(peer.ip(), &settings.config.limits)
-                .map_err(Rejection::Limit)
-        } else {
-            Err(Rejection::ClientDenied)
-        };
-        match admitted {
+        match admit(&settings, proxy.as_deref(), peer, &relay) {
             Ok(slot) => {
                 connections.spawn(connection(
                     client,
                     ConnectionLog::new(peer, local),
+                    proxy.clone(),
                     relay.clone(),
                     settings,
                     slot,
@@ -113,5 +111,25 @@ async fn accept_loop(
             // Closed before a byte is read; the log line is the only trace.
             Err(rejection) => ConnectionLog::new(peer, local).emit(Err(rejection), relay.metrics()),
         }
+    }
+}
+
+/// Admission, before a byte is read. On a PROXY protocol listener the peer is a balancer:
+/// it must be trusted, and the client ACL and per-client limit wait for the header that
+/// names the real client.
+fn admit(
+    settings: &Settings,
+    proxy: Option<&ProxyProtocol>,
+    peer: SocketAddr,
+    relay: &Relay,
+) -> Result<Slot, Rejection> {
+    let limits = &settings.config.limits;
+    match proxy {
+        Some(proxy) if !client_allowed(peer.ip(), &proxy.trusted) => Err(Rejection::ProxyUntrusted),
+        Some(_) => Ok(relay.counters().admit_unknown(limits)?),
+        None if !client_allowed(peer.ip(), &settings.config.clients) => {
+            Err(Rejection::ClientDenied)
+        }
+        None => Ok(relay.counters().admit(peer.ip(), limits)?),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::hello::ClientHello;
 use crate::outcome::Rejection;
+use crate::proxy::Tlvs;
 use crate::resolve::Source;
 use crate::tcp::forward::Transfer;
 use crate::telemetry::metrics::{ConnectionRecord, Metrics};
@@ -24,6 +25,9 @@ struct HelloFields {
 pub struct ConnectionLog {
     started: Instant,
     client: SocketAddr,
+    /// The balancer and its TLVs, when a PROXY protocol header named the client. Boxed:
+    /// most connections have none, and the log lives as long as the connection.
+    via: Option<Box<(SocketAddr, Tlvs)>>,
     listener: SocketAddr,
     hello: Option<HelloFields>,
     hello_done: Option<Duration>,
@@ -39,6 +43,7 @@ impl ConnectionLog {
         ConnectionLog {
             started: Instant::now(),
             client,
+            via: None,
             listener,
             hello: None,
             hello_done: None,
@@ -47,6 +52,18 @@ impl ConnectionLog {
             dns: None,
             connect_done: None,
         }
+    }
+
+    /// A PROXY protocol header named the real client: it becomes `client`, and the
+    /// socket's peer (the balancer) becomes `peer`.
+    pub fn proxied(&mut self, client: SocketAddr, tlvs: Tlvs) {
+        let peer = std::mem::replace(&mut self.client, client);
+        self.via = Some(Box::new((peer, tlvs)));
+    }
+
+    /// The client as the log names it: the socket's peer, or the one a PROXY header named.
+    pub fn client(&self) -> SocketAddr {
+        self.client
     }
 
     /// The hello is complete.
@@ -84,6 +101,14 @@ impl ConnectionLog {
         let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
         let hello = self.hello.as_ref();
         let (outcome, reason, detail, side, transfer, error) = match &result {
+            Err(Rejection::ProxyLocal) => (
+                "health_check",
+                Rejection::ProxyLocal.reason(),
+                None,
+                None,
+                None,
+                None,
+            ),
             Ok(t) => (
                 "forwarded",
                 t.end.word(),
@@ -118,10 +143,21 @@ impl ConnectionLog {
                 _ => None,
             },
         });
+        // A balancer's health check is counted, never logged: it comes every few seconds.
+        if matches!(result, Err(Rejection::ProxyLocal)) {
+            return;
+        }
+        let (peer, tlvs) = match self.via.as_deref() {
+            Some((peer, tlvs)) => (Some(peer), Some(tlvs)),
+            None => (None, None),
+        };
         tracing::info!(
             target: "snirelay::connection",
             client = %self.client,
+            peer = peer.map(|p| p.to_string()),
             listener = %self.listener,
+            alibaba_privatelink = tlvs.and_then(|t| t.alibaba_privatelink.as_deref()),
+            aws_vpce_id = tlvs.and_then(|t| t.aws_vpce_id.as_deref()),
             sni = hello.map(|h| &*h.sni),
             alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
             tls = hello.map(|h| &*h.tls),

@@ -1,0 +1,172 @@
+//! The `listen` array: each entry an address string, or an object that also says whether
+//! the listener takes the PROXY protocol and from which balancers.
+
+use super::values::{Network, invalid, parse_string};
+use crate::proxy::Accept;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// One listening address and how connections on it begin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Where to accept.
+    pub addr: SocketAddr,
+    /// `Some` when every connection starts with a PROXY protocol header from a balancer.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+impl Listener {
+    /// A listener for TLS clients directly, as a bare address in the file means.
+    pub fn plain(addr: SocketAddr) -> Listener {
+        Listener { addr, proxy: None }
+    }
+}
+
+/// The PROXY protocol settings of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// Which versions are accepted.
+    pub accept: Accept,
+    /// Peers allowed to send a header; any other peer is closed before a byte is read.
+    pub trusted: Vec<IpNet>,
+}
+
+const ADDR_EXPECTED: &str = "a listen address like \"0.0.0.0:443\" or \"[::]:443\"";
+
+/// The validated `listen` array: not empty, no address twice.
+pub(super) struct ListenList(pub(super) Vec<Listener>);
+
+impl<'de> Deserialize<'de> for ListenList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = ListenList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of listen addresses or listener objects")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ListenList, A::Error> {
+                let mut list: Vec<Listener> = Vec::new();
+                while let Some(Entry(listener)) = seq.next_element()? {
+                    if list.iter().any(|l| l.addr == listener.addr) {
+                        return Err(de::Error::custom(format!(
+                            "listen lists {} twice",
+                            listener.addr
+                        )));
+                    }
+                    list.push(listener);
+                }
+                if list.is_empty() {
+                    return Err(de::Error::custom("listen must list at least one address"));
+                }
+                Ok(ListenList(list))
+            }
+        }
+        d.deserialize_seq(ListVisitor)
+    }
+}
+
+/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "proxy_protocol": ..., "trusted_proxies": [...] }`.
+struct Entry(Listener);
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EntryVisitor)
+    }
+}
+
+struct EntryVisitor;
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = Entry;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(
+            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...]}",
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Entry, E> {
+        parse_addr(text)
+            .map(|addr| Entry(Listener::plain(addr)))
+            .map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entry, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            #[serde(deserialize_with = "addr")]
+            addr: SocketAddr,
+            proxy_protocol: Option<AcceptWord>,
+            trusted_proxies: Option<Vec<Network>>,
+        }
+        let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        let proxy = match (obj.proxy_protocol, obj.trusted_proxies) {
+            (None, None) => None,
+            (Some(AcceptWord(accept)), Some(trusted)) if !trusted.is_empty() => {
+                Some(ProxyProtocol {
+                    accept,
+                    trusted: trusted.into_iter().map(|n| n.0).collect(),
+                })
+            }
+            (Some(_), _) => {
+                return Err(de::Error::custom(format!(
+                    "listener {}: proxy_protocol needs trusted_proxies, the balancers' networks (a header from anyone else would let them claim any client address)",
+                    obj.addr
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(de::Error::custom(format!(
+                    "listener {}: trusted_proxies without proxy_protocol has no effect; add \"proxy_protocol\": \"v2\" (or \"v1\", \"any\")",
+                    obj.addr
+                )));
+            }
+        };
+        Ok(Entry(Listener {
+            addr: obj.addr,
+            proxy,
+        }))
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| invalid(text, ADDR_EXPECTED))
+}
+
+fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_string(d, ADDR_EXPECTED, parse_addr)
+}
+
+/// `"v1"`, `"v2"` or `"any"`.
+struct AcceptWord(Accept);
+
+impl<'de> Deserialize<'de> for AcceptWord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "\"v1\", \"v2\" or \"any\"";
+        parse_string(d, EXPECTED, |text| match text {
+            "v1" => Ok(AcceptWord(Accept::V1)),
+            "v2" => Ok(AcceptWord(Accept::V2)),
+            "any" => Ok(AcceptWord(Accept::Any)),
+            _ => Err(invalid(text, EXPECTED)),
+        })
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if let Some(proxy) = &self.proxy {
+            let version = match proxy.accept {
+                Accept::V1 => "v1",
+                Accept::V2 => "v2",
+                Accept::Any => "v1 or v2",
+            };
+            let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
+            write!(f, " (PROXY {version} from {})", trusted.join(", "))?;
+        }
+        Ok(())
+    }
+}
