@@ -248,9 +248,19 @@ mod tests {
         b.claim_client(real, &l).unwrap();
         // Claiming again moves the count.
         b.claim_client(balancer, &l).unwrap();
-        assert_eq!((counters.from_client(real), counters.from_client(balancer)), (0, 1));
+        assert_eq!(
+            (counters.from_client(real), counters.from_client(balancer)),
+            (0, 1)
+        );
         drop(b);
-        assert_eq!((counters.active(), counters.pending_hellos(), counters.from_client(balancer)), (0, 0, 0));
+        assert_eq!(
+            (
+                counters.active(),
+                counters.pending_hellos(),
+                counters.from_client(balancer)
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[tokio::test]

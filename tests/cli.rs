@@ -133,7 +133,10 @@ fn hosts_prints_the_client_block_for_the_shipped_rules() {
 fn shipped_rules_allow_the_seed_scenario() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.json");
     let config = Config::load(&path).unwrap();
-    assert_eq!(config.listen, [Listener::plain("0.0.0.0:443".parse().unwrap())]);
+    assert_eq!(
+        config.listen,
+        [Listener::plain("0.0.0.0:443".parse().unwrap())]
+    );
     for name in [
         "translation.googleapis.com",
         "translate.googleapis.com",

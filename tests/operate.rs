@@ -3,7 +3,7 @@
 mod common;
 
 use common::hellogen::hello_for;
-use common::{RelayProcess, Upstream, pinned_config, within};
+use common::{RelayProcess, Upstream, http_get, pinned_config, within};
 use serde_json::Value;
 use snirelay::config::Config;
 use snirelay::policy::client_allowed;
@@ -193,17 +193,6 @@ async fn running_out_of_descriptors_pauses_accepting_and_keeps_serving() {
 }
 
 /// A plain HTTP/1.1 GET, as a scraper sends it: (status, body).
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
-}
-
 fn promtool_check(body: &str) {
     if !common::available("promtool") {
         return;

@@ -17,8 +17,8 @@ use listen::ListenList;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use values::{AddrList, AdminAddr, Bounded, Nameserver, Network, Object};
 use std::time::Duration;
+use values::{AddrList, AdminAddr, Bounded, Nameserver, Network, Object};
 
 /// A validated configuration. The running relay only ever holds whole ones.
 #[derive(Debug, Clone)]
@@ -253,4 +253,3 @@ fn default_idle_s() -> Bounded<1, 604_800> {
 fn default_drain_s() -> Bounded<0, 86_400> {
     Bounded(30)
 }
-

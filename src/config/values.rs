@@ -173,4 +173,3 @@ impl<'de> Deserialize<'de> for Network {
         })
     }
 }
-

@@ -2,11 +2,11 @@
 //! connection, and a drain that lets live connections finish.
 
 use crate::config::{Listener, ProxyProtocol};
+use crate::limits::Slot;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};
 use crate::tcp::connection::connection;
-use crate::limits::Slot;
 use crate::telemetry::log::ConnectionLog;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -234,6 +234,18 @@ async fn next_line(logs: &mut mpsc::UnboundedReceiver<Value>) -> Value {
     }
 }
 
+/// A GET to the admin endpoint: the status and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
 /// A config allowing `names`, each pinned to `upstream`.
 pub fn pinned_config(names: &[&str], upstream: SocketAddr) -> Value {
     let allow: Vec<Value> = names

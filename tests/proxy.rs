@@ -1,0 +1,207 @@
+//! The PROXY protocol reader on real HAProxy headers, split every way.
+
+mod common;
+
+use common::fixture_dir;
+use serde_json::Value;
+use snirelay::proxy::{Accept, Header, parse};
+use std::net::IpAddr;
+
+#[test]
+fn real_haproxy_headers_parse_the_same_however_they_are_split() {
+    let dir = fixture_dir().join("proxy");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let headers = manifest["headers"].as_array().unwrap();
+    assert_eq!(headers.len(), 5);
+    for entry in headers {
+        let name = entry["name"].as_str().unwrap();
+        let bytes = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+        let accept = if name.starts_with("haproxy_v1") {
+            Accept::V1
+        } else {
+            Accept::V2
+        };
+        // Followed by the start of a ClientHello, as on the wire.
+        let wire = [bytes.as_slice(), &[0x16, 0x03, 0x01, 0x02, 0x00]].concat();
+        let whole = parse(&wire, accept).unwrap().unwrap();
+        assert_eq!(whole.len, bytes.len(), "{name}");
+        assert_eq!(parse(&wire, Accept::Any).unwrap().unwrap(), whole, "{name}");
+        // Every split into two reads, and one byte per read: only the whole header answers.
+        for cut in 0..bytes.len() {
+            assert_eq!(parse(&wire[..cut], accept), Ok(None), "{name} cut at {cut}");
+        }
+        match (&whole.header, entry["command"].as_str().unwrap()) {
+            (Header::Local, "local") => {}
+            (
+                Header::Proxy {
+                    source: Some(source),
+                    ..
+                },
+                "proxy",
+            ) => {
+                let want: IpAddr = entry["source_ip"].as_str().unwrap().parse().unwrap();
+                assert_eq!(source.ip(), want, "{name}");
+            }
+            (other, command) => panic!("{name}: {other:?}, manifest says {command}"),
+        }
+    }
+}
+
+mod relay {
+    use super::common::hellogen::hello_for;
+    use super::common::{RelayProcess, Upstream, http_get, pinned_config, within};
+    use serde_json::{Value, json};
+    use snirelay::proxy::{Version, encode};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const NAME: &str = "a.example.com";
+
+    /// A relay whose one listener takes PROXY headers from `trusted`, with an admin endpoint.
+    async fn start(
+        upstream: &Upstream,
+        trusted: &str,
+        tweak: impl FnOnce(&mut Value),
+    ) -> (RelayProcess, String) {
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["listen"] = json!([{
+            "addr": "127.0.0.1:0", "proxy_protocol": "any", "trusted_proxies": [trusted]
+        }]);
+        config["clients"] = json!(["192.0.2.0/24", "2001:db8::/32"]);
+        config["admin"] = "127.0.0.1:0".into();
+        tweak(&mut config);
+        let mut relay = RelayProcess::start_with(config, &[]).await;
+        let admin = relay.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (relay, admin)
+    }
+
+    fn v2_from(source: &str, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
+        let source: SocketAddr = source.parse().unwrap();
+        let mut builder = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (source, "10.20.0.5:443".parse::<SocketAddr>().unwrap()),
+        );
+        for (kind, value) in tlvs {
+            builder = builder.write_tlv(*kind, value).unwrap();
+        }
+        builder.build().unwrap()
+    }
+
+    /// Sends `header` in two writes, then the hello; returns the client connection. A
+    /// relay that refuses may close before all of it is written: that is not an error here.
+    async fn send(relay: SocketAddr, header: &[u8]) -> TcpStream {
+        let mut client = TcpStream::connect(relay).await.unwrap();
+        let (a, b) = header.split_at(header.len() / 2);
+        let hello = hello_for(NAME);
+        for part in [a, b, &hello] {
+            if client.write_all(part).await.is_err() {
+                break;
+            }
+        }
+        client
+    }
+
+    /// Waits until the relay has closed `client` (with a FIN, or a reset when it left
+    /// bytes unread).
+    async fn closed(mut client: TcpStream) {
+        let _ = client.read_to_end(&mut Vec::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_trusted_balancer_names_the_real_client_for_the_acl_limits_and_log() {
+        within(async {
+            let upstream = Upstream::bind("127.0.0.1").await;
+            let (mut relay, admin) = start(&upstream, "127.0.0.0/8", |c| {
+                c["max_connections_per_client"] = 1.into();
+            })
+            .await;
+            let header = v2_from("192.0.2.7:51000", &[(0xEA, b"\x01vpce-0abc")]);
+            let _first = send(relay.addr(), &header).await;
+            let mut conn = upstream.accept().await;
+            // The upstream gets the hello, never the header.
+            let hello = hello_for(NAME);
+            let mut replayed = vec![0u8; hello.len()];
+            conn.read_exact(&mut replayed).await.unwrap();
+            assert_eq!(replayed, hello);
+
+            // Another client behind the same balancer is not limited by the first ...
+            let _other = send(relay.addr(), &encode(Version::V1, "192.0.2.8:1".parse().unwrap(), "10.0.0.1:443".parse().unwrap()).unwrap()).await;
+            let _conn2 = upstream.accept().await;
+            // ... while the same client again is, and a client outside `clients` is refused.
+            let mut again = send(relay.addr(), &v2_from("192.0.2.7:51001", &[])).await;
+            let line = relay.next_connection().await;
+            assert_eq!(line["reason"], "too_many_from_client");
+            assert_eq!(line["client"], "192.0.2.7:51001");
+            assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
+            closed(again).await;
+            let mut outsider = send(relay.addr(), &v2_from("198.51.100.1:2", &[])).await;
+            let line = relay.next_connection().await;
+            assert_eq!((&line["reason"], &line["client"]), (&"client_denied".into(), &"198.51.100.1:2".into()));
+            closed(outsider).await;
+
+            drop((_first, conn));
+            let line = relay.next_connection().await;
+            assert_eq!(line["outcome"], "forwarded");
+            assert_eq!(line["client"], "192.0.2.7:51000");
+            assert_eq!(line["aws_vpce_id"], "vpce-0abc");
+            let (_, metrics) = http_get(&admin, "/metrics").await;
+            assert!(metrics.contains(r#"snirelay_connections_total{outcome="rejected",reason="too_many_from_client"} 1"#), "{metrics}");
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn untrusted_peers_missing_headers_and_health_checks() {
+        within(async {
+            let upstream = Upstream::bind("127.0.0.1").await;
+            // Loopback is not a trusted balancer here: closed before a byte is read.
+            let (mut relay, _) = start(&upstream, "10.0.0.0/8", |_| {}).await;
+            let mut client = send(relay.addr(), &v2_from("192.0.2.7:1", &[])).await;
+            let line = relay.next_connection().await;
+            assert_eq!(
+                (&line["reason"], &line["side"]),
+                (&"proxy_untrusted".into(), &"client".into())
+            );
+            closed(client).await;
+            drop(relay);
+
+            let (mut relay, admin) = start(&upstream, "127.0.0.1", |_| {}).await;
+            // A client that skips the balancer and sends its hello straight away.
+            let mut direct = TcpStream::connect(relay.addr()).await.unwrap();
+            direct.write_all(&hello_for(NAME)).await.unwrap();
+            let line = relay.next_connection().await;
+            assert_eq!(
+                (&line["reason"], &line["detail"]),
+                (&"bad_proxy_header".into(), &"missing".into())
+            );
+            closed(direct).await;
+
+            // HAProxy's own health check: LOCAL, then close. Counted, not logged.
+            let local =
+                std::fs::read(super::fixture_dir().join("proxy/haproxy_v2_local.bin")).unwrap();
+            let mut check = TcpStream::connect(relay.addr()).await.unwrap();
+            check.write_all(&local).await.unwrap();
+            check.read_to_end(&mut Vec::new()).await.unwrap();
+            // The next line logged is the next real connection's.
+            let mut garbage = TcpStream::connect(relay.addr()).await.unwrap();
+            garbage.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            assert_eq!(relay.next_connection().await["detail"], "missing");
+            closed(garbage).await;
+            let (_, metrics) = http_get(&admin, "/metrics").await;
+            assert!(
+                metrics.contains(
+                    r#"snirelay_connections_total{outcome="health_check",reason="proxy_local"} 1"#
+                ),
+                "{metrics}"
+            );
+            assert!(upstream.untouched());
+        })
+        .await
+    }
+}
