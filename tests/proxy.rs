@@ -134,13 +134,13 @@ mod relay {
             let _other = send(relay.addr(), &encode(Version::V1, "192.0.2.8:1".parse().unwrap(), "10.0.0.1:443".parse().unwrap()).unwrap()).await;
             let _conn2 = upstream.accept().await;
             // ... while the same client again is, and a client outside `clients` is refused.
-            let mut again = send(relay.addr(), &v2_from("192.0.2.7:51001", &[])).await;
+            let again = send(relay.addr(), &v2_from("192.0.2.7:51001", &[])).await;
             let line = relay.next_connection().await;
             assert_eq!(line["reason"], "too_many_from_client");
             assert_eq!(line["client"], "192.0.2.7:51001");
             assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
             closed(again).await;
-            let mut outsider = send(relay.addr(), &v2_from("198.51.100.1:2", &[])).await;
+            let outsider = send(relay.addr(), &v2_from("198.51.100.1:2", &[])).await;
             let line = relay.next_connection().await;
             assert_eq!((&line["reason"], &line["client"]), (&"client_denied".into(), &"198.51.100.1:2".into()));
             closed(outsider).await;
@@ -162,7 +162,7 @@ mod relay {
             let upstream = Upstream::bind("127.0.0.1").await;
             // Loopback is not a trusted balancer here: closed before a byte is read.
             let (mut relay, _) = start(&upstream, "10.0.0.0/8", |_| {}).await;
-            let mut client = send(relay.addr(), &v2_from("192.0.2.7:1", &[])).await;
+            let client = send(relay.addr(), &v2_from("192.0.2.7:1", &[])).await;
             let line = relay.next_connection().await;
             assert_eq!(
                 (&line["reason"], &line["side"]),
