@@ -1,5 +1,6 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up) and
-//! `/readyz` (listeners accepting and rules loaded; 503 while draining).
+//! `/readyz` (listeners accepting and rules loaded; 503 with the reason while starting,
+//! draining, or with an empty allowlist).
 
 use crate::state::Relay;
 use http_body_util::Full;
@@ -80,12 +81,14 @@ fn respond(request: &Request<Incoming>, relay: &Relay) -> Response<Full<Bytes>> 
             )
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        _ if relay.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
-        _ => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".into(),
-        ),
+        _ => match relay.readiness() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n"),
+            ),
+        },
     }
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// SNI-passthrough TCP relay: forwards TLS connections for allowlisted names without
 /// terminating TLS.
@@ -247,23 +248,30 @@ fn run(
         if let Some(admin) = admin {
             tokio::spawn(snirelay::admin::serve(admin, relay.clone()));
         }
-        let shutdown = shutdown_signal()?;
-        server::serve(listeners, relay, shutdown).await;
+        let stops = stop_signals()?;
+        server::serve(listeners, relay, stops).await;
         Ok(())
     })
 }
 
 /// Registers the SIGTERM and SIGINT handlers now, before the relay says it is listening
 /// (a signal before registration would end the process with the default action), and
-/// returns a future that completes on either.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// passes on every one of them, by name, for as long as the process runs.
+fn stop_signals() -> anyhow::Result<mpsc::UnboundedReceiver<&'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if tx.send(name).is_err() {
+                return;
+            }
         }
-    })
+    });
+    Ok(rx)
 }

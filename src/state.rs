@@ -7,7 +7,7 @@ use crate::policy::DestinationPolicy;
 use crate::resolve::{Pin, Resolver};
 use crate::telemetry::metrics::Metrics;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// What connections are decided by. A reload builds a new one and swaps it in whole; a
@@ -52,7 +52,7 @@ pub struct Relay {
     settings: RwLock<Arc<Settings>>,
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
-    ready: AtomicBool,
+    phase: AtomicU8,
     pins: Vec<Pin>,
     listeners: Vec<SocketAddr>,
 }
@@ -64,7 +64,7 @@ impl Relay {
             settings: RwLock::new(Arc::new(settings)),
             counters: Arc::default(),
             metrics: Arc::default(),
-            ready: AtomicBool::new(false),
+            phase: AtomicU8::new(Phase::Starting as u8),
             pins,
             listeners,
         }
@@ -99,12 +99,34 @@ impl Relay {
         &self.metrics
     }
 
-    /// Listeners are accepting and rules are loaded (false again once draining).
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Whether a balancer should send connections here, and if not, why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        match self.phase.load(Ordering::Relaxed) {
+            p if p == Phase::Starting as u8 => Err("not ready: the listeners are not open yet"),
+            p if p == Phase::Draining as u8 => {
+                Err("not ready: shutting down; take this relay out of rotation")
+            }
+            _ if self.settings().config.rules.is_empty() => Err(
+                "not ready: no rules loaded (the allowlist is empty: every connection would be refused)",
+            ),
+            _ => Ok(()),
+        }
     }
 
-    pub(crate) fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Listeners are accepting and rules are loaded.
+    pub fn is_ready(&self) -> bool {
+        self.readiness().is_ok()
     }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+}
+
+/// Where the relay is in its life, as readiness reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Starting,
+    Serving,
+    Draining,
 }

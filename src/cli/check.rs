@@ -146,7 +146,7 @@ fn overview(path: &Path, config: &Config) -> String {
     format!(
         "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard, {pinned} with a pinned upstream)\n  \
          listen: {listen}\n  upstream port: {port}\n  \
-         timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s\n  \
+         timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s, lb grace {grace} s\n  \
          max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n",
         path = path.display(),
         total = config.rules.len(),
@@ -162,6 +162,7 @@ fn overview(path: &Path, config: &Config) -> String {
         connect = t.connect.as_millis(),
         idle = t.idle.as_secs(),
         drain = t.drain.as_secs(),
+        grace = t.lb_grace.as_secs(),
         max = config.max_hello_bytes,
     )
 }

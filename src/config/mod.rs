@@ -79,6 +79,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// How long live connections may finish after SIGINT/SIGTERM.
     pub drain: Duration,
+    /// After SIGTERM, how long listeners keep accepting while /readyz says 503, so the
+    /// balancer stops sending before connections are refused.
+    pub lb_grace: Duration,
 }
 
 /// Why a configuration could not be loaded.
@@ -146,6 +149,7 @@ impl Config {
                 connect: Duration::from_millis(file.timeouts.0.connect_ms.0),
                 idle: Duration::from_secs(file.timeouts.0.idle_s.0),
                 drain: Duration::from_secs(file.timeouts.0.drain_s.0),
+                lb_grace: Duration::from_secs(file.timeouts.0.lb_grace_s.0),
             },
             max_hello_bytes: file.max_hello_bytes.0 as usize,
             nameservers: file.resolver.0.nameservers.map(|list| list.0),
@@ -204,6 +208,8 @@ struct TimeoutsFile {
     idle_s: Bounded<1, 604_800>,
     #[serde(default = "default_drain_s")]
     drain_s: Bounded<0, 86_400>,
+    #[serde(default)]
+    lb_grace_s: Bounded<0, 3_600>,
 }
 
 impl Default for TimeoutsFile {
@@ -213,6 +219,7 @@ impl Default for TimeoutsFile {
             connect_ms: default_connect_ms(),
             idle_s: default_idle_s(),
             drain_s: default_drain_s(),
+            lb_grace_s: Bounded(0),
         }
     }
 }

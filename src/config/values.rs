@@ -31,6 +31,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 }
 
 /// An integer in `MIN..=MAX`, with an error that says so.
+#[derive(Default)]
 pub(super) struct Bounded<const MIN: u64, const MAX: u64>(pub(super) u64);
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {

@@ -5,27 +5,29 @@ use crate::config::{Listener, ProxyProtocol};
 use crate::limits::Slot;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
-use crate::state::{Relay, Settings};
+use crate::state::{Phase, Relay, Settings};
 use crate::tcp::connection::connection;
 use crate::telemetry::log::ConnectionLog;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::time::timeout;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `listeners`, each with the settings it was opened for, until `shutdown` completes, then stops accepting, lets live
-/// connections finish for the drain period, and ends the rest.
+/// Serves `listeners`, each with the settings it was opened for, until the first message on
+/// `stops` (SIGTERM or SIGINT). Then, in order: /readyz turns 503 at once; the listeners
+/// keep accepting for `lb_grace_s`, so a balancer that polls /readyz stops sending before
+/// anything is refused; accepting stops; live connections get `drain_s`; the rest are
+/// ended. A further message on `stops` skips the wait in progress.
 pub async fn serve(
     listeners: Vec<(TcpListener, Listener)>,
     relay: Arc<Relay>,
-    shutdown: impl Future<Output = ()>,
+    mut stops: mpsc::UnboundedReceiver<&'static str>,
 ) {
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -33,7 +35,7 @@ pub async fn serve(
     let accept_loops = TaskTracker::new();
     // Ready before any accept loop says it is listening, so whoever saw that line finds
     // /readyz agreeing.
-    relay.set_ready(true);
+    relay.set_phase(Phase::Serving);
     for (listener, settings) in listeners {
         accept_loops.spawn(accept_loop(
             listener,
@@ -45,22 +47,42 @@ pub async fn serve(
         ));
     }
     accept_loops.close();
-    shutdown.await;
-    relay.set_ready(false);
+    let signal = next_stop(&mut stops).await;
+    relay.set_phase(Phase::Draining);
+    let timeouts = relay.settings().config.timeouts;
+    tracing::info!(
+        signal,
+        lb_grace_s = timeouts.lb_grace.as_secs(),
+        "shutting down: not ready, still accepting for the balancer's grace period"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(timeouts.lb_grace) => {}
+        signal = next_stop(&mut stops) => tracing::info!(signal, "grace period cut short"),
+    }
     accepting.cancel();
     accept_loops.wait().await;
     connections.close();
-    let drain = relay.settings().config.timeouts.drain;
     tracing::info!(
         live = connections.len(),
-        drain_s = drain.as_secs(),
+        drain_s = timeouts.drain.as_secs(),
         "draining"
     );
-    if timeout(drain, connections.wait()).await.is_err() {
-        stop.cancel();
-        connections.wait().await;
+    tokio::select! {
+        () = tokio::time::sleep(timeouts.drain) => {}
+        () = connections.wait() => {}
+        signal = next_stop(&mut stops) => tracing::info!(signal, "drain cut short"),
     }
+    stop.cancel();
+    connections.wait().await;
     tracing::info!("stopped");
+}
+
+/// The next stop signal's name; never, once nobody can send one.
+async fn next_stop(stops: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+    match stops.recv().await {
+        Some(signal) => signal,
+        None => std::future::pending().await,
+    }
 }
 
 async fn accept_loop(
