@@ -28,5 +28,6 @@ pub mod reload;
 pub mod resolve;
 pub mod rules;
 pub mod state;
+pub mod systemd;
 pub mod tcp;
 pub mod telemetry;

@@ -229,11 +229,7 @@ fn run(
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let listeners = config
-            .listen
-            .iter()
-            .map(|l| Ok((listen::bind(l.addr)?, l.clone())))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let listeners = listen::open(&config.listen)?;
         let admin = match config.admin {
             Some(addr) => Some(listen::bind(addr).context("admin endpoint")?),
             None => None,
@@ -247,6 +243,9 @@ fn run(
         tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), listen_fixed).run());
         if let Some(admin) = admin {
             tokio::spawn(snirelay::admin::serve(admin, relay.clone()));
+        }
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            tokio::spawn(snirelay::systemd::watchdog(relay.clone(), period));
         }
         let stops = stop_signals()?;
         server::serve(listeners, relay, stops).await;

@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::state::Relay;
+use crate::systemd;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,31 +83,39 @@ impl Reloader {
                 tokio::time::sleep(SETTLE).await;
                 while self.changes.try_recv().is_ok() {}
             }
-            reload(
+            // systemd's `notify-reload` sends SIGHUP and waits for RELOADING=1, then READY=1.
+            if trigger == Trigger::Hangup {
+                systemd::reloading();
+            }
+            let reported = reload(
                 &self.path,
                 &self.relay,
                 self.listen_fixed,
                 trigger,
                 &mut self.last_read,
             );
+            if reported || trigger == Trigger::Hangup {
+                systemd::ready(&self.relay);
+            }
         }
     }
 }
 
-/// Reloads and reports the result once, in the log and in the metrics.
+/// Reloads and reports the result once, in the log and in the metrics; false when a file
+/// event left the file as it was, and there was nothing to report.
 fn reload(
     path: &Path,
     relay: &Relay,
     listen_fixed: bool,
     trigger: Trigger,
     last_read: &mut Vec<u8>,
-) {
+) -> bool {
     let trigger = match trigger {
         Trigger::File => "file",
         Trigger::Hangup => "sighup",
     };
     match apply(path, relay, listen_fixed, trigger == "file", last_read) {
-        Ok(None) => {}
+        Ok(None) => return false,
         Ok(Some(rules)) => {
             relay.metrics().reload(true);
             tracing::info!(trigger, rules, "config reloaded");
@@ -120,6 +129,7 @@ fn reload(
             );
         }
     }
+    true
 }
 
 /// Reads, validates and applies the file; `Ok(None)` when a file event left it unchanged.

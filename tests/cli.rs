@@ -347,40 +347,87 @@ async fn shutdown_drains_live_connections_then_ends_the_rest() {
     .await
 }
 
-#[test]
-fn the_systemd_unit_verifies_cleanly() {
-    if !common::available("systemd-analyze") {
-        return;
-    }
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/snirelay.service"),
-    )
-    .unwrap();
-    for directive in [
-        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "ReadOnlyPaths=/etc/snirelay",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "Restart=on-failure",
-        "DynamicUser=yes",
-    ] {
-        assert!(unit.lines().any(|l| l == directive), "{directive}");
-    }
-    // verify insists that ExecStart's binary exists: point it at the one just built and
-    // check every directive as written. Unknown keys are only warnings, so any output fails.
+/// Runs `systemd-analyze verify` on deploy files, copied with ExecStart's binary pointed at
+/// the one just built (verify insists it exists). Unknown keys are only warnings, so any
+/// output fails.
+fn verify_units(files: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("snirelay.service");
-    std::fs::write(
-        &copy,
-        unit.replace("/usr/local/bin/snirelay", env!("CARGO_BIN_EXE_snirelay")),
-    )
-    .unwrap();
+    let mut copies = Vec::new();
+    for file in files {
+        let unit =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let copy = dir.path().join(Path::new(file).file_name().unwrap());
+        std::fs::write(
+            &copy,
+            unit.replace("/usr/local/bin/snirelay", env!("CARGO_BIN_EXE_snirelay")),
+        )
+        .unwrap();
+        copies.push(copy);
+    }
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&copy)
+        .args(&copies)
         .output()
         .unwrap();
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "{files:?}: {said}"
+    );
+}
+
+fn has_lines(file: &str, directives: &[&str]) {
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    for directive in directives {
+        assert!(unit.lines().any(|l| l == *directive), "{file}: {directive}");
+    }
+}
+
+#[test]
+fn the_systemd_units_verify_cleanly() {
+    if !common::available("systemd-analyze") {
+        return;
+    }
+    has_lines(
+        "deploy/snirelay.service",
+        &[
+            "Type=notify",
+            "WatchdogSec=30s",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ReadOnlyPaths=/etc/snirelay",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "Restart=on-failure",
+            "DynamicUser=yes",
+        ],
+    );
+    verify_units(&["deploy/snirelay.service"]);
+    // Socket activation: systemd holds the port, the service holds no capability.
+    has_lines(
+        "deploy/socket-activated/snirelay.socket",
+        &[
+            "ListenStream=0.0.0.0:443",
+            "FileDescriptorName=tls",
+            "NoDelay=yes",
+            "KeepAlive=yes",
+        ],
+    );
+    has_lines(
+        "deploy/socket-activated/snirelay.service",
+        &[
+            "Type=notify",
+            "Requires=snirelay.socket",
+            "CapabilityBoundingSet=",
+        ],
+    );
+    let service = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/socket-activated/snirelay.service"),
+    )
+    .unwrap();
+    assert!(!service.contains("AmbientCapabilities"));
+    verify_units(&[
+        "deploy/socket-activated/snirelay.socket",
+        "deploy/socket-activated/snirelay.service",
+    ]);
 }

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 pub struct Listener {
     /// Where to accept.
     pub addr: SocketAddr,
+    /// Under socket activation, the `FileDescriptorName=` of the socket this entry takes.
+    pub name: Option<String>,
     /// `Some` when every connection starts with a PROXY protocol header from a balancer.
     pub proxy: Option<ProxyProtocol>,
 }
@@ -21,7 +23,11 @@ pub struct Listener {
 impl Listener {
     /// A listener for TLS clients directly, as a bare address in the file means.
     pub fn plain(addr: SocketAddr) -> Listener {
-        Listener { addr, proxy: None }
+        Listener {
+            addr,
+            name: None,
+            proxy: None,
+        }
     }
 }
 
@@ -100,6 +106,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         struct Object {
             #[serde(deserialize_with = "addr")]
             addr: SocketAddr,
+            name: Option<FdName>,
             proxy_protocol: Option<AcceptWord>,
             trusted_proxies: Option<Vec<Network>>,
         }
@@ -127,6 +134,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         };
         Ok(Entry(Listener {
             addr: obj.addr,
+            name: obj.name.map(|n| n.0),
             proxy,
         }))
     }
@@ -138,6 +146,25 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 
 fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     parse_string(d, ADDR_EXPECTED, parse_addr)
+}
+
+/// A systemd `FileDescriptorName=`: 1 to 255 printable ASCII characters, no colon.
+struct FdName(String);
+
+impl<'de> Deserialize<'de> for FdName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str =
+            "a FileDescriptorName= like \"balancer\" (1 to 255 printable characters, no colon)";
+        parse_string(d, EXPECTED, |text| {
+            let valid = (1..=255).contains(&text.len())
+                && text.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            if valid {
+                Ok(FdName(text.to_owned()))
+            } else {
+                Err(invalid(text, EXPECTED))
+            }
+        })
+    }
 }
 
 /// `"v1"`, `"v2"` or `"any"`.

@@ -1,8 +1,11 @@
-//! Listening sockets and the options every relay socket gets.
+//! Listening sockets, bound here or handed over by systemd, and the options every relay
+//! socket gets either way.
 
+use crate::config::Listener;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -52,6 +55,136 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     })
 }
 
+/// A socket handed over by systemd that cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// Reading `LISTEN_FDS` failed.
+    #[error("cannot take the sockets systemd handed over: {0}")]
+    Environment(io::Error),
+    /// A descriptor that is not a listening TCP socket.
+    #[error(
+        "systemd handed over {name:?}, which is not a listening TCP socket ({why}); use ListenStream= in the .socket unit"
+    )]
+    NotTcpListener {
+        /// Its FileDescriptorName=.
+        name: String,
+        /// What it is instead.
+        why: String,
+    },
+    /// A socket no configured listener claims.
+    #[error("{0}")]
+    Unclaimed(String),
+}
+
+/// The listening sockets systemd handed over (socket activation), each with its
+/// `FileDescriptorName=` and address, made ready exactly as [`bind`] makes its own. Empty
+/// when the relay was not socket-activated.
+pub fn activated() -> Result<Vec<(std::net::TcpListener, String)>, ActivationError> {
+    #[cfg(target_os = "linux")]
+    let fds = crate::net::sys::take_listen_fds().map_err(ActivationError::Environment)?;
+    #[cfg(not(target_os = "linux"))]
+    let fds: Vec<(OwnedFd, String)> = Vec::new();
+    fds.into_iter()
+        .map(|(fd, name)| {
+            prepare(fd)
+                .map(|listener| (listener, name.clone()))
+                .map_err(|why| ActivationError::NotTcpListener { name, why })
+        })
+        .collect()
+}
+
+/// Checks a handed-over descriptor is a listening TCP socket and gives it the options
+/// [`bind`] gives its own (non-blocking; NODELAY and keepalive, inherited by every accepted
+/// socket).
+fn prepare(fd: OwnedFd) -> Result<std::net::TcpListener, String> {
+    let socket = Socket::from(fd);
+    let ok = |r: io::Result<bool>| r.map_err(|e| e.to_string());
+    if socket.r#type().map_err(|e| e.to_string())? != Type::STREAM {
+        return Err("not a stream socket".to_owned());
+    }
+    if !ok(socket.is_listener())? {
+        return Err("not listening".to_owned());
+    }
+    let local = socket.local_addr().map_err(|e| e.to_string())?;
+    if local.as_socket().is_none() {
+        return Err("not an IP socket".to_owned());
+    }
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tune(&socket);
+    Ok(socket.into())
+}
+
+/// Which configured listener each handed-over socket serves: the one whose `name` is the
+/// socket's `FileDescriptorName=`, else the one with the socket's address. Returns the
+/// configured listener's index for each socket, in order; configured listeners no socket
+/// claims are for the relay to bind itself. Pure.
+pub fn claim(handed: &[(SocketAddr, &str)], listen: &[Listener]) -> Result<Vec<usize>, String> {
+    let mut claimed: Vec<usize> = Vec::with_capacity(handed.len());
+    for (addr, name) in handed {
+        let index = listen
+            .iter()
+            .position(|l| l.name.as_deref() == Some(*name))
+            .or_else(|| listen.iter().position(|l| l.name.is_none() && l.addr == *addr))
+            .ok_or_else(|| {
+                format!(
+                    "systemd handed over a socket on {addr} (FileDescriptorName={name}) that no listen entry claims: \
+                     add {{\"addr\": \"{addr}\"}} to listen, or give an entry \"name\": \"{name}\""
+                )
+            })?;
+        if claimed.contains(&index) {
+            return Err(format!(
+                "systemd handed over two sockets for the listen entry {}: give each its own FileDescriptorName= and name",
+                listen[index]
+            ));
+        }
+        claimed.push(index);
+    }
+    Ok(claimed)
+}
+
+/// A listener that could not be opened either way.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A handed-over socket is unusable or unclaimed.
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    /// Binding failed.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The runtime would not take a socket.
+    #[error("cannot register a listener with the runtime: {0}")]
+    Register(io::Error),
+}
+
+/// Every configured listener, each with its settings: the socket systemd handed over for
+/// it where there is one, bound here otherwise. Must run inside the runtime.
+pub fn open(listen: &[Listener]) -> Result<Vec<(TcpListener, Listener)>, OpenError> {
+    let handed = activated()?;
+    let addrs: Vec<SocketAddr> = handed
+        .iter()
+        .map(|(l, _)| l.local_addr())
+        .collect::<io::Result<_>>()
+        .map_err(OpenError::Register)?;
+    let named: Vec<(SocketAddr, &str)> = addrs
+        .iter()
+        .zip(&handed)
+        .map(|(addr, (_, name))| (*addr, name.as_str()))
+        .collect();
+    let claimed = claim(&named, listen).map_err(ActivationError::Unclaimed)?;
+    let mut open = Vec::with_capacity(listen.len());
+    for (((socket, name), addr), index) in handed.into_iter().zip(addrs).zip(&claimed) {
+        tracing::info!(addr = %addr, name, "using the socket systemd handed over");
+        let socket = TcpListener::from_std(socket).map_err(OpenError::Register)?;
+        open.push((socket, listen[*index].clone()));
+    }
+    for (index, listener) in listen.iter().enumerate() {
+        if !claimed.contains(&index) {
+            open.push((bind(listener.addr)?, listener.clone()));
+        }
+    }
+    Ok(open)
+}
+
 /// Small writes go out at once (handshakes are latency-bound), and dead peers are noticed.
 pub fn tune<'s>(socket: impl Into<SockRef<'s>>) {
     let sock = socket.into();
@@ -67,6 +200,59 @@ pub fn tune<'s>(socket: impl Into<SockRef<'s>>) {
 mod tests {
     use super::*;
     use tokio::net::TcpStream;
+
+    fn listener(addr: &str, name: Option<&str>) -> Listener {
+        Listener {
+            name: name.map(str::to_owned),
+            ..Listener::plain(addr.parse().unwrap())
+        }
+    }
+
+    #[test]
+    fn handed_over_sockets_are_claimed_by_name_then_by_address() {
+        let listen = [
+            listener("0.0.0.0:443", None),
+            listener("10.20.0.5:8443", Some("balancer")),
+            listener("[::]:443", None),
+        ];
+        let any: SocketAddr = "0.0.0.0:443".parse().unwrap();
+        let other: SocketAddr = "10.20.0.5:40000".parse().unwrap();
+        assert_eq!(
+            claim(&[(other, "balancer"), (any, "snirelay")], &listen),
+            Ok(vec![1, 0])
+        );
+        // The third entry is not handed over: the relay binds it itself.
+        let err = claim(&[(other, "snirelay")], &listen).unwrap_err();
+        assert!(
+            err.contains("10.20.0.5:40000") && err.contains("\"name\": \"snirelay\""),
+            "{err}"
+        );
+        let err = claim(&[(any, "x"), (any, "y")], &listen).unwrap_err();
+        assert!(err.contains("two sockets"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_socket_gets_the_options_of_a_bound_one() {
+        // A plain listener, as systemd makes it: no NODELAY, no keepalive.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        let listener = TcpListener::from_std(prepare(OwnedFd::from(plain)).unwrap()).unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap() && sock.keepalive().unwrap());
+        // Anything else is refused with the reason.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            prepare(OwnedFd::from(udp)).unwrap_err(),
+            "not a stream socket"
+        );
+        let unbound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        assert_eq!(
+            prepare(OwnedFd::from(unbound)).unwrap_err(),
+            "not listening"
+        );
+    }
 
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {

@@ -1,10 +1,29 @@
-//! Zero-copy forwarding on Linux: splice(2) moves bytes from one socket into a pipe and
-//! from the pipe into the other socket without copying them through user space. This is
-//! the only module with `unsafe`: each block is one system call on descriptors it owns or
-//! borrows for the duration of the call.
+//! The system calls tokio and socket2 do not make for us: splice(2) for zero-copy
+//! forwarding (bytes move from one socket into a pipe and on into the other without passing
+//! through user space), and taking ownership of the listening sockets systemd hands over.
+//! This is the only module with `unsafe`: each block is one system call on descriptors it
+//! owns or borrows for the duration of the call, or the adoption of descriptors this
+//! process was given.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The descriptors systemd passed (`LISTEN_FDS`, from fd 3), each with its
+/// `FileDescriptorName=`, owned from now on. Only the first call takes them; later calls
+/// get none, so no descriptor is ever owned twice.
+pub fn take_listen_fds() -> io::Result<Vec<(OwnedFd, String)>> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    Ok(sd_notify::listen_fds_with_names()?
+        // SAFETY: sd_listen_fds(3): descriptors 3..3+LISTEN_FDS belong to this process
+        // (LISTEN_PID is checked by the crate), nothing else in it uses them, and TAKEN
+        // makes this the only place that takes ownership, once.
+        .map(|(fd, name)| (unsafe { OwnedFd::from_raw_fd(fd) }, name))
+        .collect())
+}
 
 /// A non-blocking pipe used as the splice buffer of one direction.
 #[derive(Debug)]

@@ -6,6 +6,7 @@ use crate::limits::Slot;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Phase, Relay, Settings};
+use crate::systemd;
 use crate::tcp::connection::connection;
 use crate::telemetry::log::ConnectionLog;
 use std::net::SocketAddr;
@@ -47,8 +48,10 @@ pub async fn serve(
         ));
     }
     accept_loops.close();
+    systemd::ready(&relay);
     let signal = next_stop(&mut stops).await;
     relay.set_phase(Phase::Draining);
+    systemd::stopping(&relay);
     let timeouts = relay.settings().config.timeouts;
     tracing::info!(
         signal,

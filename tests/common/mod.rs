@@ -99,27 +99,12 @@ impl RelayProcess {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-        let mut child = launcher
+        launcher
             .args(["run", "--log-format", "json", "--config"])
             .arg(&path)
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, mut logs) = mpsc::unbounded_channel();
-        // Drained continuously, so the relay never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
+            .env("RUST_LOG", "info");
+        let (child, mut logs) = spawn_logged(launcher);
         let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
         let mut addrs = Vec::new();
         let mut early = std::collections::VecDeque::new();
@@ -222,7 +207,30 @@ impl Drop for RelayProcess {
     }
 }
 
-async fn next_line(logs: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+/// Starts `command` with its stderr read line by line into a channel (JSON lines parsed,
+/// others as strings), drained continuously so the process never blocks on a full pipe.
+pub fn spawn_logged(mut command: Command) -> (Child, mpsc::UnboundedReceiver<Value>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            if tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
+    (child, logs)
+}
+
+/// The next line, or a failure naming what went wrong: the process ended, or went quiet.
+pub async fn next_line(logs: &mut mpsc::UnboundedReceiver<Value>) -> Value {
     match tokio::time::timeout(PATIENCE, logs.recv()).await {
         Ok(Some(line)) => {
             // Shown only for a failing test: the relay's side of the story.
