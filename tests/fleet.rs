@@ -125,3 +125,233 @@ async fn the_grace_period_ends_by_itself() {
     })
     .await
 }
+
+/// The fleet: HAProxy in `mode tcp` in front of two relays, as an operator would run it.
+mod haproxy {
+    use super::NAME;
+    use super::common::{self, PATIENCE, Pki, RelayProcess, Upstream, pinned_config, pki};
+    use serde_json::json;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// Where test clients connect from, and where HAProxy connects to the relays from, so
+    /// the relays' logs can tell the real client from the balancer.
+    const CLIENT_IP: &str = "127.0.0.55";
+    const BALANCER_IP: &str = "127.0.0.66";
+    const SMALL: usize = 1024;
+    const BIG: usize = 4 << 20;
+
+    /// The bytes of a response: a pattern that a lost, repeated or reordered chunk breaks.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+            .collect()
+    }
+
+    /// A TLS upstream: "small" gets 1 KiB at once; "big" gets 4 MiB in 64 KiB chunks spread
+    /// over about two seconds, so a transfer is in flight while relays stop.
+    /// `big` is sent each "big" request as it arrives.
+    async fn serve_upstream(upstream: Upstream, pki: &Pki, big: mpsc::UnboundedSender<()>) {
+        let acceptor = pki.acceptor();
+        loop {
+            let conn = upstream.accept().await;
+            let (acceptor, big) = (acceptor.clone(), big.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    return;
+                };
+                let mut request = [0u8; 5];
+                if tls.read_exact(&mut request).await.is_err() {
+                    return;
+                }
+                let is_big = &request == b"big\n\n";
+                if is_big {
+                    let _ = big.send(());
+                }
+                let body = pattern(if is_big { BIG } else { SMALL });
+                for chunk in body.chunks(64 << 10) {
+                    if tls.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    if body.len() == BIG {
+                        // Pacing the sender, not ordering the test: it makes transfers long.
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                    }
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    }
+
+    /// One TLS exchange through the balancer from CLIENT_IP; true when the whole response
+    /// arrived intact.
+    async fn exchange(balancer: SocketAddr, pki: &Pki, request: &[u8; 5], len: usize) -> bool {
+        let attempt = async {
+            let socket = TcpSocket::new_v4().ok()?;
+            socket.bind(format!("{CLIENT_IP}:0").parse().ok()?).ok()?;
+            let tcp = socket.connect(balancer).await.ok()?;
+            let name = rustls::pki_types::ServerName::try_from(NAME).ok()?;
+            let mut tls = pki.connector().connect(name, tcp).await.ok()?;
+            tls.write_all(request).await.ok()?;
+            let mut got = Vec::with_capacity(len);
+            tls.read_to_end(&mut got).await.ok()?;
+            Some(got == pattern(len))
+        };
+        tokio::time::timeout(PATIENCE, attempt)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+
+    /// A relay on fixed ports of its own loopback address (HAProxy's config names them):
+    /// PROXY v2 from the balancer only, clients from CLIENT_IP only.
+    async fn relay(ip: &str, ports: &[u16], upstream: SocketAddr) -> RelayProcess {
+        let mut config = pinned_config(&[NAME], upstream);
+        config["listen"] = json!([{
+            "addr": format!("{ip}:{}", ports[0]),
+            "proxy_protocol": "v2",
+            "trusted_proxies": [BALANCER_IP],
+        }]);
+        config["admin"] = format!("{ip}:{}", ports[1]).into();
+        config["clients"] = json!([CLIENT_IP]);
+        config["timeouts"]["lb_grace_s"] = 2.into();
+        config["timeouts"]["drain_s"] = 30.into();
+        RelayProcess::start_with(config, &[]).await
+    }
+
+    /// Waits until `relay` forwards a connection (so the balancer sends it traffic), and
+    /// checks the log names the real client and the balancer.
+    async fn wait_forwarded(relay: &mut RelayProcess) {
+        loop {
+            let line = relay.next_connection().await;
+            if line["outcome"] == "forwarded" {
+                assert!(
+                    line["client"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("{CLIENT_IP}:")),
+                    "{line}"
+                );
+                assert!(
+                    line["peer"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("{BALANCER_IP}:")),
+                    "{line}"
+                );
+                return;
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Load {
+        attempted: AtomicU64,
+        failed: AtomicU64,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fleet_behind_haproxy_loses_nothing_when_relays_stop_and_restart() {
+        if !common::available("haproxy") {
+            return;
+        }
+        tokio::time::timeout(Duration::from_secs(120), async {
+            let pki = Arc::new(pki(&[NAME]));
+            let upstream = Upstream::bind("127.0.0.1").await;
+            let upstream_addr = upstream.addr;
+            let serving = pki.clone();
+            let (big_tx, mut big_started) = mpsc::unbounded_channel();
+            tokio::spawn(async move { serve_upstream(upstream, &serving, big_tx).await });
+
+            let (ip1, ports1) = common::fresh_loopback(101, 2);
+            let (ip2, ports2) = common::fresh_loopback(102, 2);
+            let (front_ip, front_ports) = common::fresh_loopback(103, 1);
+            let mut relays = [
+                relay(&ip1, &ports1, upstream_addr).await,
+                relay(&ip2, &ports2, upstream_addr).await,
+            ];
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("haproxy.cfg");
+            std::fs::write(&cfg, format!(
+                "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 0\n\
+                 frontend fe\n  bind {front_ip}:{front}\n  default_backend relays\n\
+                 backend relays\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n\
+                 \x20 default-server send-proxy-v2 check inter 100ms fall 1 rise 1 source {BALANCER_IP}\n\
+                 \x20 server r1 {ip1}:{r1} check port {a1}\n  server r2 {ip2}:{r2} check port {a2}\n",
+                front = front_ports[0], r1 = ports1[0], a1 = ports1[1], r2 = ports2[0], a2 = ports2[1],
+            )).unwrap();
+            let mut haproxy = std::process::Command::new("haproxy");
+            haproxy.arg("-db").arg("-f").arg(&cfg).stdout(std::process::Stdio::null());
+            let _haproxy = common::Group(common::Group::lead(&mut haproxy).spawn().unwrap());
+            let balancer: SocketAddr = format!("{front_ip}:{}", front_ports[0]).parse().unwrap();
+            // HAProxy says nothing when it is ready: poll until it accepts.
+            while TcpStream::connect(balancer).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+
+            // Long transfers, two on each relay (round robin), in flight before anything stops.
+            let transfers: Vec<_> = (0..4)
+                .map(|_| {
+                    let pki = pki.clone();
+                    tokio::spawn(async move { exchange(balancer, &pki, b"big\n\n", BIG).await })
+                })
+                .collect();
+            for _ in 0..4 {
+                big_started.recv().await.unwrap();
+            }
+
+            // A steady stream of new TLS connections, about 50 a second, until told to stop.
+            let load = Arc::new(Load::default());
+            let done = tokio_util::sync::CancellationToken::new();
+            let stream = {
+                let (load, pki, done) = (load.clone(), pki.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                    let mut running = tokio::task::JoinSet::new();
+                    while !done.is_cancelled() {
+                        tick.tick().await;
+                        let (load, pki) = (load.clone(), pki.clone());
+                        running.spawn(async move {
+                            load.attempted.fetch_add(1, Ordering::Relaxed);
+                            if !exchange(balancer, &pki, b"small", SMALL).await {
+                                load.failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    running.join_all().await;
+                })
+            };
+
+            // Stop each relay in turn under the load and bring it back: the first stop has
+            // long transfers on it, and the two together are a rolling restart. Each is back
+            // in rotation before the next goes.
+            for (i, (ip, ports)) in [(&ip1, &ports1), (&ip2, &ports2)].into_iter().enumerate() {
+                wait_forwarded(&mut relays[i]).await;
+                relays[i].signal("TERM");
+                relays[i].next_message("stopped").await;
+                let old = std::mem::replace(&mut relays[i], relay(ip, ports, upstream_addr).await);
+                assert!(old.wait().await.success());
+                wait_forwarded(&mut relays[i]).await;
+            }
+            let mut intact = 0;
+            for transfer in transfers {
+                intact += u32::from(transfer.await.unwrap());
+            }
+            done.cancel();
+            stream.await.unwrap();
+
+            let (attempted, failed) = (load.attempted.load(Ordering::Relaxed), load.failed.load(Ordering::Relaxed));
+            eprintln!("fleet: {attempted} new connections attempted, {failed} failed; {intact} of 4 long transfers intact");
+            assert_eq!((failed, intact), (0, 4), "{attempted} attempted");
+            assert!(attempted > 100, "the load ran: {attempted}");
+        })
+        .await
+        .expect("fleet test did not finish within 120 s");
+    }
+}

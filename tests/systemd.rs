@@ -92,20 +92,9 @@ async fn socket_activation_serves_the_handed_over_socket_and_keeps_early_connect
     }
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
-        // systemd-socket-activate cannot take port 0, so the address is made free by
-        // construction: a loopback address of this test's own, and a port the kernel just
-        // chose on it (nothing else binds this address).
-        let ip = format!(
-            "127.{}.{}.{}",
-            100 + std::process::id() % 100,
-            std::process::id() / 100 % 250,
-            7
-        );
-        let port = std::net::TcpListener::bind((ip.as_str(), 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // systemd-socket-activate cannot take port 0: see fresh_loopback.
+        let (ip, ports) = common::fresh_loopback(100, 1);
+        let port = ports[0];
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("rules.json");
         let mut config = pinned_config(&[NAME], upstream.addr);
@@ -124,7 +113,10 @@ async fn socket_activation_serves_the_handed_over_socket_and_keeps_early_connect
             .arg(env!("CARGO_BIN_EXE_snirelay"))
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config_path);
-        let (mut child, mut logs) = spawn_logged(launcher);
+        // Its own process group, ended as a whole: systemd-socket-activate forks the relay.
+        common::Group::lead(&mut launcher);
+        let (child, mut logs) = spawn_logged(launcher);
+        let _relay = common::Group(child);
         let line = next_line(&mut logs).await;
         assert!(line.as_str().unwrap().starts_with("Listening on"), "{line}");
 
@@ -153,8 +145,6 @@ async fn socket_activation_serves_the_handed_over_socket_and_keeps_early_connect
         let mut got = [0u8; 5];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"reply");
-        let _ = child.kill();
-        let _ = child.wait();
     })
     .await
 }

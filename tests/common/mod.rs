@@ -242,6 +242,44 @@ pub async fn next_line(logs: &mut mpsc::UnboundedReceiver<Value>) -> Value {
     }
 }
 
+/// A loopback address for one test alone (127.TAG.x.y from the test's process id, so
+/// concurrent test binaries differ) and `n` ports the kernel just chose on it. For tools
+/// that cannot bind port 0 and report the port (HAProxy, systemd-socket-activate): nothing
+/// else binds this address, so the ports stay free until the tool takes them.
+pub fn fresh_loopback(tag: u8, n: usize) -> (String, Vec<u16>) {
+    let pid = std::process::id();
+    let ip = format!("127.{tag}.{}.{}", (pid >> 8) & 0xff, (pid & 0xff).max(1));
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind((ip.as_str(), 0)).unwrap())
+        .collect();
+    let ports = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    (ip, ports)
+}
+
+/// A child process killed, with its whole process group, when the test is done with it,
+/// passing or failing: tools like systemd-socket-activate fork the program they run.
+pub struct Group(pub Child);
+
+impl Group {
+    /// Makes `command` start as the leader of a new process group.
+    pub fn lead(command: &mut Command) -> &mut Command {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// A GET to the admin endpoint: the status and the body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
