@@ -43,6 +43,7 @@ mod tests {
                 .map(|(pattern, upstream)| Rule {
                     pattern: pattern.parse::<Pattern>().unwrap(),
                     upstream: upstream.map(|u| u.parse().unwrap()),
+                    send_proxy: None,
                 })
                 .collect(),
         )

@@ -102,6 +102,8 @@ pub struct Rule {
     pub pattern: Pattern,
     /// Where they go instead of the name itself.
     pub upstream: Option<Upstream>,
+    /// A PROXY protocol header to send ahead of the connection, naming the real client.
+    pub send_proxy: Option<crate::proxy::Version>,
 }
 
 /// The same pattern listed twice.
@@ -213,6 +215,7 @@ mod tests {
         Rule {
             pattern: pattern.parse().unwrap(),
             upstream: None,
+            send_proxy: None,
         }
     }
 

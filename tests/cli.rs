@@ -60,7 +60,16 @@ fn check_accepts_valid_files_and_summarises_them() {
     ]);
     let summary = text(&out.stdout);
     assert!(
-        summary.contains("rules: 6 (4 exact, 2 wildcard, 2 with a pinned upstream)"),
+        summary.contains("rules: 7 (5 exact, 2 wildcard, 3 with a pinned upstream)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("10.20.0.5:9443 (PROXY v2 from 100.64.0.0/10, 10.20.0.0/16)"),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("    chained.example.org -> 10.30.0.9:443 (pinned), PROXY v2 header first\n"),
         "{summary}"
     );
     assert!(

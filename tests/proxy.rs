@@ -205,3 +205,82 @@ mod relay {
         .await
     }
 }
+
+mod outbound {
+    use super::common::hellogen::hello_for;
+    use super::common::{RelayProcess, Upstream, within};
+    use serde_json::json;
+    use snirelay::proxy::{Accept, Header, parse};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Reads what the upstream got: a PROXY header, then exactly the hello.
+    async fn header_then_hello(upstream: &Upstream, hello: &[u8]) -> Header {
+        let mut conn = upstream.accept().await;
+        let mut got = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "upstream closed early: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(parsed) = parse(&got, Accept::Any).unwrap()
+                && got.len() >= parsed.len + hello.len()
+            {
+                assert_eq!(&got[parsed.len..], hello);
+                return parsed.header;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rule_with_send_proxy_prepends_the_real_client() {
+        within(async {
+            let upstream = Upstream::bind("127.0.0.1").await;
+            let config = json!({
+                "listen": [
+                    "127.0.0.1:0",
+                    { "addr": "127.0.0.2:0", "proxy_protocol": "v2", "trusted_proxies": ["127.0.0.0/8"] }
+                ],
+                "clients": ["127.0.0.0/8", "192.0.2.0/24"],
+                "allow": [
+                    { "name": "v1.example.com", "upstream": upstream.addr.to_string(), "send_proxy": "v1" },
+                    { "name": "v2.example.com", "upstream": upstream.addr.to_string(), "send_proxy": "v2" },
+                ],
+            });
+            let relay = RelayProcess::start_with(config, &[]).await;
+            // Start-up logs both listeners; the relay keeps the config order.
+            let mut relay = relay;
+            let second = relay.next_message("listening").await;
+            let (plain, behind) = {
+                let a: std::net::SocketAddr = relay.addr();
+                let b: std::net::SocketAddr = second["addr"].as_str().unwrap().parse().unwrap();
+                if a.ip().to_string() == "127.0.0.1" { (a, b) } else { (b, a) }
+            };
+
+            // Straight from a client: v1, naming the client's own address.
+            let hello = hello_for("v1.example.com");
+            let mut client = TcpStream::connect(plain).await.unwrap();
+            client.write_all(&hello).await.unwrap();
+            let Header::Proxy { source: Some(source), .. } = header_then_hello(&upstream, &hello).await else {
+                panic!("no source");
+            };
+            assert_eq!(source, client.local_addr().unwrap());
+
+            // Behind a balancer: v2, naming the client the balancer named.
+            let hello = hello_for("v2.example.com");
+            let mut client = TcpStream::connect(behind).await.unwrap();
+            let inbound = snirelay::proxy::encode(
+                snirelay::proxy::Version::V2,
+                "192.0.2.7:51000".parse().unwrap(),
+                behind,
+            )
+            .unwrap();
+            client.write_all(&[inbound, hello.clone()].concat()).await.unwrap();
+            let Header::Proxy { source, .. } = header_then_hello(&upstream, &hello).await else {
+                panic!("no PROXY header");
+            };
+            assert_eq!(source, Some("192.0.2.7:51000".parse().unwrap()));
+        })
+        .await
+    }
+}

@@ -7,10 +7,15 @@ use std::path::Path;
 
 /// Where a rule sends its connections, in words.
 pub fn destination(rule: &Rule, upstream_port: u16) -> String {
-    match (&rule.upstream, &rule.pattern) {
+    let to = match (&rule.upstream, &rule.pattern) {
         (Some(up), _) => format!("{up} (pinned)"),
         (None, Pattern::Exact(name)) => format!("{name}:{upstream_port} (DNS)"),
         (None, Pattern::Wildcard(_)) => format!("the requested name:{upstream_port} (DNS)"),
+    };
+    match rule.send_proxy {
+        Some(crate::proxy::Version::V1) => format!("{to}, PROXY v1 header first"),
+        Some(crate::proxy::Version::V2) => format!("{to}, PROXY v2 header first"),
+        None => to,
     }
 }
 
@@ -25,6 +30,7 @@ pub fn redundant(config: &Config) -> Vec<String> {
         };
         if let Some(broader) = covered_by
             && broader.upstream == rule.upstream
+            && broader.send_proxy == rule.send_proxy
         {
             notes.push(format!(
                 "\"{}\" is already allowed by \"{}\" with the same destination",

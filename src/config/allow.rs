@@ -1,6 +1,7 @@
 //! The `allow` array: names, wildcards and `{name, upstream}` objects, no duplicates.
 
 use super::values::{invalid, parse_string};
+use crate::proxy::Version;
 use crate::rules::{Pattern, Rule, Rules, Upstream};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -47,7 +48,9 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a name string or an object {\"name\": ..., \"upstream\": ...}")
+        f.write_str(
+            "a name string or an object {\"name\": ..., \"upstream\": ..., \"send_proxy\": ...}",
+        )
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
@@ -56,6 +59,7 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
             .push(Rule {
                 pattern,
                 upstream: None,
+                send_proxy: None,
             })
             .map_err(E::custom)
     }
@@ -68,12 +72,15 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
             name: Pattern,
             #[serde(default, deserialize_with = "upstream")]
             upstream: Option<Upstream>,
+            #[serde(default, deserialize_with = "send_proxy")]
+            send_proxy: Option<Version>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
         self.0
             .push(Rule {
                 pattern: obj.name,
                 upstream: obj.upstream,
+                send_proxy: obj.send_proxy,
             })
             .map_err(de::Error::custom)
     }
@@ -92,5 +99,14 @@ fn upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Erro
         text.parse()
             .map(Some)
             .map_err(|()| invalid(text, UPSTREAM_EXPECTED))
+    })
+}
+
+fn send_proxy<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Version>, D::Error> {
+    const EXPECTED: &str = "\"v1\" or \"v2\"";
+    parse_string(d, EXPECTED, |text| match text {
+        "v1" => Ok(Some(Version::V1)),
+        "v2" => Ok(Some(Version::V2)),
+        _ => Err(invalid(text, EXPECTED)),
     })
 }

@@ -2,7 +2,7 @@
 //! decide, resolve, connect, forward, log.
 
 use crate::config::ProxyProtocol;
-use crate::connect;
+use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
 use crate::hello::HelloReader;
 use crate::limits::Slot;
@@ -147,6 +147,13 @@ async fn open(
     let (upstream, addr) = Box::pin(connect::happy_eyeballs(&targets, remaining)).await?;
     log.connected(addr);
     tune(&upstream);
+    if let Some(version) = route.rule.send_proxy {
+        // The real client, and the address it connected to; ahead of everything replayed.
+        let reached = client.local_addr().map_err(Rejection::ClientError)?;
+        let header = proxy::encode(version, log.client(), reached)
+            .map_err(|source| ConnectError::Failed { addr, source })?;
+        received.splice(0..0, header);
+    }
 
     Ok((client, upstream, received))
 }
