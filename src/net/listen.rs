@@ -18,7 +18,7 @@ pub struct BindError {
     /// What the OS said. Deliberately not the error's `source`: the message already says
     /// it, and a chain printer would say it twice.
     pub cause: io::Error,
-    hint: &'static str,
+    hint: String,
 }
 
 /// Opens a listening socket. IPv6 listeners are IPv6-only (as nginx does), so `0.0.0.0:443`
@@ -41,15 +41,20 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     open().map_err(|cause| {
         let hint = match cause.kind() {
             io::ErrorKind::PermissionDenied => {
-                "; ports below 1024 need privilege: run `sudo setcap cap_net_bind_service=+ep $(command -v snirelay)`, or pick another port with --listen"
+                // The binary that is running, so the command works as printed.
+                let binary = std::env::current_exe()
+                    .map_or_else(|_| "$(command -v snirelay)".to_owned(), |p| p.display().to_string());
+                format!(
+                    "; ports below 1024 need privilege: run `sudo setcap cap_net_bind_service=+ep {binary}`, or pick another port with --listen"
+                )
             }
             io::ErrorKind::AddrInUse => {
-                "; another process holds it (see `ss -ltnp`): stop it, or pick another address with --listen"
+                "; another process holds it (see `ss -ltnp`): stop it, or pick another address with --listen".to_owned()
             }
             io::ErrorKind::AddrNotAvailable => {
-                "; no interface has this address: fix the IP, or listen on 0.0.0.0"
+                "; no interface has this address: fix the IP, or listen on 0.0.0.0".to_owned()
             }
-            _ => "",
+            _ => String::new(),
         };
         BindError { addr, cause, hint }
     })

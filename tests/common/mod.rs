@@ -204,6 +204,12 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the relay said that the test never read.
+        if std::thread::panicking() {
+            while let Ok(line) = self.logs.try_recv() {
+                eprintln!("relay (unread): {line}");
+            }
+        }
     }
 }
 
