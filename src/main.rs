@@ -61,8 +61,8 @@ enum Command {
         /// Trust this PEM CA file instead of the system's CAs.
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 10)]
+        /// Give up after this many seconds (1 to 3600).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_s: u64,
     },
     /// Print the /etc/hosts lines that point the client machines at the relay.

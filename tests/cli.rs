@@ -308,6 +308,36 @@ fn running_as_root() -> bool {
 }
 
 #[test]
+fn probe_refuses_a_timeout_that_cannot_work() {
+    for bad in ["0", "3601", "-1"] {
+        let arg = format!("--timeout-s={bad}");
+        let out = snirelay(&["probe", "a.example.com", "--relay", "127.0.0.1", &arg]);
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        assert!(
+            text(&out.stderr).contains("--timeout-s"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn run_refuses_a_listen_address_given_twice() {
+    let config = fixture_dir().join("config/valid/minimal.json");
+    let out = snirelay(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "--listen lists 127.0.0.1:0 twice\n");
+}
+
+#[test]
 fn run_rejects_a_malformed_resolve_pin() {
     let config = fixture_dir().join("config/valid/minimal.json");
     let out = snirelay(&[
