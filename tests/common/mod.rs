@@ -206,6 +206,8 @@ impl Drop for RelayProcess {
         let _ = self.child.wait();
         // A failing test shows what the relay said that the test never read.
         if std::thread::panicking() {
+            // The reader thread drains the pipe to its end once the process is gone.
+            std::thread::sleep(Duration::from_millis(200));
             while let Ok(line) = self.logs.try_recv() {
                 eprintln!("relay (unread): {line}");
             }
