@@ -1,11 +1,240 @@
-//! The PROXY protocol reader on real HAProxy headers, split every way.
+//! The PROXY protocol reader: real HAProxy headers and built ones, split every way; random
+//! bytes; and the relay end to end, inbound and outbound.
 
 mod common;
 
 use common::fixture_dir;
+use ppp::v2::{self, Command, Protocol};
+use proptest::prelude::*;
 use serde_json::Value;
-use snirelay::proxy::{Accept, Header, parse};
-use std::net::IpAddr;
+use snirelay::proxy::{
+    Accept, Header, Parsed, ProxyError, Tlvs, V1_MAX, V2_MAX, Version, encode, parse,
+};
+use std::net::{IpAddr, SocketAddr};
+
+fn v2_with_tlvs(source: SocketAddr, destination: SocketAddr, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut builder = v2::Builder::with_addresses(
+        v2::Version::Two | Command::Proxy,
+        Protocol::Stream,
+        (source, destination),
+    );
+    for (kind, value) in tlvs {
+        builder = builder.write_tlv(*kind, value).unwrap();
+    }
+    builder.build().unwrap()
+}
+
+/// Every prefix is incomplete, the whole header (with any bytes after it) gives the
+/// same answer: how the header was split over reads cannot matter.
+fn assert_every_prefix(header: &[u8], accept: Accept) -> Parsed {
+    for cut in 0..header.len() {
+        assert_eq!(
+            parse(&header[..cut], accept),
+            Ok(None),
+            "prefix of {cut} bytes"
+        );
+    }
+    let whole = parse(header, accept).unwrap().unwrap();
+    assert_eq!(whole.len, header.len());
+    let mut longer = header.to_vec();
+    longer.extend_from_slice(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+    assert_eq!(parse(&longer, accept).unwrap().unwrap(), whole);
+    whole
+}
+
+#[test]
+fn v1_tcp4_tcp6_and_unknown_on_every_prefix() {
+    let cases: [(&[u8], Option<&str>); 3] = [
+        (
+            b"PROXY TCP4 192.0.2.7 10.20.0.5 51000 443\r\n",
+            Some("192.0.2.7:51000"),
+        ),
+        (
+            b"PROXY TCP6 2001:db8::7 2001:db8::5 51000 443\r\n",
+            Some("[2001:db8::7]:51000"),
+        ),
+        (b"PROXY UNKNOWN\r\n", None),
+    ];
+    for (header, source) in cases {
+        for accept in [Accept::V1, Accept::Any] {
+            let parsed = assert_every_prefix(header, accept);
+            assert_eq!(
+                parsed.header,
+                Header::Proxy {
+                    source: source.map(|s| s.parse().unwrap()),
+                    tlvs: Tlvs::default()
+                }
+            );
+        }
+    }
+}
+
+#[test]
+fn v2_proxy_and_local_on_every_prefix_with_cloud_tlvs() {
+    let source: SocketAddr = "192.0.2.7:51000".parse().unwrap();
+    let destination: SocketAddr = "10.20.0.5:443".parse().unwrap();
+    let header = v2_with_tlvs(
+        source,
+        destination,
+        &[
+            (0x04, b"\0\0"),
+            (0xE1, b"vpc-2ze0abc ep-2zei123"),
+            (0xEA, b"\x01vpce-08d2bf15fac5001c9"),
+        ],
+    );
+    let parsed = assert_every_prefix(&header, Accept::V2);
+    assert_eq!(
+        parsed.header,
+        Header::Proxy {
+            source: Some(source),
+            tlvs: Tlvs {
+                alibaba_privatelink: Some("vpc-2ze0abc ep-2zei123".into()),
+                aws_vpce_id: Some("vpce-08d2bf15fac5001c9".into()),
+            }
+        }
+    );
+    // An AWS TLV of another subtype, and a binary Alibaba value, are handled safely.
+    let other = v2_with_tlvs(
+        source,
+        destination,
+        &[(0xEA, b"\x02x"), (0xE1, b"\x00\xff")],
+    );
+    let Header::Proxy { tlvs, .. } = parse(&other, Accept::Any).unwrap().unwrap().header else {
+        panic!("not a PROXY header");
+    };
+    assert_eq!(tlvs.aws_vpce_id, None);
+    assert_eq!(tlvs.alibaba_privatelink.as_deref(), Some("00ff"));
+
+    let local = v2::Builder::with_addresses(
+        v2::Version::Two | Command::Local,
+        Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+    .build()
+    .unwrap();
+    assert_eq!(
+        assert_every_prefix(&local, Accept::Any).header,
+        Header::Local
+    );
+}
+
+#[test]
+fn refusals_name_what_is_wrong() {
+    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+    assert_eq!(parse(&hello, Accept::Any), Err(ProxyError::Missing));
+    assert_eq!(
+        parse(b"GET / HTTP/1.1\r\n", Accept::V1),
+        Err(ProxyError::Missing)
+    );
+    assert_eq!(parse(b"PRONTO", Accept::V1), Err(ProxyError::Missing));
+    let v2 = encode(
+        Version::V2,
+        "192.0.2.7:1".parse().unwrap(),
+        "10.0.0.1:443".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(parse(&v2, Accept::V1), Err(ProxyError::WrongVersion("v2")));
+    assert_eq!(
+        parse(b"PROXY TCP4", Accept::V2),
+        Err(ProxyError::WrongVersion("v1"))
+    );
+    // Bounds: a v1 line without CRLF, and a v2 length beyond the cap, fail at once.
+    let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();
+    assert_eq!(parse(&long, Accept::V1), Err(ProxyError::TooLong(V1_MAX)));
+    let mut big = v2[..16].to_vec();
+    big[14..16].copy_from_slice(&((V2_MAX - 16 + 1) as u16).to_be_bytes());
+    assert_eq!(parse(&big, Accept::V2), Err(ProxyError::TooLong(V2_MAX)));
+    assert_eq!(
+        parse(b"PROXY TCP4 nope\r\n", Accept::V1),
+        Err(ProxyError::Malformed("v1"))
+    );
+    // A TLV whose length runs past the header's end: the last TLV is type, length (2
+    // bytes), value "ab"; its length becomes 9.
+    let mut bad_tlv = v2_with_tlvs(
+        "192.0.2.7:1".parse().unwrap(),
+        "10.0.0.1:443".parse().unwrap(),
+        &[(0x04, b"ab")],
+    );
+    let n = bad_tlv.len();
+    bad_tlv[n - 4..n - 2].copy_from_slice(&9u16.to_be_bytes());
+    assert_eq!(
+        parse(&bad_tlv, Accept::V2),
+        Err(ProxyError::Malformed("tlv"))
+    );
+    // UDP is not something a TCP relay can use.
+    let udp = v2::Builder::with_addresses(
+        v2::Version::Two | Command::Proxy,
+        Protocol::Datagram,
+        (
+            "192.0.2.7:1".parse::<SocketAddr>().unwrap(),
+            "10.0.0.1:443".parse::<SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
+    assert_eq!(parse(&udp, Accept::V2), Err(ProxyError::NotTcp));
+}
+
+#[test]
+fn encode_sends_mixed_families_as_ipv6() {
+    let v4: SocketAddr = "192.0.2.7:51000".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::5]:443".parse().unwrap();
+    assert_eq!(
+        encode(Version::V1, v4, v6).unwrap(),
+        b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::5 51000 443\r\n"
+    );
+    let mapped: SocketAddr = "[::ffff:192.0.2.7]:51000".parse().unwrap();
+    assert_eq!(
+        encode(Version::V1, mapped, "10.0.0.1:443".parse().unwrap()).unwrap(),
+        b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 443\r\n"
+    );
+}
+
+fn any_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
+}
+
+proptest! {
+    /// What the relay sends, the relay reads back: the source it was given (in its
+    /// canonical form), whatever the version and however the bytes are split.
+    #[test]
+    fn encoded_headers_parse_back_on_any_split(
+        version in prop_oneof![Just(Version::V1), Just(Version::V2)],
+        source in any_addr(),
+        destination in any_addr(),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let header = encode(version, source, destination).unwrap();
+        let cut = split.index(header.len());
+        prop_assert_eq!(parse(&header[..cut], Accept::Any), Ok(None));
+        let parsed = parse(&header, Accept::Any).unwrap().unwrap();
+        prop_assert_eq!(parsed.len, header.len());
+        let Header::Proxy { source: Some(got), .. } = parsed.header else {
+            return Err(TestCaseError::fail("no source"));
+        };
+        prop_assert_eq!(got.ip().to_canonical(), source.ip().to_canonical());
+        prop_assert_eq!(got.port(), source.port());
+    }
+
+    /// Arbitrary bytes never panic, and an answer never changes with more bytes.
+    #[test]
+    fn arbitrary_bytes_are_answered_consistently(
+        start in prop_oneof![Just(&b""[..]), Just(ppp::v2::PROTOCOL_PREFIX), Just(&b"PROXY "[..])],
+        rest in prop::collection::vec(any::<u8>(), 0..600),
+    ) {
+        let bytes = [start, &rest].concat();
+        let whole = parse(&bytes, Accept::Any);
+        for cut in 0..bytes.len() {
+            match parse(&bytes[..cut], Accept::Any) {
+                Ok(None) => {}
+                earlier => prop_assert_eq!(earlier, whole.clone()),
+            }
+        }
+    }
+}
 
 #[test]
 fn real_haproxy_headers_parse_the_same_however_they_are_split() {
