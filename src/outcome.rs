@@ -166,3 +166,121 @@ impl End {
         }
     }
 }
+
+/// Every `(outcome, reason)` pair a connection can end with, so the metrics can show each
+/// from the start (at 0) and alerts always have a series to work on.
+pub const OUTCOMES: &[(&str, &str)] = &[
+    ("forwarded", "closed"),
+    ("forwarded", "client_reset"),
+    ("forwarded", "upstream_reset"),
+    ("forwarded", "idle_timeout"),
+    ("forwarded", "shutdown"),
+    ("rejected", "client_denied"),
+    ("rejected", "proxy_untrusted"),
+    ("rejected", "bad_proxy_header"),
+    ("rejected", "too_many_connections"),
+    ("rejected", "too_many_from_client"),
+    ("rejected", "too_many_pending_hellos"),
+    ("rejected", "hello_timeout"),
+    ("rejected", "client_closed"),
+    ("rejected", "client_error"),
+    ("rejected", "bad_hello"),
+    ("rejected", "no_sni"),
+    ("rejected", "bad_sni"),
+    ("rejected", "not_allowed"),
+    ("rejected", "dns_failed"),
+    ("rejected", "forbidden_destination"),
+    ("rejected", "upstream_unreachable"),
+    ("rejected", "shutdown"),
+    ("health_check", "proxy_local"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::ConnectError;
+    use crate::hello::HelloError;
+    use crate::policy::Forbidden;
+    use crate::proxy::ProxyError;
+    use std::time::Duration;
+
+    /// One of each rejection. The match below has no wildcard: a new variant does not
+    /// compile until it has an example here, and so a place in OUTCOMES.
+    fn examples() -> Vec<Rejection> {
+        let examples = vec![
+            Rejection::ClientDenied,
+            Rejection::ProxyUntrusted,
+            Rejection::BadProxyHeader(ProxyError::Missing),
+            Rejection::ProxyLocal,
+            Rejection::Limit(LimitExceeded::Connections),
+            Rejection::Limit(LimitExceeded::PerClient),
+            Rejection::Limit(LimitExceeded::PendingHellos),
+            Rejection::HelloTimeout,
+            Rejection::ClientClosed,
+            Rejection::ClientError(io::Error::other("x")),
+            Rejection::Hello(HelloError::NotTls),
+            Rejection::Hello(HelloError::NoSni),
+            Rejection::Hello(HelloError::SniNotOneHostName),
+            Rejection::NotAllowed,
+            Rejection::DnsTimeout,
+            Rejection::Resolve(ResolveError::Dns {
+                name: "a.example.com".parse().unwrap(),
+                message: String::new(),
+            }),
+            Rejection::Resolve(ResolveError::Forbidden {
+                addr: "10.0.0.1:443".parse().unwrap(),
+                why: Forbidden::OwnListener,
+            }),
+            Rejection::Connect(ConnectError::Timeout(Duration::ZERO)),
+            Rejection::Shutdown,
+        ];
+        for rejection in &examples {
+            match rejection {
+                Rejection::ClientDenied
+                | Rejection::ProxyUntrusted
+                | Rejection::BadProxyHeader(_)
+                | Rejection::ProxyLocal
+                | Rejection::Limit(_)
+                | Rejection::HelloTimeout
+                | Rejection::ClientClosed
+                | Rejection::ClientError(_)
+                | Rejection::Hello(_)
+                | Rejection::NotAllowed
+                | Rejection::DnsTimeout
+                | Rejection::Resolve(_)
+                | Rejection::Connect(_)
+                | Rejection::Shutdown => {}
+            }
+        }
+        examples
+    }
+
+    #[test]
+    fn every_reason_a_connection_can_end_with_is_listed_once() {
+        let mut seen: Vec<(&str, &str)> = examples()
+            .iter()
+            .map(|r| {
+                let outcome = if matches!(r, Rejection::ProxyLocal) {
+                    "health_check"
+                } else {
+                    "rejected"
+                };
+                (outcome, r.reason())
+            })
+            .collect();
+        for end in [
+            End::Closed,
+            End::ClientReset,
+            End::UpstreamReset,
+            End::IdleTimeout,
+            End::Shutdown,
+        ] {
+            seen.push(("forwarded", end.word()));
+        }
+        seen.sort();
+        seen.dedup();
+        let mut listed = OUTCOMES.to_vec();
+        listed.sort();
+        assert_eq!(seen, listed);
+    }
+}

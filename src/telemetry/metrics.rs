@@ -160,6 +160,22 @@ impl Default for Metrics {
             "Destination lookups, by resolver cache result",
             metrics.resolver_cache.clone(),
         );
+        // Every series with a known label set exists from the start, at 0. (Creating one
+        // returns a read guard, dropped at once.)
+        for &(outcome, reason) in crate::outcome::OUTCOMES {
+            let _ = metrics
+                .connections
+                .get_or_create(&Outcome { outcome, reason });
+        }
+        for result in ["ok", "failed"] {
+            let _ = metrics.reloads.get_or_create(&Result_ { result });
+        }
+        for result in ["hit", "miss"] {
+            let _ = metrics.resolver_cache.get_or_create(&Result_ { result });
+        }
+        for direction in ["up", "down"] {
+            let _ = metrics.bytes.get_or_create(&Direction { direction });
+        }
         Metrics {
             registry,
             ..metrics
