@@ -106,9 +106,9 @@ async fn open(
                 return Err(Rejection::ClientDenied);
             }
         }
-        // Without an address (v1 UNKNOWN, v2 AF_UNSPEC) the balancer is the client.
-        let client_ip = source.map_or(log.client().ip(), |s| s.ip());
-        slot.claim_client(client_ip, &config.limits)?;
+        // The client the log names: the header's, or without an address (v1 UNKNOWN, v2
+        // AF_UNSPEC) the balancer itself.
+        slot.claim_client(log.client().ip(), &config.limits)?;
     }
 
     let mut reader = HelloReader::new(config.max_hello_bytes);
@@ -161,7 +161,8 @@ async fn open(
 /// Reads from `client` into `received` until `parse` finds what it looks for in the bytes
 /// so far (it is asked first about what is already there). Reads go into spare capacity,
 /// so no byte is zeroed or copied twice and the cost of a read does not grow with what is
-/// buffered; `limit` bounds what one read asks for.
+/// buffered; the buffer never holds more than `limit` bytes (one more, at 0 room, for a
+/// parser to refuse).
 async fn read_until<T>(
     client: &TcpStream,
     received: &mut Vec<u8>,
@@ -172,8 +173,10 @@ async fn read_until<T>(
         if let Some(found) = parse(received)? {
             return Ok(found);
         }
+        // Exact, so a read never takes the buffer past `limit` (plain `reserve` may double
+        // the capacity, and a read fills whatever is spare); growth stays geometric.
         let room = limit.saturating_sub(received.len()).max(1);
-        received.reserve(room.min(received.len().max(4096)));
+        received.reserve_exact(room.min(received.len().max(4096)));
         loop {
             client.readable().await.map_err(Rejection::ClientError)?;
             match client.try_read_buf(received) {
@@ -232,6 +235,30 @@ mod tests {
             .unwrap();
         let (far, _) = listener.accept().await.unwrap();
         (near, far)
+    }
+
+    #[tokio::test]
+    async fn reading_never_takes_the_buffer_past_its_limit() {
+        use tokio::io::AsyncWriteExt;
+        let (client, mut peer) = pair().await;
+        peer.write_all(&[0x16; 10_000]).await.unwrap();
+        let limit = 5_000;
+        let mut received = Vec::new();
+        let refused = read_until(&client, &mut received, limit, |bytes| {
+            if bytes.len() >= limit {
+                Err(Rejection::HelloTimeout)
+            } else {
+                Ok(None::<()>)
+            }
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(received.len(), limit);
+        assert!(
+            received.capacity() <= limit,
+            "capacity {}",
+            received.capacity()
+        );
     }
 
     #[tokio::test]
