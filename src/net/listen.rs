@@ -81,42 +81,49 @@ pub enum ActivationError {
     Unclaimed(String),
 }
 
-/// The listening sockets systemd handed over (socket activation), each with its
-/// `FileDescriptorName=` and address, made ready exactly as [`bind`] makes its own. Empty
-/// when the relay was not socket-activated.
-pub fn activated() -> Result<Vec<(std::net::TcpListener, String)>, ActivationError> {
+/// A listening socket systemd handed over, ready to serve.
+pub struct Handed {
+    /// The socket, prepared as [`bind`] prepares its own.
+    pub socket: std::net::TcpListener,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its `FileDescriptorName=`.
+    pub name: String,
+}
+
+/// The listening sockets systemd handed over (socket activation). Empty when the relay was
+/// not socket-activated.
+pub fn activated() -> Result<Vec<Handed>, ActivationError> {
     #[cfg(target_os = "linux")]
     let fds = crate::net::sys::take_listen_fds().map_err(ActivationError::Environment)?;
     #[cfg(not(target_os = "linux"))]
     let fds: Vec<(OwnedFd, String)> = Vec::new();
     fds.into_iter()
-        .map(|(fd, name)| {
-            prepare(fd)
-                .map(|listener| (listener, name.clone()))
-                .map_err(|why| ActivationError::NotTcpListener { name, why })
+        .map(|(fd, name)| match prepare(fd) {
+            Ok((socket, addr)) => Ok(Handed { socket, addr, name }),
+            Err(why) => Err(ActivationError::NotTcpListener { name, why }),
         })
         .collect()
 }
 
 /// Checks a handed-over descriptor is a listening TCP socket and gives it the options
 /// [`bind`] gives its own (non-blocking; NODELAY and keepalive, inherited by every accepted
-/// socket).
-fn prepare(fd: OwnedFd) -> Result<std::net::TcpListener, String> {
+/// socket). Returns it with its address.
+fn prepare(fd: OwnedFd) -> Result<(std::net::TcpListener, SocketAddr), String> {
     let socket = Socket::from(fd);
-    let ok = |r: io::Result<bool>| r.map_err(|e| e.to_string());
-    if socket.r#type().map_err(|e| e.to_string())? != Type::STREAM {
+    let os = |e: io::Error| e.to_string();
+    if socket.r#type().map_err(os)? != Type::STREAM {
         return Err("not a stream socket".to_owned());
     }
-    if !ok(socket.is_listener())? {
+    if !socket.is_listener().map_err(os)? {
         return Err("not listening".to_owned());
     }
-    let local = socket.local_addr().map_err(|e| e.to_string())?;
-    if local.as_socket().is_none() {
+    let Some(addr) = socket.local_addr().map_err(os)?.as_socket() else {
         return Err("not an IP socket".to_owned());
-    }
-    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    };
+    socket.set_nonblocking(true).map_err(os)?;
     tune(&socket);
-    Ok(socket.into())
+    Ok((socket.into(), addr))
 }
 
 /// Which configured listener each handed-over socket serves: the one whose `name` is the
@@ -165,21 +172,12 @@ pub enum OpenError {
 /// it where there is one, bound here otherwise. Must run inside the runtime.
 pub fn open(listen: &[Listener]) -> Result<Vec<(TcpListener, Listener)>, OpenError> {
     let handed = activated()?;
-    let addrs: Vec<SocketAddr> = handed
-        .iter()
-        .map(|(l, _)| l.local_addr())
-        .collect::<io::Result<_>>()
-        .map_err(OpenError::Register)?;
-    let named: Vec<(SocketAddr, &str)> = addrs
-        .iter()
-        .zip(&handed)
-        .map(|(addr, (_, name))| (*addr, name.as_str()))
-        .collect();
+    let named: Vec<(SocketAddr, &str)> = handed.iter().map(|h| (h.addr, h.name.as_str())).collect();
     let claimed = claim(&named, listen).map_err(ActivationError::Unclaimed)?;
     let mut open = Vec::with_capacity(listen.len());
-    for (((socket, name), addr), index) in handed.into_iter().zip(addrs).zip(&claimed) {
-        tracing::info!(addr = %addr, name, "using the socket systemd handed over");
-        let socket = TcpListener::from_std(socket).map_err(OpenError::Register)?;
+    for (handed, index) in handed.into_iter().zip(&claimed) {
+        tracing::info!(addr = %handed.addr, name = handed.name, "using the socket systemd handed over");
+        let socket = TcpListener::from_std(handed.socket).map_err(OpenError::Register)?;
         open.push((socket, listen[*index].clone()));
     }
     for (index, listener) in listen.iter().enumerate() {
@@ -241,7 +239,9 @@ mod tests {
         // A plain listener, as systemd makes it: no NODELAY, no keepalive.
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = plain.local_addr().unwrap();
-        let listener = TcpListener::from_std(prepare(OwnedFd::from(plain)).unwrap()).unwrap();
+        let (prepared, at) = prepare(OwnedFd::from(plain)).unwrap();
+        assert_eq!(at, addr);
+        let listener = TcpListener::from_std(prepared).unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         let sock = SockRef::from(&accepted);
