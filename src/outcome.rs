@@ -99,6 +99,15 @@ impl Rejection {
         }
     }
 
+    /// The outcome word it is counted under: a balancer's health check is not a rejected
+    /// client.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::ProxyLocal => "health_check",
+            _ => "rejected",
+        }
+    }
+
     /// A stable word that narrows the reason down, where there is one.
     pub fn detail(&self) -> Option<&'static str> {
         match self {
@@ -259,14 +268,7 @@ mod tests {
     fn every_reason_a_connection_can_end_with_is_listed_once() {
         let mut seen: Vec<(&str, &str)> = examples()
             .iter()
-            .map(|r| {
-                let outcome = if matches!(r, Rejection::ProxyLocal) {
-                    "health_check"
-                } else {
-                    "rejected"
-                };
-                (outcome, r.reason())
-            })
+            .map(|r| (r.outcome(), r.reason()))
             .collect();
         for end in [
             End::Closed,

@@ -101,14 +101,6 @@ impl ConnectionLog {
         let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
         let hello = self.hello.as_ref();
         let (outcome, reason, detail, side, transfer, error) = match &result {
-            Err(Rejection::ProxyLocal) => (
-                "health_check",
-                Rejection::ProxyLocal.reason(),
-                None,
-                None,
-                None,
-                None,
-            ),
             Ok(t) => (
                 "forwarded",
                 t.end.word(),
@@ -118,7 +110,7 @@ impl ConnectionLog {
                 None,
             ),
             Err(r) => (
-                "rejected",
+                r.outcome(),
                 r.reason(),
                 r.detail(),
                 Some(r.side()),
