@@ -64,15 +64,17 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-/// A stream that keeps sending and checking its echo until told to stop.
-async fn stream(relay: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
+/// A stream that sends a chunk and checks its echo once per reload step, until the steps
+/// end. Paced by the steps rather than looping flat out: a busy loop starved the relay of
+/// CPU when test binaries ran side by side, and proved nothing more.
+async fn stream(relay: SocketAddr, mut steps: tokio::sync::watch::Receiver<usize>) -> usize {
     let hello = hello_for(STREAM);
     let mut conn = TcpStream::connect(relay).await.unwrap();
     conn.write_all(&hello).await.unwrap();
     let mut echoed = vec![0u8; hello.len()];
     conn.read_exact(&mut echoed).await.unwrap();
     let mut rounds = 0;
-    while !*stop.borrow() {
+    while steps.changed().await.is_ok() {
         let chunk: Vec<u8> = (0..4096).map(|i| (i + rounds) as u8).collect();
         conn.write_all(&chunk)
             .await
@@ -83,10 +85,6 @@ async fn stream(relay: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>)
             .expect("stream dropped during a reload");
         assert_eq!(back, chunk);
         rounds += 1;
-        tokio::select! {
-            _ = stop.changed() => {}
-            () = tokio::task::yield_now() => {}
-        }
     }
     conn.shutdown().await.unwrap();
     assert_eq!(conn.read(&mut [0u8; 1]).await.unwrap(), 0);
@@ -100,13 +98,14 @@ async fn a_hundred_reloads_valid_and_invalid_never_touch_live_streams() {
         let streams_at = echo_upstream().await;
         let mut relay = RelayProcess::start(version(0, upstream.addr, streams_at)).await;
         let path = relay.config_path();
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (step_tx, steps) = tokio::sync::watch::channel(0);
         let streams: Vec<_> = (0..3)
-            .map(|_| tokio::spawn(stream(relay.addr(), stop.clone())))
+            .map(|_| tokio::spawn(stream(relay.addr(), steps.clone())))
             .collect();
 
         let mut valid = 0;
         for step in 1..=100 {
+            step_tx.send(step).unwrap();
             let is_valid = step % 2 == 0;
             if is_valid {
                 replace_file(&path, &version(step, upstream.addr, streams_at).to_string());
@@ -144,7 +143,7 @@ async fn a_hundred_reloads_valid_and_invalid_never_touch_live_streams() {
                 );
             }
         }
-        stop_tx.send(true).unwrap();
+        drop(step_tx);
         for stream in streams {
             assert!(stream.await.unwrap() > 0);
         }
