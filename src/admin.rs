@@ -13,17 +13,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// A scraper that does not finish its request headers in this time is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the admin endpoint until the process ends.
-pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
+/// Serves the admin endpoint until the process ends, or until `handed_over` (a new relay
+/// serves it on the same socket).
+pub async fn serve(listener: TcpListener, relay: Arc<Relay>, handed_over: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "admin listening");
     }
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = handed_over.cancelled() => return,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed; pausing");

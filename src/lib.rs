@@ -31,3 +31,4 @@ pub mod state;
 pub mod systemd;
 pub mod tcp;
 pub mod telemetry;
+pub mod upgrade;

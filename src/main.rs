@@ -6,18 +6,22 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use snirelay::cli;
 use snirelay::config::{Config, Listener};
+use snirelay::net::handover::Role;
 use snirelay::net::listen;
 use snirelay::reload::Reloader;
 use snirelay::resolve::Pin;
 use snirelay::state::{Relay, Settings};
-use snirelay::tcp::server;
+use snirelay::tcp::server::{self, Stop};
+use snirelay::upgrade;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// SNI-passthrough TCP relay: forwards TLS connections for allowlisted names without
 /// terminating TLS.
@@ -44,6 +48,10 @@ enum Command {
         /// Log line format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Upgrades without systemd: take the listening sockets of the relay serving this
+        /// Unix socket, if one is, and offer ours here to the next one.
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
     },
     /// Validate a rules file; print a summary, the effective rules and any warnings.
     Check {
@@ -112,6 +120,7 @@ fn main() -> ExitCode {
             listen,
             resolve,
             log_format,
+            upgrade_socket,
         } => {
             if let Some(twice) = repeated(&listen) {
                 eprintln!("--listen lists {twice} twice");
@@ -127,7 +136,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config, text, path, listen, resolve) {
+            match run(config, text, path, listen, resolve, upgrade_socket) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("snirelay: {e:#}");
@@ -219,6 +228,7 @@ fn run(
     path: PathBuf,
     listen: Vec<SocketAddr>,
     pins: Vec<Pin>,
+    upgrade_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let listen_fixed = !listen.is_empty();
     if listen_fixed {
@@ -229,10 +239,20 @@ fn run(
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let listeners = listen::open(&config.listen)?;
+        let mut inherited = match &upgrade_socket {
+            Some(path) => upgrade::inherit(path)?,
+            None => upgrade::Inherited::default(),
+        };
+        let mut handed = listen::activated()?;
+        handed.append(&mut inherited.listeners);
+        let listeners = listen::open(&config.listen, handed)?;
         let admin = match config.admin {
-            Some(addr) => Some(listen::bind(addr).context("admin endpoint")?),
+            Some(addr) => Some(upgrade::admin(addr, inherited.admin.take())?),
             None => None,
+        };
+        let offered = match upgrade_socket {
+            Some(_) => offered(&listeners, config.admin.zip(admin.as_ref()))?,
+            None => Vec::new(),
         };
         let bound: Vec<SocketAddr> = listeners
             .iter()
@@ -241,36 +261,75 @@ fn run(
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));
         tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), listen_fixed).run());
+        let admin_handed_over = CancellationToken::new();
         if let Some(admin) = admin {
-            tokio::spawn(snirelay::admin::serve(admin, relay.clone()));
+            tokio::spawn(snirelay::admin::serve(
+                admin,
+                relay.clone(),
+                admin_handed_over.clone(),
+            ));
         }
         if let Some(period) = sd_notify::watchdog_enabled() {
             tokio::spawn(snirelay::systemd::watchdog(relay.clone(), period));
         }
-        let stops = stop_signals()?;
+        let signalled = CancellationToken::new();
+        let (stop, stops) = stop_signals(signalled.clone())?;
+        if let Some(path) = upgrade_socket {
+            let stopping = upgrade::Stopping {
+                stops: stop,
+                signalled,
+                admin: admin_handed_over,
+            };
+            tokio::spawn(upgrade::offer(path, inherited, offered, stopping));
+        }
         server::serve(listeners, relay, stops).await;
         Ok(())
     })
 }
 
+/// What the relay offers the next one at its upgrade socket: copies of its listening sockets,
+/// each with the listen entry it serves.
+fn offered(
+    listeners: &[(tokio::net::TcpListener, Listener)],
+    admin: Option<(SocketAddr, &tokio::net::TcpListener)>,
+) -> anyhow::Result<Vec<(Role, OwnedFd)>> {
+    let mut offered = Vec::with_capacity(listeners.len() + 1);
+    for (socket, entry) in listeners {
+        let role = Role::Listen {
+            addr: entry.addr,
+            name: entry.name.clone().unwrap_or_default(),
+        };
+        offered.push((role, socket.as_fd().try_clone_to_owned()?));
+    }
+    if let Some((addr, admin)) = admin {
+        offered.push((Role::Admin { addr }, admin.as_fd().try_clone_to_owned()?));
+    }
+    Ok(offered)
+}
+
 /// Registers the SIGTERM and SIGINT handlers now, before the relay says it is listening
 /// (a signal before registration would end the process with the default action), and
-/// passes on every one of them, by name, for as long as the process runs.
-fn stop_signals() -> anyhow::Result<mpsc::UnboundedReceiver<&'static str>> {
+/// passes on every one of them, by name, for as long as the process runs; `signalled` is
+/// cancelled at the first. The sender is for the other reason to stop: a handover.
+fn stop_signals(
+    signalled: CancellationToken,
+) -> anyhow::Result<(mpsc::UnboundedSender<Stop>, mpsc::UnboundedReceiver<Stop>)> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let signals = tx.clone();
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            if tx.send(name).is_err() {
+            signalled.cancel();
+            if signals.send(Stop::Signal(name)).is_err() {
                 return;
             }
         }
     });
-    Ok(rx)
+    Ok((tx, rx))
 }

@@ -129,85 +129,19 @@ async fn the_grace_period_ends_by_itself() {
 /// The fleet: HAProxy in `mode tcp` in front of two relays, as an operator would run it.
 mod haproxy {
     use super::NAME;
-    use super::common::{self, PATIENCE, Pki, RelayProcess, Upstream, pinned_config, pki};
+    use super::common::traffic::{BIG_REQUEST, exchange, serve_upstream, steady_load};
+    use super::common::{self, RelayProcess, Upstream, pinned_config, pki};
     use serde_json::json;
     use std::net::SocketAddr;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpSocket, TcpStream};
+    use tokio::net::TcpStream;
     use tokio::sync::mpsc;
 
     /// Where test clients connect from, and where HAProxy connects to the relays from, so
     /// the relays' logs can tell the real client from the balancer.
     const CLIENT_IP: &str = "127.0.0.55";
     const BALANCER_IP: &str = "127.0.0.66";
-    const SMALL: usize = 1024;
-    const BIG: usize = 4 << 20;
-
-    /// The bytes of a response: a pattern that a lost, repeated or reordered chunk breaks.
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
-            .collect()
-    }
-
-    /// A TLS upstream: "small" gets 1 KiB at once; "big" gets 4 MiB in 64 KiB chunks spread
-    /// over about two seconds, so a transfer is in flight while relays stop.
-    /// `big` is sent each "big" request as it arrives.
-    async fn serve_upstream(upstream: Upstream, pki: &Pki, big: mpsc::UnboundedSender<()>) {
-        let acceptor = pki.acceptor();
-        loop {
-            let conn = upstream.accept().await;
-            let (acceptor, big) = (acceptor.clone(), big.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(conn).await else {
-                    return;
-                };
-                let mut request = [0u8; 5];
-                if tls.read_exact(&mut request).await.is_err() {
-                    return;
-                }
-                let is_big = &request == b"big\n\n";
-                if is_big {
-                    let _ = big.send(());
-                }
-                let body = pattern(if is_big { BIG } else { SMALL });
-                for chunk in body.chunks(64 << 10) {
-                    if tls.write_all(chunk).await.is_err() {
-                        return;
-                    }
-                    if body.len() == BIG {
-                        // Pacing the sender, not ordering the test: it makes transfers long.
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                    }
-                }
-                let _ = tls.shutdown().await;
-            });
-        }
-    }
-
-    /// One TLS exchange through the balancer from CLIENT_IP; true when the whole response
-    /// arrived intact.
-    async fn exchange(balancer: SocketAddr, pki: &Pki, request: &[u8; 5], len: usize) -> bool {
-        let attempt = async {
-            let socket = TcpSocket::new_v4().ok()?;
-            socket.bind(format!("{CLIENT_IP}:0").parse().ok()?).ok()?;
-            let tcp = socket.connect(balancer).await.ok()?;
-            let name = rustls::pki_types::ServerName::try_from(NAME).ok()?;
-            let mut tls = pki.connector().connect(name, tcp).await.ok()?;
-            tls.write_all(request).await.ok()?;
-            let mut got = Vec::with_capacity(len);
-            tls.read_to_end(&mut got).await.ok()?;
-            Some(got == pattern(len))
-        };
-        tokio::time::timeout(PATIENCE, attempt)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-    }
 
     /// A relay on fixed ports of its own loopback address (HAProxy's config names them):
     /// PROXY v2 from the balancer only, clients from CLIENT_IP only.
@@ -248,12 +182,6 @@ mod haproxy {
                 return;
             }
         }
-    }
-
-    #[derive(Default)]
-    struct Load {
-        attempted: AtomicU64,
-        failed: AtomicU64,
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,34 +227,16 @@ mod haproxy {
             let transfers: Vec<_> = (0..4)
                 .map(|_| {
                     let pki = pki.clone();
-                    tokio::spawn(async move { exchange(balancer, &pki, b"big\n\n", BIG).await })
+                    tokio::spawn(async move { exchange(balancer, CLIENT_IP, NAME, &pki, BIG_REQUEST).await })
                 })
                 .collect();
             for _ in 0..4 {
                 big_started.recv().await.unwrap();
             }
 
-            // A steady stream of new TLS connections, about 50 a second, until told to stop.
-            let load = Arc::new(Load::default());
+            // A steady stream of new TLS connections until told to stop.
             let done = tokio_util::sync::CancellationToken::new();
-            let stream = {
-                let (load, pki, done) = (load.clone(), pki.clone(), done.clone());
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_millis(20));
-                    let mut running = tokio::task::JoinSet::new();
-                    while !done.is_cancelled() {
-                        tick.tick().await;
-                        let (load, pki) = (load.clone(), pki.clone());
-                        running.spawn(async move {
-                            load.attempted.fetch_add(1, Ordering::Relaxed);
-                            if !exchange(balancer, &pki, b"small", SMALL).await {
-                                load.failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                    }
-                    running.join_all().await;
-                })
-            };
+            let (load, stream) = steady_load(balancer, CLIENT_IP, NAME, pki.clone(), done.clone());
 
             // Stop each relay in turn under the load and bring it back: the first stop has
             // long transfers on it, and the two together are a rolling restart. Each is back
@@ -346,7 +256,7 @@ mod haproxy {
             done.cancel();
             stream.await.unwrap();
 
-            let (attempted, failed) = (load.attempted.load(Ordering::Relaxed), load.failed.load(Ordering::Relaxed));
+            let (attempted, failed) = load.counts();
             eprintln!("fleet: {attempted} new connections attempted, {failed} failed; {intact} of 4 long transfers intact");
             assert_eq!((failed, intact), (0, 4), "{attempted} attempted");
             assert!(attempted > 100, "the load ran: {attempted}");

@@ -132,10 +132,7 @@ async fn socket_activation_serves_the_handed_over_socket_and_keeps_early_connect
                 break line;
             }
         };
-        assert_eq!(
-            handed["message"], "using the socket systemd handed over",
-            "{handed}"
-        );
+        assert_eq!(handed["message"], "using a socket handed over", "{handed}");
         assert_eq!(handed["name"], "tls");
         let mut conn = upstream.accept().await;
         let mut replayed = vec![0u8; hello.len()];

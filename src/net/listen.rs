@@ -81,14 +81,32 @@ pub enum ActivationError {
     Unclaimed(String),
 }
 
-/// A listening socket systemd handed over, ready to serve.
+/// A listening socket handed over by systemd or by the relay this one upgrades, ready to
+/// serve.
 pub struct Handed {
     /// The socket, prepared as [`bind`] prepares its own.
     pub socket: std::net::TcpListener,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its `FileDescriptorName=`.
+    /// The listen entry's `name` it is for: systemd's `FileDescriptorName=`, or the name
+    /// the previous relay knew it by.
     pub name: String,
+    /// The `addr` of the listen entry it is for, when not where it listens: the previous
+    /// relay's entry, whose port may be 0.
+    pub entry: Option<SocketAddr>,
+}
+
+impl Handed {
+    /// A socket the previous relay handed over for its listen entry `entry`.
+    pub fn inherited(fd: OwnedFd, entry: SocketAddr, name: String) -> Result<Handed, String> {
+        let (socket, addr) = prepare(fd)?;
+        Ok(Handed {
+            socket,
+            addr,
+            name,
+            entry: Some(entry),
+        })
+    }
 }
 
 /// The listening sockets systemd handed over (socket activation). Empty when the relay was
@@ -100,7 +118,12 @@ pub fn activated() -> Result<Vec<Handed>, ActivationError> {
     let fds: Vec<(OwnedFd, String)> = Vec::new();
     fds.into_iter()
         .map(|(fd, name)| match prepare(fd) {
-            Ok((socket, addr)) => Ok(Handed { socket, addr, name }),
+            Ok((socket, addr)) => Ok(Handed {
+                socket,
+                addr,
+                name,
+                entry: None,
+            }),
             Err(why) => Err(ActivationError::NotTcpListener { name, why }),
         })
         .collect()
@@ -109,7 +132,7 @@ pub fn activated() -> Result<Vec<Handed>, ActivationError> {
 /// Checks a handed-over descriptor is a listening TCP socket and gives it the options
 /// [`bind`] gives its own (non-blocking; NODELAY and keepalive, inherited by every accepted
 /// socket). Returns it with its address.
-fn prepare(fd: OwnedFd) -> Result<(std::net::TcpListener, SocketAddr), String> {
+pub fn prepare(fd: OwnedFd) -> Result<(std::net::TcpListener, SocketAddr), String> {
     let socket = Socket::from(fd);
     let os = |e: io::Error| e.to_string();
     if socket.r#type().map_err(os)? != Type::STREAM {
@@ -127,7 +150,7 @@ fn prepare(fd: OwnedFd) -> Result<(std::net::TcpListener, SocketAddr), String> {
 }
 
 /// Which configured listener each handed-over socket serves: the one whose `name` is the
-/// socket's `FileDescriptorName=`, else the one with the socket's address. Returns the
+/// socket's name, else the one with the socket's entry address. Returns the
 /// configured listener's index for each socket, in order; configured listeners no socket
 /// claims are for the relay to bind itself. Pure.
 pub fn claim(handed: &[(SocketAddr, &str)], listen: &[Listener]) -> Result<Vec<usize>, String> {
@@ -139,13 +162,13 @@ pub fn claim(handed: &[(SocketAddr, &str)], listen: &[Listener]) -> Result<Vec<u
             .or_else(|| listen.iter().position(|l| l.name.is_none() && l.addr == *addr))
             .ok_or_else(|| {
                 format!(
-                    "systemd handed over a socket on {addr} (FileDescriptorName={name}) that no listen entry claims: \
+                    "a socket on {addr} named {name:?} was handed over, and no listen entry claims it: \
                      add {{\"addr\": \"{addr}\"}} to listen, or give an entry \"name\": \"{name}\""
                 )
             })?;
         if claimed.contains(&index) {
             return Err(format!(
-                "systemd handed over two sockets for the listen entry {}: give each its own FileDescriptorName= and name",
+                "two sockets were handed over for the listen entry {}: give each its own name (FileDescriptorName= under systemd)",
                 listen[index]
             ));
         }
@@ -168,15 +191,21 @@ pub enum OpenError {
     Register(io::Error),
 }
 
-/// Every configured listener, each with its settings: the socket systemd handed over for
-/// it where there is one, bound here otherwise. Must run inside the runtime.
-pub fn open(listen: &[Listener]) -> Result<Vec<(TcpListener, Listener)>, OpenError> {
-    let handed = activated()?;
-    let named: Vec<(SocketAddr, &str)> = handed.iter().map(|h| (h.addr, h.name.as_str())).collect();
+/// Every configured listener, each with its settings: the socket `handed` over for it where
+/// there is one (by systemd, or by the relay this one upgrades), bound here otherwise. Must
+/// run inside the runtime.
+pub fn open(
+    listen: &[Listener],
+    handed: Vec<Handed>,
+) -> Result<Vec<(TcpListener, Listener)>, OpenError> {
+    let named: Vec<(SocketAddr, &str)> = handed
+        .iter()
+        .map(|h| (h.entry.unwrap_or(h.addr), h.name.as_str()))
+        .collect();
     let claimed = claim(&named, listen).map_err(ActivationError::Unclaimed)?;
     let mut open = Vec::with_capacity(listen.len());
     for (handed, index) in handed.into_iter().zip(&claimed) {
-        tracing::info!(addr = %handed.addr, name = handed.name, "using the socket systemd handed over");
+        tracing::info!(addr = %handed.addr, name = handed.name, "using a socket handed over");
         let socket = TcpListener::from_std(handed.socket).map_err(OpenError::Register)?;
         open.push((socket, listen[*index].clone()));
     }

@@ -20,15 +20,34 @@ use tokio_util::task::TaskTracker;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Why the relay stops accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal, by name: SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// A new relay serves on the same sockets: no balancer needs a grace period, since
+    /// nothing arriving on them is refused.
+    HandedOver,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stop::Signal(name) => name,
+            Stop::HandedOver => "handover",
+        })
+    }
+}
+
 /// Serves `listeners`, each with the settings it was opened for, until the first message on
-/// `stops` (SIGTERM or SIGINT). Then, in order: /readyz turns 503 at once; the listeners
-/// keep accepting for `lb_grace_s`, so a balancer that polls /readyz stops sending before
+/// `stops`. Then, in order: /readyz turns 503 at once; for a signal, the listeners keep
+/// accepting for `lb_grace_s`, so a balancer that polls /readyz stops sending before
 /// anything is refused; accepting stops; live connections get `drain_s`; the rest are
 /// ended. A further message on `stops` skips the wait in progress.
 pub async fn serve(
     listeners: Vec<(TcpListener, Listener)>,
     relay: Arc<Relay>,
-    mut stops: mpsc::UnboundedReceiver<&'static str>,
+    mut stops: mpsc::UnboundedReceiver<Stop>,
 ) {
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -49,18 +68,23 @@ pub async fn serve(
     }
     accept_loops.close();
     systemd::ready(&relay);
-    let signal = next_stop(&mut stops).await;
+    let first = next_stop(&mut stops).await;
     relay.set_phase(Phase::Draining);
     systemd::stopping(&relay);
     let timeouts = relay.settings().config.timeouts;
-    tracing::info!(
-        signal,
-        lb_grace_s = timeouts.lb_grace.as_secs(),
-        "shutting down: not ready, still accepting for the balancer's grace period"
-    );
-    tokio::select! {
-        () = tokio::time::sleep(timeouts.lb_grace) => {}
-        signal = next_stop(&mut stops) => tracing::info!(signal, "grace period cut short"),
+    match first {
+        Stop::Signal(signal) => {
+            tracing::info!(
+                signal,
+                lb_grace_s = timeouts.lb_grace.as_secs(),
+                "shutting down: not ready, still accepting for the balancer's grace period"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(timeouts.lb_grace) => {}
+                stop = next_stop(&mut stops) => tracing::info!(signal = %stop, "grace period cut short"),
+            }
+        }
+        Stop::HandedOver => tracing::info!("handed over to the new relay: no longer accepting"),
     }
     accepting.cancel();
     accept_loops.wait().await;
@@ -73,17 +97,17 @@ pub async fn serve(
     tokio::select! {
         () = tokio::time::sleep(timeouts.drain) => {}
         () = connections.wait() => {}
-        signal = next_stop(&mut stops) => tracing::info!(signal, "drain cut short"),
+        stop = next_stop(&mut stops) => tracing::info!(signal = %stop, "drain cut short"),
     }
     stop.cancel();
     connections.wait().await;
     tracing::info!("stopped");
 }
 
-/// The next stop signal's name; never, once nobody can send one.
-async fn next_stop(stops: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+/// The next stop; never, once nobody can send one.
+async fn next_stop(stops: &mut mpsc::UnboundedReceiver<Stop>) -> Stop {
     match stops.recv().await {
-        Some(signal) => signal,
+        Some(stop) => stop,
         None => std::future::pending().await,
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hellogen;
+pub mod traffic;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -95,7 +96,17 @@ impl RelayProcess {
     }
 
     /// Runs `snirelay run` through `launcher` (for example `prlimit ... snirelay`).
-    pub async fn spawn(mut launcher: Command, config: Value, args: &[&str]) -> RelayProcess {
+    pub async fn spawn(launcher: Command, config: Value, args: &[&str]) -> RelayProcess {
+        Self::spawn_from(launcher, Stdio::null(), config, args).await
+    }
+
+    /// [`RelayProcess::spawn`], with `stdin` as the launcher's standard input.
+    pub async fn spawn_from(
+        mut launcher: Command,
+        stdin: Stdio,
+        config: Value,
+        args: &[&str],
+    ) -> RelayProcess {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
@@ -104,7 +115,7 @@ impl RelayProcess {
             .arg(&path)
             .args(args)
             .env("RUST_LOG", "info");
-        let (child, mut logs) = spawn_logged(launcher);
+        let (child, mut logs) = spawn_logged_from(launcher, stdin);
         let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
         let mut addrs = Vec::new();
         let mut early = std::collections::VecDeque::new();
@@ -217,9 +228,17 @@ impl Drop for RelayProcess {
 
 /// Starts `command` with its stderr read line by line into a channel (JSON lines parsed,
 /// others as strings), drained continuously so the process never blocks on a full pipe.
-pub fn spawn_logged(mut command: Command) -> (Child, mpsc::UnboundedReceiver<Value>) {
+pub fn spawn_logged(command: Command) -> (Child, mpsc::UnboundedReceiver<Value>) {
+    spawn_logged_from(command, Stdio::null())
+}
+
+/// [`spawn_logged`], with `stdin` as the process's standard input.
+pub fn spawn_logged_from(
+    mut command: Command,
+    stdin: Stdio,
+) -> (Child, mpsc::UnboundedReceiver<Value>) {
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
