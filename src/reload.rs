@@ -6,6 +6,7 @@
 //! relay switches to it; an invalid one changes nothing.
 
 use crate::config::Config;
+use crate::rules::RuleDiff;
 use crate::state::Relay;
 use crate::systemd;
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -30,8 +31,7 @@ pub struct Reloader {
     path: PathBuf,
     relay: Arc<Relay>,
     listen_fixed: bool,
-    /// The file's content when it was last read, valid or not.
-    last_read: Vec<u8>,
+    file: FileState,
     changes: mpsc::UnboundedReceiver<()>,
     hangups: Option<Signal>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -64,7 +64,7 @@ impl Reloader {
             path,
             relay,
             listen_fixed,
-            last_read: loaded,
+            file: FileState::new(loaded),
             changes,
             hangups,
             _watcher: watcher,
@@ -92,7 +92,7 @@ impl Reloader {
                 &self.relay,
                 self.listen_fixed,
                 trigger,
-                &mut self.last_read,
+                &mut self.file,
             );
             if reported || trigger == Trigger::Hangup {
                 systemd::ready(&self.relay);
@@ -101,24 +101,67 @@ impl Reloader {
     }
 }
 
+/// What the reloader knows of the file, so that only changes are reported, and each
+/// once.
+#[derive(Debug)]
+pub(crate) struct FileState {
+    /// The text the rules in force were parsed from.
+    running: Vec<u8>,
+    /// What the last read gave: the text, valid or not, or why it failed.
+    last_read: Result<Vec<u8>, String>,
+}
+
+impl FileState {
+    fn new(loaded: Vec<u8>) -> FileState {
+        FileState {
+            running: loaded.clone(),
+            last_read: Ok(loaded),
+        }
+    }
+}
+
+/// What a read of the file came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Reloaded {
+    /// A file event, and the file reads as last time: nothing to say.
+    Unchanged,
+    /// The file was unreadable or invalid, and now holds the rules in force again.
+    Recovered,
+    /// New rules are in force.
+    Applied { rules: usize, diff: RuleDiff },
+}
+
 /// Reloads and reports the result once, in the log and in the metrics; false when a file
-/// event left the file as it was, and there was nothing to report.
+/// event left nothing to report.
 fn reload(
     path: &Path,
     relay: &Relay,
     listen_fixed: bool,
     trigger: Trigger,
-    last_read: &mut Vec<u8>,
+    file: &mut FileState,
 ) -> bool {
     let trigger = match trigger {
         Trigger::File => "file",
         Trigger::Hangup => "sighup",
     };
-    match apply(path, relay, listen_fixed, trigger == "file", last_read) {
-        Ok(None) => return false,
-        Ok(Some(rules)) => {
+    match apply(path, relay, listen_fixed, trigger == "file", file) {
+        Ok(Reloaded::Unchanged) => return false,
+        Ok(Reloaded::Recovered) => {
+            tracing::info!(
+                trigger,
+                "config file recovered; it holds the rules in force"
+            );
+        }
+        Ok(Reloaded::Applied { rules, diff }) => {
             relay.metrics().reload(true);
-            tracing::info!(trigger, rules, "config reloaded");
+            tracing::info!(
+                trigger,
+                rules,
+                added = diff.added.join(", "),
+                removed = diff.removed.join(", "),
+                changed = diff.changed.join(", "),
+                "config reloaded"
+            );
         }
         Err(error) => {
             relay.metrics().reload(false);
@@ -132,40 +175,62 @@ fn reload(
     true
 }
 
-/// Reads, validates and applies the file; `Ok(None)` when a file event left it unchanged.
-/// `last_read` is the content read last time, valid or not, so a change elsewhere in the
-/// directory is not a reload and an invalid file is reported once.
+/// Reads, validates and applies the file. On a file event (`only_if_changed`), a read that
+/// gives what the last one gave, text or error, is `Unchanged`, so a failure is reported
+/// once however many events follow, and a change elsewhere in the directory is no reload.
 fn apply(
     path: &Path,
     relay: &Relay,
     listen_fixed: bool,
     only_if_changed: bool,
-    last_read: &mut Vec<u8>,
-) -> Result<Option<usize>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if only_if_changed && *last_read == text {
-        return Ok(None);
+    file: &mut FileState,
+) -> Result<Reloaded, String> {
+    let read = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()));
+    if only_if_changed && read == file.last_read {
+        return Ok(Reloaded::Unchanged);
     }
-    *last_read = text;
-    let text = std::str::from_utf8(last_read)
-        .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
+    file.last_read.clone_from(&read);
+    let text = read?;
+    if only_if_changed && text == file.running {
+        return Ok(Reloaded::Recovered);
+    }
+    let text =
+        std::str::from_utf8(&text).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
     let mut config = Config::parse(text, path).map_err(|e| e.to_string())?;
-    let running = relay.settings().config.listen.clone();
-    if !listen_fixed && config.listen != running {
+    let running = relay.settings();
+    if !listen_fixed && config.listen != running.config.listen {
         tracing::warn!(
             path = %path.display(),
             "listen changed; listeners change only on restart, the rest of the file applies now"
         );
     }
-    config.listen = running;
-    let admin = relay.settings().config.admin;
-    if config.admin != admin {
+    config.listen.clone_from(&running.config.listen);
+    if config.admin != running.config.admin {
         tracing::warn!(path = %path.display(), "admin changed; it changes only on restart");
-        config.admin = admin;
+        config.admin = running.config.admin;
     }
     let rules = config.rules.len();
+    let diff = running.config.rules.diff(&config.rules);
     relay.replace(config)?;
-    Ok(Some(rules))
+    file.running = text.as_bytes().to_vec();
+    Ok(Reloaded::Applied { rules, diff })
+}
+
+/// Whether a change to `changed` (paths in the config's directory) may change the config
+/// file: the file itself, or, where the file is a symlink into the same directory, the
+/// first step of the link (Kubernetes mounts a ConfigMap as `rules.json -> ..data/rules.json`
+/// and swaps `..data`). An event naming no path (the watch overflowed) may be anything.
+/// `link` is the config file's symlink target, if it is one. Pure.
+fn concerns(changed: &[PathBuf], config: &Path, link: Option<&Path>) -> bool {
+    let head = link
+        .filter(|l| l.is_relative())
+        .and_then(|l| l.components().next())
+        .map(|c| c.as_os_str());
+    changed.is_empty()
+        || changed.iter().any(|p| {
+            let name = p.file_name();
+            name.is_some() && (name == config.file_name() || name == head)
+        })
 }
 
 fn watch_directory(
@@ -176,9 +241,14 @@ fn watch_directory(
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
+    let config = path.to_owned();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !matches!(event.kind, EventKind::Access(_))
+        let Ok(event) = event else {
+            return;
+        };
+        let link = std::fs::read_link(&config).ok();
+        if !matches!(event.kind, EventKind::Access(_))
+            && concerns(&event.paths, &config, link.as_deref())
         {
             let _ = changes.send(());
         }
@@ -194,6 +264,88 @@ mod tests {
 
     fn allowing(names: &[&str]) -> String {
         serde_json::json!({ "allow": names }).to_string()
+    }
+
+    fn relay_on(text: &str, path: &Path) -> Relay {
+        let config = Config::parse(text, path).unwrap();
+        Relay::new(
+            Settings::new(config, &[], &[], None).unwrap(),
+            Vec::new(),
+            Vec::new(),
+        )
+    }
+
+    /// Each step as the watcher would see it, in order, with what it must come to. A
+    /// regression: with the file missing and the relay's log beside it, every error line
+    /// was an event that failed again and logged again, about 20 times a second.
+    #[test]
+    fn a_file_event_reports_only_changes_and_each_failure_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.json");
+        let first = allowing(&["a.example.com", "b.example.com"]);
+        std::fs::write(&path, &first).unwrap();
+        let relay = relay_on(&first, &path);
+        let mut file = FileState::new(first.clone().into_bytes());
+        let mut event = || apply(&path, &relay, false, true, &mut file);
+
+        // Written again unchanged: nothing.
+        std::fs::write(&path, &first).unwrap();
+        assert_eq!(event(), Ok(Reloaded::Unchanged));
+        // Gone: one failure, then silence.
+        std::fs::remove_file(&path).unwrap();
+        assert!(event().unwrap_err().contains("cannot read"));
+        assert_eq!(event(), Ok(Reloaded::Unchanged));
+        assert_eq!(event(), Ok(Reloaded::Unchanged));
+        // Back as it was: recovered, not reloaded.
+        std::fs::write(&path, &first).unwrap();
+        assert_eq!(event(), Ok(Reloaded::Recovered));
+        assert_eq!(event(), Ok(Reloaded::Unchanged));
+        // Invalid: one failure; back again: recovered.
+        std::fs::write(&path, "{").unwrap();
+        assert!(event().is_err());
+        assert_eq!(event(), Ok(Reloaded::Unchanged));
+        std::fs::write(&path, &first).unwrap();
+        assert_eq!(event(), Ok(Reloaded::Recovered));
+        // A real change says what changed.
+        std::fs::write(&path, allowing(&["b.example.com", "c.example.com"])).unwrap();
+        assert_eq!(
+            event(),
+            Ok(Reloaded::Applied {
+                rules: 2,
+                diff: RuleDiff {
+                    added: vec!["c.example.com".into()],
+                    removed: vec!["a.example.com".into()],
+                    changed: vec![],
+                }
+            })
+        );
+        assert_eq!(relay.settings().config.rules.len(), 2);
+    }
+
+    #[test]
+    fn only_events_that_can_change_the_config_file_count() {
+        let config = Path::new("/etc/snirelay/rules.json");
+        let at = |name: &str| vec![PathBuf::from("/etc/snirelay").join(name)];
+        assert!(concerns(&at("rules.json"), config, None));
+        assert!(!concerns(&at("snirelay.log"), config, None));
+        assert!(!concerns(&at("rules.json.swp2"), config, None));
+        // The watch overflowed: anything may have changed.
+        assert!(concerns(&[], config, None));
+        // A Kubernetes ConfigMap: rules.json -> ..data/rules.json, and ..data is swapped.
+        let link = Path::new("..data/rules.json");
+        assert!(concerns(&at("..data"), config, Some(link)));
+        assert!(concerns(&at("rules.json"), config, Some(link)));
+        assert!(!concerns(
+            &at("..2026_11_30_22_00_00.123"),
+            config,
+            Some(link)
+        ));
+        // A link elsewhere: only the name itself is in this directory.
+        assert!(!concerns(
+            &at("etc"),
+            config,
+            Some(Path::new("/etc/rules.json"))
+        ));
     }
 
     /// A regression: the watch began after start-up had read the file, and the first read

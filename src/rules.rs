@@ -205,6 +205,36 @@ impl Rules {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+
+    /// What a reload from `self` to `next` changes, by pattern, each list in `next`'s (or,
+    /// for removals, `self`'s) order. Pure.
+    pub fn diff(&self, next: &Rules) -> RuleDiff {
+        let before: HashMap<&Pattern, &Rule> = self.iter().map(|r| (&r.pattern, r)).collect();
+        let after: HashMap<&Pattern, &Rule> = next.iter().map(|r| (&r.pattern, r)).collect();
+        let mut diff = RuleDiff::default();
+        for rule in next.iter() {
+            match before.get(&rule.pattern) {
+                None => diff.added.push(rule.pattern.to_string()),
+                Some(old) if *old != rule => diff.changed.push(rule.pattern.to_string()),
+                Some(_) => {}
+            }
+        }
+        for rule in self.iter().filter(|r| !after.contains_key(&r.pattern)) {
+            diff.removed.push(rule.pattern.to_string());
+        }
+        diff
+    }
+}
+
+/// The patterns a reload adds, removes, or keeps with another upstream or PROXY setting.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RuleDiff {
+    /// New patterns.
+    pub added: Vec<String>,
+    /// Patterns gone.
+    pub removed: Vec<String>,
+    /// Patterns whose upstream or `send_proxy` changed.
+    pub changed: Vec<String>,
 }
 
 #[cfg(test)]
@@ -217,6 +247,30 @@ mod tests {
             upstream: None,
             send_proxy: None,
         }
+    }
+
+    #[test]
+    fn a_diff_names_what_was_added_removed_and_changed() {
+        let before = Rules::new(vec![
+            rule("a.example.com"),
+            rule("*.b.example.com"),
+            rule("c.example.com"),
+        ])
+        .unwrap();
+        let pinned = Rule {
+            send_proxy: Some(crate::proxy::Version::V2),
+            ..rule("c.example.com")
+        };
+        let after = Rules::new(vec![rule("d.example.com"), pinned, rule("a.example.com")]).unwrap();
+        assert_eq!(
+            before.diff(&after),
+            RuleDiff {
+                added: vec!["d.example.com".into()],
+                removed: vec!["*.b.example.com".into()],
+                changed: vec!["c.example.com".into()],
+            }
+        );
+        assert_eq!(after.diff(&after), RuleDiff::default());
     }
 
     fn matched(rules: &Rules, name: &str) -> Option<String> {

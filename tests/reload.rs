@@ -176,11 +176,21 @@ async fn sighup_reloads_and_an_unchanged_file_event_does_not() {
             decided(&mut relay, &upstream, "n2.example.com").await,
             "closed"
         );
-        // Touching the file without changing it is not a reload; the next real one is.
+        // Touching the file without changing it is not a reload (the unit tests pin this
+        // step by step); the next real one is, and says what it changed.
         std::fs::write(&path, version(2, upstream.addr, streams_at).to_string()).unwrap();
         replace_file(&path, &version(3, upstream.addr, streams_at).to_string());
         let line = relay.next_message("config reloaded").await;
         assert_eq!(line["trigger"], "file");
+        assert_eq!(
+            (&line["added"], &line["removed"], &line["changed"]),
+            (
+                &json!("n3.example.com"),
+                &json!("n2.example.com"),
+                &json!("")
+            ),
+            "{line}"
+        );
         assert_eq!(
             decided(&mut relay, &upstream, "n3.example.com").await,
             "closed"
@@ -202,6 +212,89 @@ async fn a_changed_listen_asks_for_a_restart_and_the_rest_applies() {
         relay.next_message("listen changed; listeners change only on restart, the rest of the file applies now").await;
         relay.next_message("config reloaded").await;
         assert_eq!(decided(&mut relay, &upstream, "n9.example.com").await, "closed");
+    })
+    .await
+}
+
+/// A ConfigMap as the kubelet mounts it: `rules.json -> ..data/rules.json`, `..data -> ..v1`;
+/// an update writes `..v2` and renames a new `..data` over the old. Neither rules.json nor
+/// the file it leads to is touched by name, so the watch must follow the link's first step.
+#[tokio::test]
+async fn a_kubernetes_configmap_update_is_applied() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = RelayProcess::start(version(1, upstream.addr, upstream.addr)).await;
+        let path = relay.config_path();
+        let dir = path.parent().unwrap();
+        let publish = |generation: &str, text: &str| {
+            std::fs::create_dir(dir.join(generation)).unwrap();
+            std::fs::write(dir.join(generation).join("rules.json"), text).unwrap();
+            std::os::unix::fs::symlink(generation, dir.join("..data_tmp")).unwrap();
+            std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        };
+        publish(
+            "..v1",
+            &version(1, upstream.addr, upstream.addr).to_string(),
+        );
+        let link = dir.join("rules.json.link");
+        std::os::unix::fs::symlink("..data/rules.json", &link).unwrap();
+        std::fs::rename(&link, &path).unwrap();
+        // The same rules in other bytes (compact, not pretty): a reload that changes no rule,
+        // and the sign that the link is in place before the update.
+        let line = relay.next_message("config reloaded").await;
+        assert_eq!(
+            (&line["added"], &line["removed"]),
+            (&json!(""), &json!("")),
+            "{line}"
+        );
+        publish(
+            "..v2",
+            &version(2, upstream.addr, upstream.addr).to_string(),
+        );
+        let line = relay.next_message("config reloaded").await;
+        assert_eq!(line["added"], "n2.example.com", "{line}");
+        assert_eq!(
+            decided(&mut relay, &upstream, "n2.example.com").await,
+            "closed"
+        );
+    })
+    .await
+}
+
+/// The rules file goes missing beside files that keep changing (the relay's own log, in the
+/// reported case): one failure line, no matter how many events; then, when the file comes
+/// back unchanged, one line saying so.
+#[tokio::test]
+async fn a_missing_rules_file_is_reported_once_and_its_return_too() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut relay = RelayProcess::start(version(1, upstream.addr, upstream.addr)).await;
+        let path = relay.config_path();
+        let away = path.with_extension("away");
+        std::fs::rename(&path, &away).unwrap();
+        let failed = relay
+            .next_message("config reload failed; keeping the previous rules")
+            .await;
+        assert!(
+            failed["error"].as_str().unwrap().contains("cannot read"),
+            "{failed}"
+        );
+        let log = path.with_file_name("snirelay.log");
+        for i in 0..20 {
+            std::fs::write(&log, format!("line {i}\n")).unwrap();
+        }
+        std::fs::rename(&away, &path).unwrap();
+        loop {
+            let line = relay.next_line().await;
+            assert_ne!(
+                line["message"], "config reload failed; keeping the previous rules",
+                "{line}"
+            );
+            assert_ne!(line["message"], "config reloaded", "{line}");
+            if line["message"] == "config file recovered; it holds the rules in force" {
+                break;
+            }
+        }
     })
     .await
 }

@@ -174,13 +174,18 @@ impl RelayProcess {
         self.next_message("connection").await
     }
 
+    /// The next log line, whatever it says.
+    pub async fn next_line(&mut self) -> Value {
+        match self.early.pop_front() {
+            Some(line) => line,
+            None => next_line(&mut self.logs).await,
+        }
+    }
+
     /// The next log line whose message is `message`.
     pub async fn next_message(&mut self, message: &str) -> Value {
         loop {
-            let line = match self.early.pop_front() {
-                Some(line) => line,
-                None => next_line(&mut self.logs).await,
-            };
+            let line = self.next_line().await;
             if line["message"] == message {
                 return line;
             }
