@@ -67,9 +67,24 @@ pub async fn happy_eyeballs(
     addrs: &[SocketAddr],
     deadline: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    race(addrs, deadline, TcpStream::connect).await
+}
+
+/// [`happy_eyeballs`] with the connect call passed in, so the schedule can be tested on a
+/// paused clock with attempts that fail, succeed or hang exactly when a test says.
+async fn race<S, F, A>(
+    addrs: &[SocketAddr],
+    deadline: Duration,
+    connect: F,
+) -> Result<(S, SocketAddr), ConnectError>
+where
+    S: Send + 'static,
+    F: Fn(SocketAddr) -> A,
+    A: Future<Output = io::Result<S>> + Send + 'static,
+{
     // One address (a pinned upstream, usually) needs no racing and no extra task.
     if let [addr] = addrs {
-        return match tokio::time::timeout(deadline, TcpStream::connect(*addr)).await {
+        return match tokio::time::timeout(deadline, connect(*addr)).await {
             Ok(Ok(stream)) => Ok((stream, *addr)),
             Ok(Err(source)) => Err(ConnectError::Failed {
                 addr: *addr,
@@ -97,7 +112,8 @@ pub async fn happy_eyeballs(
         tokio::select! {
             _ = sleep_until(next_start), if more => {
                 if let Some(addr) = pending.next() {
-                    attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                    let attempt = connect(addr);
+                    attempts.spawn(async move { (addr, attempt.await) });
                 }
                 next_start = Instant::now() + ATTEMPT_DELAY;
             }
@@ -158,64 +174,168 @@ mod tests {
         assert!(attempt_order(&[]).is_empty());
     }
 
+    /// What the fake connect calls do, per address, on the paused clock.
+    #[derive(Clone, Copy)]
+    enum Fate {
+        SucceedAfter(u64),
+        FailAfter(u64),
+        Hang,
+    }
+
+    /// Runs [`race`] over `plan` on the paused clock; returns the result and, per attempt,
+    /// its address and when it started, in milliseconds from the start.
+    async fn run(
+        plan: &[(&str, Fate)],
+        deadline_ms: u64,
+    ) -> (Result<SocketAddr, ConnectError>, Vec<(SocketAddr, u64)>) {
+        let plan: Vec<(SocketAddr, Fate)> =
+            plan.iter().map(|(a, f)| (a.parse().unwrap(), *f)).collect();
+        let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t0 = Instant::now();
+        let log = started.clone();
+        let addrs = addrs_of(&plan);
+        let connect = move |addr: SocketAddr| {
+            let fate = plan.iter().find(|(a, _)| *a == addr).unwrap().1;
+            log.lock()
+                .unwrap()
+                .push((addr, t0.elapsed().as_millis() as u64));
+            async move {
+                match fate {
+                    Fate::SucceedAfter(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok(())
+                    }
+                    Fate::FailAfter(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Err(io::ErrorKind::ConnectionRefused.into())
+                    }
+                    Fate::Hang => std::future::pending().await,
+                }
+            }
+        };
+        let got = race(&addrs, Duration::from_millis(deadline_ms), connect).await;
+        let started = started.lock().unwrap().clone();
+        (got.map(|((), addr)| addr), started)
+    }
+
+    fn addrs_of(plan: &[(SocketAddr, Fate)]) -> Vec<SocketAddr> {
+        plan.iter().map(|(a, _)| *a).collect()
+    }
+
+    fn at(addr: &str, ms: u64) -> (SocketAddr, u64) {
+        (addr.parse().unwrap(), ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_attempt_starts_250_ms_after_one_that_hangs() {
+        let (got, started) = run(
+            &[
+                ("[2001:db8::1]:443", Fate::Hang),
+                ("192.0.2.1:443", Fate::SucceedAfter(10)),
+            ],
+            5000,
+        )
+        .await;
+        assert_eq!(got.unwrap(), "192.0.2.1:443".parse().unwrap());
+        assert_eq!(
+            started,
+            [at("[2001:db8::1]:443", 0), at("192.0.2.1:443", 250)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_starts_the_next_attempt_at_once() {
+        let (got, started) = run(
+            &[
+                ("192.0.2.1:443", Fate::FailAfter(100)),
+                ("192.0.2.2:443", Fate::Hang),
+                ("192.0.2.3:443", Fate::SucceedAfter(0)),
+            ],
+            5000,
+        )
+        .await;
+        assert_eq!(got.unwrap(), "192.0.2.3:443".parse().unwrap());
+        assert_eq!(
+            started,
+            [
+                at("192.0.2.1:443", 0),
+                at("192.0.2.2:443", 100),
+                at("192.0.2.3:443", 350)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_answer_wins_over_an_earlier_slow_one() {
+        // The first attempt would succeed at 400 ms; the second, started at 250, at 260.
+        let (got, _) = run(
+            &[
+                ("192.0.2.1:443", Fate::SucceedAfter(400)),
+                ("[2001:db8::1]:443", Fate::SucceedAfter(10)),
+            ],
+            5000,
+        )
+        .await;
+        assert_eq!(got.unwrap(), "[2001:db8::1]:443".parse().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_covers_every_attempt() {
+        let t0 = Instant::now();
+        let (got, started) = run(
+            &[
+                ("192.0.2.1:443", Fate::Hang),
+                ("192.0.2.2:443", Fate::Hang),
+                ("192.0.2.3:443", Fate::Hang),
+            ],
+            600,
+        )
+        .await;
+        assert_eq!(got.unwrap_err().detail(), "timeout");
+        assert_eq!(t0.elapsed(), Duration::from_millis(600));
+        let starts: Vec<u64> = started.iter().map(|(_, ms)| *ms).collect();
+        assert_eq!(starts, [0, 250, 500]);
+        // One address: the same deadline, no racing.
+        let (got, _) = run(&[("192.0.2.1:443", Fate::Hang)], 300).await;
+        assert_eq!(got.unwrap_err().detail(), "timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_attempt_fails_the_last_error_is_reported() {
+        let (got, _) = run(
+            &[
+                ("192.0.2.1:443", Fate::FailAfter(5)),
+                ("[2001:db8::1]:443", Fate::FailAfter(20)),
+            ],
+            5000,
+        )
+        .await;
+        match got.unwrap_err() {
+            ConnectError::Failed { addr, source } => {
+                assert_eq!(addr, "[2001:db8::1]:443".parse().unwrap());
+                assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The real call, once: a refused address (bound, never listening, so no other test can
+    /// take the port) falls over to a live one.
     #[tokio::test]
-    async fn a_refused_first_address_falls_over_to_the_next() {
+    async fn a_real_refused_address_falls_over_to_the_next() {
+        let refusing =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        refusing
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let refused = refusing.local_addr().unwrap().as_socket().unwrap();
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
         let want = live.local_addr().unwrap();
-        let (_, got) = happy_eyeballs(&[dead_addr, want], Duration::from_secs(5))
+        let (_, got) = happy_eyeballs(&[refused, want], Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(got, want);
-    }
-
-    /// A listener whose accept queue is full drops SYNs: a loopback address that never
-    /// answers, like a blackholed route.
-    fn silent_address() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
-        let listener =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        listener
-            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .unwrap();
-        listener.listen(0).unwrap();
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let mut fillers = Vec::new();
-        for _ in 0..4 {
-            let filler =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            filler.set_nonblocking(true).unwrap();
-            let _ = filler.connect(&addr.into());
-            fillers.push(filler.into());
-        }
-        (listener, fillers, addr)
-    }
-
-    #[tokio::test]
-    async fn a_silent_first_address_does_not_stall_the_next() {
-        let (_silent, _fillers, silent) = silent_address();
-        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let want = live.local_addr().unwrap();
-        let (_, got) = happy_eyeballs(&[silent, want], Duration::from_secs(20))
-            .await
-            .unwrap();
-        assert_eq!(
-            got, want,
-            "the second attempt starts after the attempt delay"
-        );
-        let err = happy_eyeballs(&[silent], Duration::from_millis(300))
-            .await
-            .unwrap_err();
-        assert_eq!(err.detail(), "timeout");
-    }
-
-    #[tokio::test]
-    async fn all_refused_reports_the_last_error() {
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
-        let err = happy_eyeballs(&[dead_addr], Duration::from_secs(5))
+        let err = happy_eyeballs(&[refused], Duration::from_secs(5))
             .await
             .unwrap_err();
         assert_eq!(err.detail(), "refused");

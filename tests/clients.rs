@@ -217,10 +217,7 @@ async fn probe_reports_who_answered_or_exactly_why_not() {
             "{err}"
         );
 
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let (_held, closed) = common::refusing("127.0.0.1");
         let out = probe(&[NAME, "--relay", &closed.to_string(), "--cacert", &ca]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);

@@ -365,9 +365,7 @@ async fn an_idle_connection_is_closed_after_idle_s() {
 #[tokio::test]
 async fn an_unreachable_pinned_upstream_is_reported() {
     within(async {
-        let dead = Upstream::bind("127.0.0.1").await;
-        let addr = dead.addr;
-        drop(dead);
+        let (_held, addr) = common::refusing("127.0.0.1");
         let mut relay = RelayProcess::start(pinned_config(&[NAME], addr)).await;
         let mut client = send_and_close(relay.addr(), &hello_for(NAME)).await;
         let _ = client.read_to_end(&mut Vec::new()).await;
@@ -543,14 +541,42 @@ fn ips(list: &[&str]) -> Vec<std::net::IpAddr> {
 }
 
 #[tokio::test]
-async fn dns_answers_with_a_and_aaaa_are_forwarded() {
+async fn an_aaaa_only_answer_is_used() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let table = vec![("dual.relay.test", ips(&["::1", "127.0.0.1"]))];
+        let upstream = Upstream::bind("::1").await;
+        let table = vec![("six.relay.test", ips(&["::1"]))];
+        let mut relay = dns_relay(table, &upstream, &["::1/128"]).await;
+        let hello = hello_for("six.relay.test");
+        assert_eq!(
+            through_relay(relay.addr(), &upstream, &[&hello]).await,
+            hello
+        );
+        let log = relay.next_connection().await;
+        assert_outcome(&log, "forwarded", "closed");
+        assert_eq!(field(&log, "upstream"), upstream.addr.to_string());
+    })
+    .await
+}
+
+/// Both families answer; the A address refuses (bound, never listening: refused for as long
+/// as the test holds it), so the AAAA one serves.
+#[tokio::test]
+async fn a_refused_a_answer_falls_over_to_the_aaaa_answer() {
+    within(async {
+        let (upstream, _refusing) = loop {
+            let upstream = Upstream::bind("::1").await;
+            let v4 = SocketAddr::from(([127, 0, 0, 1], upstream.addr.port()));
+            if let Ok((held, _)) = common::refusing_at(v4) {
+                break (upstream, held);
+            }
+        };
+        let table = vec![("dual.relay.test", ips(&["127.0.0.1", "::1"]))];
         let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8", "::1/128"]).await;
         let hello = hello_for("dual.relay.test");
-        let got = through_relay(relay.addr(), &upstream, &[&hello]).await;
-        assert_eq!(got, hello);
+        assert_eq!(
+            through_relay(relay.addr(), &upstream, &[&hello]).await,
+            hello
+        );
         let log = relay.next_connection().await;
         assert_outcome(&log, "forwarded", "closed");
         assert_eq!(field(&log, "upstream"), upstream.addr.to_string());
@@ -561,7 +587,13 @@ async fn dns_answers_with_a_and_aaaa_are_forwarded() {
 #[tokio::test]
 async fn an_unreachable_first_address_falls_over_to_the_next() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
+        let (upstream, _refusing) = loop {
+            let upstream = Upstream::bind("127.0.0.1").await;
+            let other = SocketAddr::from(([127, 0, 0, 2], upstream.addr.port()));
+            if let Ok((held, _)) = common::refusing_at(other) {
+                break (upstream, held);
+            }
+        };
         let table = vec![("fallback.relay.test", ips(&["127.0.0.2", "127.0.0.1"]))];
         let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8"]).await;
         let hello = hello_for("fallback.relay.test");

@@ -231,6 +231,34 @@ impl Drop for RelayProcess {
     }
 }
 
+/// An address that refuses connections for as long as the socket is held: bound, never
+/// listening, so no other test can take the port in the meantime (a listener bound and
+/// dropped frees it for anyone).
+pub fn refusing(ip: &str) -> (socket2::Socket, SocketAddr) {
+    let addr: SocketAddr = format!("{}:0", bracketed(ip)).parse().unwrap();
+    refusing_at(addr).unwrap()
+}
+
+/// [`refusing`] at a given address, or the error binding it.
+pub fn refusing_at(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr)> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&addr.into())?;
+    let bound = socket.local_addr()?.as_socket().unwrap();
+    Ok((socket, bound))
+}
+
+fn bracketed(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    }
+}
+
 /// Starts `command` with its stderr read line by line into a channel (JSON lines parsed,
 /// others as strings), drained continuously so the process never blocks on a full pipe.
 pub fn spawn_logged(command: Command) -> (Child, mpsc::UnboundedReceiver<Value>) {
