@@ -8,7 +8,7 @@ use snirelay::cli;
 use snirelay::config::{Config, Listener};
 use snirelay::net::handover::Role;
 use snirelay::net::listen;
-use snirelay::reload::Reloader;
+use snirelay::reload::{Fixed, Reloader};
 use snirelay::resolve::Pin;
 use snirelay::state::{Relay, Settings};
 use snirelay::tcp::server::{self, Stop};
@@ -42,6 +42,9 @@ enum Command {
         /// Listen here instead of the config's `listen` (repeatable).
         #[arg(long = "listen", value_name = "ADDR")]
         listen: Vec<SocketAddr>,
+        /// Serve /metrics, /healthz and /readyz here instead of the config's `admin`.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
         /// Use this address for NAME instead of DNS, like curl's --resolve (repeatable).
         #[arg(long = "resolve", value_name = "NAME=IP[:PORT]")]
         resolve: Vec<Pin>,
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Run {
             config: path,
             listen,
+            admin,
             resolve,
             log_format,
             upgrade_socket,
@@ -136,7 +140,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config, text, path, listen, resolve, upgrade_socket) {
+            let overrides = Overrides { listen, admin };
+            match run(config, text, path, overrides, resolve, upgrade_socket) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("snirelay: {e:#}");
@@ -145,6 +150,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What the command line sets instead of the config file.
+struct Overrides {
+    listen: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
 }
 
 /// The first address given twice, if any.
@@ -226,18 +237,43 @@ fn run(
     mut config: Config,
     text: String,
     path: PathBuf,
-    listen: Vec<SocketAddr>,
+    overrides: Overrides,
     pins: Vec<Pin>,
     upgrade_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let listen_fixed = !listen.is_empty();
-    if listen_fixed {
-        config.listen = listen.into_iter().map(Listener::plain).collect();
+    let fixed = Fixed {
+        listen: !overrides.listen.is_empty(),
+        admin: overrides.admin.is_some(),
+    };
+    if fixed.listen {
+        config.listen = overrides.listen.into_iter().map(Listener::plain).collect();
+    }
+    if fixed.admin {
+        config.admin = overrides.admin;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.display(),
+        rules = config.rules.len(),
+        admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "snirelay starting"
+    );
+    for pin in &pins {
+        if config
+            .rules
+            .route(&pin.name, config.upstream_port)
+            .is_none()
+        {
+            tracing::warn!(
+                name = %pin.name,
+                "--resolve names a name no rule allows; connections for it are refused, so it is never used"
+            );
+        }
+    }
     runtime.block_on(async {
         let mut inherited = match &upgrade_socket {
             Some(path) => upgrade::inherit(path)?,
@@ -260,7 +296,7 @@ fn run(
             .collect();
         let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
         let relay = Arc::new(Relay::new(settings, pins, bound));
-        tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), listen_fixed).run());
+        tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), fixed).run());
         let admin_handed_over = CancellationToken::new();
         if let Some(admin) = admin {
             tokio::spawn(snirelay::admin::serve(

@@ -19,6 +19,16 @@ use tokio::sync::mpsc;
 /// Editors write in several steps; a change is read once it has been quiet this long.
 const SETTLE: Duration = Duration::from_millis(50);
 
+/// What the command line fixed, so the file's own values are not the reloader's to apply
+/// or warn about.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fixed {
+    /// `--listen` was given.
+    pub listen: bool,
+    /// `--admin` was given.
+    pub admin: bool,
+}
+
 /// What made the relay read its config again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -30,7 +40,7 @@ enum Trigger {
 pub struct Reloader {
     path: PathBuf,
     relay: Arc<Relay>,
-    listen_fixed: bool,
+    fixed: Fixed,
     file: FileState,
     changes: mpsc::UnboundedReceiver<()>,
     hangups: Option<Signal>,
@@ -40,14 +50,9 @@ pub struct Reloader {
 impl Reloader {
     /// Starts watching now, before the relay announces it is listening: a change or a SIGHUP
     /// that arrives early must not be missed (an unhandled SIGHUP would end the process).
-    /// `loaded` is the text the running rules were parsed from. `listen_fixed` says the
-    /// listeners came from `--listen`, so the file's `listen` is not theirs to change.
-    pub fn install(
-        path: PathBuf,
-        loaded: Vec<u8>,
-        relay: Arc<Relay>,
-        listen_fixed: bool,
-    ) -> Reloader {
+    /// `loaded` is the text the running rules were parsed from. `fixed` says what came
+    /// from the command line, so the file's values for it are not theirs to change.
+    pub fn install(path: PathBuf, loaded: Vec<u8>, relay: Arc<Relay>, fixed: Fixed) -> Reloader {
         let (tx, changes) = mpsc::unbounded_channel();
         // The file may have changed after it was loaded and before the watch began, when no
         // event could report it; one comparison against `loaded` at start-up covers that.
@@ -63,7 +68,7 @@ impl Reloader {
         Reloader {
             path,
             relay,
-            listen_fixed,
+            fixed,
             file: FileState::new(loaded),
             changes,
             hangups,
@@ -87,13 +92,7 @@ impl Reloader {
             if trigger == Trigger::Hangup {
                 systemd::reloading();
             }
-            let reported = reload(
-                &self.path,
-                &self.relay,
-                self.listen_fixed,
-                trigger,
-                &mut self.file,
-            );
+            let reported = reload(&self.path, &self.relay, self.fixed, trigger, &mut self.file);
             if reported || trigger == Trigger::Hangup {
                 systemd::ready(&self.relay);
             }
@@ -136,7 +135,7 @@ enum Reloaded {
 fn reload(
     path: &Path,
     relay: &Relay,
-    listen_fixed: bool,
+    fixed: Fixed,
     trigger: Trigger,
     file: &mut FileState,
 ) -> bool {
@@ -144,7 +143,7 @@ fn reload(
         Trigger::File => "file",
         Trigger::Hangup => "sighup",
     };
-    match apply(path, relay, listen_fixed, trigger == "file", file) {
+    match apply(path, relay, fixed, trigger == "file", file) {
         Ok(Reloaded::Unchanged) => return false,
         Ok(Reloaded::Recovered) => {
             tracing::info!(
@@ -181,7 +180,7 @@ fn reload(
 fn apply(
     path: &Path,
     relay: &Relay,
-    listen_fixed: bool,
+    fixed: Fixed,
     only_if_changed: bool,
     file: &mut FileState,
 ) -> Result<Reloaded, String> {
@@ -198,14 +197,14 @@ fn apply(
         std::str::from_utf8(&text).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
     let mut config = Config::parse(text, path).map_err(|e| e.to_string())?;
     let running = relay.settings();
-    if !listen_fixed && config.listen != running.config.listen {
+    if !fixed.listen && config.listen != running.config.listen {
         tracing::warn!(
             path = %path.display(),
             "listen changed; listeners change only on restart, the rest of the file applies now"
         );
     }
     config.listen.clone_from(&running.config.listen);
-    if config.admin != running.config.admin {
+    if !fixed.admin && config.admin != running.config.admin {
         tracing::warn!(path = %path.display(), "admin changed; it changes only on restart");
         config.admin = running.config.admin;
     }
@@ -286,7 +285,7 @@ mod tests {
         std::fs::write(&path, &first).unwrap();
         let relay = relay_on(&first, &path);
         let mut file = FileState::new(first.clone().into_bytes());
-        let mut event = || apply(&path, &relay, false, true, &mut file);
+        let mut event = || apply(&path, &relay, Fixed::default(), true, &mut file);
 
         // Written again unchanged: nothing.
         std::fs::write(&path, &first).unwrap();
@@ -363,7 +362,9 @@ mod tests {
             Vec::new(),
         ));
         std::fs::write(&path, allowing(&["a.example.com", "b.example.com"])).unwrap();
-        tokio::spawn(Reloader::install(path, loaded.into_bytes(), relay.clone(), false).run());
+        tokio::spawn(
+            Reloader::install(path, loaded.into_bytes(), relay.clone(), Fixed::default()).run(),
+        );
         // The clock is paused: this returns once the reloader has nothing left to do.
         tokio::time::sleep(SETTLE * 10).await;
         assert_eq!(relay.settings().config.rules.len(), 2);

@@ -8,7 +8,9 @@ use crate::policy::{DestinationPolicy, Forbidden};
 use crate::rules::{Host, Route};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::str::FromStr;
@@ -48,11 +50,11 @@ impl FromStr for Pin {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// DNS gave no usable answer.
-    #[error("DNS lookup for {name} failed: {message}")]
+    #[error("{message}")]
     Dns {
         /// What was looked up.
         name: Hostname,
-        /// What the resolver said.
+        /// What happened to each family, and whom the relay asked.
         message: String,
     },
     /// Every address DNS gave is refused by the destination policy.
@@ -82,6 +84,8 @@ const CACHE_ENTRIES: usize = 10_000;
 /// Name resolution with the operator's pins and nameservers.
 pub struct Resolver {
     dns: TokioResolver,
+    /// Whom it asks, for messages.
+    asked: String,
     pins: HashMap<Hostname, Pin>,
     cache: Mutex<HashMap<Hostname, Cached>>,
 }
@@ -132,8 +136,17 @@ impl Resolver {
             .build()
             .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
         let pins = pins.into_iter().map(|p| (p.name.clone(), p)).collect();
+        let asked = match nameservers {
+            Some(servers) => servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "the nameservers in /etc/resolv.conf".to_owned(),
+        };
         Ok(Resolver {
             dns,
+            asked,
             pins,
             cache: Mutex::default(),
         })
@@ -184,21 +197,38 @@ impl Resolver {
         (std::time::Instant::now() < *valid_until).then(|| ips.clone())
     }
 
+    /// Asks for A and AAAA records at once, as one lookup would, but each on its own, so a
+    /// failure can say what happened to each family.
     async fn query(&self, name: &Hostname) -> Result<Arc<[IpAddr]>, ResolveError> {
-        let dns_error = |message: String| ResolveError::Dns {
-            name: name.clone(),
-            message,
-        };
         // The trailing dot makes the name absolute, so no search domain is ever appended.
-        let lookup = self
-            .dns
-            .lookup_ip(format!("{name}."))
-            .await
-            .map_err(|e| dns_error(e.to_string()))?;
-        let ips: Arc<[IpAddr]> = lookup.iter().collect();
-        if ips.is_empty() {
-            return Err(dns_error("no addresses".into()));
+        let absolute = format!("{name}.");
+        let (v4, v6) = tokio::join!(
+            self.dns.ipv4_lookup(absolute.as_str()),
+            self.dns.ipv6_lookup(absolute.as_str())
+        );
+        let mut ips = Vec::new();
+        let mut valid_until: Option<std::time::Instant> = None;
+        for lookup in [&v4, &v6].into_iter().flatten() {
+            ips.extend(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                        _ => None,
+                    }),
+            );
+            let until = lookup.valid_until();
+            valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
         }
+        let (Some(valid_until), false) = (valid_until, ips.is_empty()) else {
+            return Err(ResolveError::Dns {
+                name: name.clone(),
+                message: no_address(name, &v4.map(|_| ()), &v6.map(|_| ()), &self.asked),
+            });
+        };
+        let ips: Arc<[IpAddr]> = ips.into();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHE_ENTRIES {
             let now = std::time::Instant::now();
@@ -207,8 +237,35 @@ impl Resolver {
                 cache.clear();
             }
         }
-        cache.insert(name.clone(), (ips.clone(), lookup.valid_until()));
+        cache.insert(name.clone(), (ips.clone(), valid_until));
         Ok(ips)
+    }
+}
+
+/// Why DNS gave no address for `name`: both families alike in one phrase, else each family
+/// on its own. Pure.
+fn no_address(
+    name: &Hostname,
+    v4: &Result<(), NetError>,
+    v6: &Result<(), NetError>,
+    asked: &str,
+) -> String {
+    let how = |result: &Result<(), NetError>| match result {
+        Ok(()) => "no records".to_owned(),
+        Err(e) if e.is_nx_domain() => "the name does not exist (NXDOMAIN)".to_owned(),
+        Err(e) if e.is_no_records_found() => "no records".to_owned(),
+        Err(NetError::Timeout) => "no answer in time".to_owned(),
+        Err(NetError::NoConnections) => "no nameserver reachable".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let (v4, v6) = (how(v4), how(v6));
+    if v4 == v6 {
+        match v4.as_str() {
+            "no records" => format!("no A or AAAA records for {name} (asked {asked})"),
+            _ => format!("A and AAAA lookups for {name}: {v4} (asked {asked})"),
+        }
+    } else {
+        format!("no address for {name}: A: {v4}; AAAA: {v6} (asked {asked})")
     }
 }
 
@@ -242,6 +299,23 @@ mod tests {
         ] {
             assert!(bad.parse::<Pin>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_failed_lookup_says_what_happened_to_each_family() {
+        let name: Hostname = "a.example.com".parse().unwrap();
+        assert_eq!(
+            no_address(&name, &Ok(()), &Ok(()), "10.0.0.2:53"),
+            "no A or AAAA records for a.example.com (asked 10.0.0.2:53)"
+        );
+        assert_eq!(
+            no_address(&name, &Err(NetError::Timeout), &Err(NetError::Timeout), "x"),
+            "A and AAAA lookups for a.example.com: no answer in time (asked x)"
+        );
+        assert_eq!(
+            no_address(&name, &Ok(()), &Err(NetError::NoConnections), "x"),
+            "no address for a.example.com: A: no records; AAAA: no nameserver reachable (asked x)"
+        );
     }
 
     #[test]

@@ -497,3 +497,36 @@ fn the_systemd_units_verify_cleanly() {
         "deploy/socket-activated/snirelay.service",
     ]);
 }
+
+#[tokio::test]
+async fn start_up_says_what_runs_and_warns_about_a_resolve_no_rule_allows() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let config = pinned_config(&["a.example.com", "*.b.example.com"], upstream.addr);
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--resolve",
+            "x.b.example.com=127.0.0.1",
+            "--resolve",
+            "elsewhere.example.com=127.0.0.1",
+        ];
+        let mut relay = RelayProcess::start_with(config, &args).await;
+        let start = relay.next_message("snirelay starting").await;
+        assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(start["rules"], 2);
+        assert_eq!(start["admin"], "127.0.0.1:0");
+        assert!(
+            start["config"].as_str().unwrap().ends_with("rules.json"),
+            "{start}"
+        );
+        // Only the name no rule allows is warned about, and the wildcard pin is not.
+        let warning = relay.next_line().await;
+        assert_eq!(warning["level"], "WARN", "{warning}");
+        assert_eq!(warning["name"], "elsewhere.example.com", "{warning}");
+        assert_eq!(relay.next_line().await["message"], "admin listening");
+    })
+    .await
+}

@@ -27,7 +27,12 @@ fn serve_https(upstream: Upstream, pki: &Pki) {
                 let mut buf = [0u8; 4096];
                 while !request.windows(4).any(|w| w == b"\r\n\r\n") {
                     match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
+                        // As real servers do: answer close_notify with close_notify.
+                        Ok(0) => {
+                            let _ = tls.shutdown().await;
+                            return;
+                        }
+                        Err(_) => return,
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
@@ -48,6 +53,34 @@ async fn run(cmd: &mut Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
+}
+
+/// A regression: a certificate made with `openssl req -x509` (CA:TRUE) was reported as
+/// `Other(OtherError(CaUsedAsEndEntity))`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_explains_a_ca_certificate_used_by_a_server() {
+    if !common::available("openssl") {
+        return;
+    }
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = common::openssl_self_signed(dir.path(), NAME);
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let relay = RelayProcess::start(pinned_config(&[NAME], upstream.addr)).await;
+        serve_https(upstream, &pki);
+        let ca = write_ca(dir.path(), &pki);
+        let at = relay.addr().to_string();
+        let out = tokio::task::spawn_blocking(move || probe(&[NAME, "--relay", &at, "--cacert", &ca]))
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("certificate rejected: the server's certificate is a CA certificate (CA:TRUE); use a leaf certificate signed by a CA [Other(OtherError(CaUsedAsEndEntity))]"),
+            "{err}"
+        );
+    })
+    .await
 }
 
 fn write_ca(dir: &Path, pki: &Pki) -> String {
@@ -202,7 +235,14 @@ async fn probe_reports_who_answered_or_exactly_why_not() {
         assert!(said.contains(&format!("subject: CN={NAME}")), "{said}");
         assert!(said.contains("issuer: CN=snirelay test CA"), "{said}");
         assert!(said.contains("TLSv1_3 handshake in"), "{said}");
-        assert_eq!(relay.next_connection().await["outcome"], "forwarded");
+        // A regression: the probe left the server's session tickets unread, so its close
+        // was a reset and a healthy probe read as `client_reset` in the relay's log.
+        let line = relay.next_connection().await;
+        assert_eq!(
+            (&line["outcome"], &line["reason"]),
+            (&"forwarded".into(), &"closed".into()),
+            "{line}"
+        );
 
         let out = run_probe(args("storage.googleapis.com")).await.unwrap();
         assert_eq!(out.status.code(), Some(1));

@@ -612,7 +612,8 @@ async fn an_unreachable_first_address_falls_over_to_the_next() {
 async fn nxdomain_is_dns_failed() {
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = dns_relay(vec![], &upstream, &["127.0.0.0/8"]).await;
+        let table = vec![("empty.relay.test", vec![])];
+        let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8"]).await;
         let log = expect_rejected(
             &mut relay,
             &upstream,
@@ -621,6 +622,15 @@ async fn nxdomain_is_dns_failed() {
         )
         .await;
         assert_eq!(field(&log, "rule"), "*.relay.test");
+        // Plain words, both families, and whom the relay asked: not the resolver's debug form.
+        let error = field(&log, "error");
+        assert!(
+            error.starts_with("A and AAAA lookups for missing.relay.test: the name does not exist (NXDOMAIN) (asked 127.0.0.1:"),
+            "{error}"
+        );
+        let log = expect_rejected(&mut relay, &upstream, &hello_for("empty.relay.test"), "dns_failed").await;
+        let error = field(&log, "error");
+        assert!(error.starts_with("no A or AAAA records for empty.relay.test (asked 127.0.0.1:"), "{error}");
     })
     .await
 }

@@ -8,7 +8,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Who answered.
@@ -103,7 +103,7 @@ pub async fn probe(
                 source,
             })?;
         let connect = started.elapsed();
-        let mut tls = connector
+        let tls = connector
             .connect(server_name, tcp)
             .await
             .map_err(|e| explain(e, name))?;
@@ -117,7 +117,7 @@ pub async fn probe(
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
-        let _ = tls.shutdown().await;
+        close(tls).await;
         Ok((connect, handshake, version, alpn, leaf))
     };
     let (connect, handshake, version, alpn, leaf) = tokio::time::timeout(limit, work)
@@ -138,6 +138,22 @@ pub async fn probe(
         not_after: cert.validity().not_after.to_string(),
     })
 }
+
+/// Ends the connection the way a well-behaved client does: close_notify and FIN, then
+/// whatever the server still sends (session tickets, its own close_notify) is read, so the
+/// socket closes with nothing unread. Closing with unread bytes would be a reset, which
+/// the relay logs as `client_reset` for what was a healthy probe.
+async fn close(mut tls: tokio_rustls::client::TlsStream<TcpStream>) {
+    if tls.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+}
+
+/// How long a probe waits for the server to close after its own close_notify.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn with_default_port(relay: &str) -> String {
     if relay.parse::<std::net::SocketAddr>().is_ok() {
@@ -203,17 +219,42 @@ fn explain(error: io::Error, name: &str) -> ProbeError {
             ProbeError::NotAllowed(name.to_owned())
         }
         Some(rustls::Error::AlertReceived(alert)) => ProbeError::Alert(*alert),
-        Some(rustls::Error::InvalidCertificate(cert)) => ProbeError::Certificate(match cert {
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!(
-                    "it is not valid for {name} (name mismatch: something other than the real server answered)"
-                )
-            }
-            CertificateError::UnknownIssuer => {
-                "it is not signed by a trusted CA (a private CA needs --cacert)".to_owned()
-            }
-            other => format!("{other:?}"),
-        }),
+        Some(rustls::Error::InvalidCertificate(cert)) => {
+            ProbeError::Certificate(certificate_problem(cert, name))
+        }
         _ => ProbeError::Tls(error),
     }
+}
+
+/// What is wrong with the server's certificate, as a sentence with what to do, and rustls's
+/// own words as the detail.
+fn certificate_problem(cert: &CertificateError, name: &str) -> String {
+    use CertificateError as E;
+    let raw = format!("{cert:?}");
+    let sentence = match cert {
+        E::NotValidForName | E::NotValidForNameContext { .. } => format!(
+            "it is not valid for {name} (name mismatch: something other than the real server answered)"
+        ),
+        E::UnknownIssuer => {
+            "it is not signed by a trusted CA (a private CA needs --cacert)".to_owned()
+        }
+        E::Expired | E::ExpiredContext { .. } => {
+            "it has expired: renew it, or check this machine's clock".to_owned()
+        }
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            "it is not valid yet: check this machine's clock".to_owned()
+        }
+        E::Revoked => "its issuer has revoked it".to_owned(),
+        E::BadSignature => "its signature does not verify: it was altered or mis-issued".to_owned(),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            "it is not for TLS servers (its extended key usage lacks serverAuth)".to_owned()
+        }
+        // webpki's error, wrapped: no public type to match on short of another dependency.
+        E::Other(_) if raw.contains("CaUsedAsEndEntity") => {
+            "the server's certificate is a CA certificate (CA:TRUE); use a leaf certificate signed by a CA"
+                .to_owned()
+        }
+        _ => return format!("{raw} (rustls could not verify it)"),
+    };
+    format!("{sentence} [{raw}]")
 }

@@ -450,6 +450,44 @@ pub fn pki(names: &[&str]) -> Pki {
     }
 }
 
+/// A self-signed certificate made as an operator would with `openssl req -x509` (which marks
+/// it CA:TRUE), for `name`, serving as its own CA. Written to `dir` as cert.pem and key.pem.
+pub fn openssl_self_signed(dir: &std::path::Path, name: &str) -> Pki {
+    use rustls::pki_types::pem::PemObject;
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(OPENSSL_REQ.split_whitespace().skip(1))
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cert_pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    Pki {
+        ca_pem: cert_pem,
+        ca_der: cert.clone(),
+        server: Arc::new(server),
+        server_cert_der: cert,
+    }
+}
+
+/// The README quick start's certificate command, without its name-specific arguments.
+pub const OPENSSL_REQ: &str = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 30";
+
 impl Pki {
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
