@@ -255,25 +255,6 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        config = %path.display(),
-        rules = config.rules.len(),
-        admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        "snirelay starting"
-    );
-    for pin in &pins {
-        if config
-            .rules
-            .route(&pin.name, config.upstream_port)
-            .is_none()
-        {
-            tracing::warn!(
-                name = %pin.name,
-                "--resolve names a name no rule allows; connections for it are refused, so it is never used"
-            );
-        }
-    }
     runtime.block_on(async {
         let mut inherited = match &upgrade_socket {
             Some(path) => upgrade::inherit(path)?,
@@ -290,6 +271,26 @@ fn run(
             Some(_) => offered(&listeners, config.admin.zip(admin.as_ref()))?,
             None => Vec::new(),
         };
+        // Said once the sockets are open: a relay that cannot bind says only why.
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %path.display(),
+            rules = config.rules.len(),
+            admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "snirelay starting"
+        );
+        for pin in &pins {
+            if config
+                .rules
+                .route(&pin.name, config.upstream_port)
+                .is_none()
+            {
+                tracing::warn!(
+                    name = %pin.name,
+                    "--resolve names a name no rule allows; connections for it are refused, so it is never used"
+                );
+            }
+        }
         let bound: Vec<SocketAddr> = listeners
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())

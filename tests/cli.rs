@@ -60,7 +60,7 @@ fn check_accepts_valid_files_and_summarises_them() {
     ]);
     let summary = text(&out.stdout);
     assert!(
-        summary.contains("rules: 7 (5 exact, 2 wildcard, 3 with a pinned upstream)"),
+        summary.contains("rules: 7 (5 exact, 2 wildcard; of which 3 pinned to an upstream)"),
         "{summary}"
     );
     assert!(
@@ -94,6 +94,43 @@ fn check_accepts_valid_files_and_summarises_them() {
         "{summary}"
     );
     assert!(out.stderr.is_empty(), "no warnings for this file");
+}
+
+#[test]
+fn check_lists_rules_in_match_order_and_warns_about_an_empty_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.json");
+    let rules = r#"{"allow": ["*.googleapis.com", "b.example.com", "*.storage.googleapis.com", "a.example.com"]}"#;
+    std::fs::write(&path, rules).unwrap();
+    let out = snirelay(&["check", "--config", path.to_str().unwrap()]);
+    let summary = text(&out.stdout);
+    let listed: Vec<&str> = summary
+        .lines()
+        .skip_while(|l| !l.contains("effective rules"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.trim().split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "a.example.com",
+            "b.example.com",
+            "*.storage.googleapis.com",
+            "*.googleapis.com"
+        ],
+        "{summary}"
+    );
+    assert!(text(&out.stderr).is_empty());
+
+    std::fs::write(&path, r#"{"allow": []}"#).unwrap();
+    let out = snirelay(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("warning: allow is empty: every connection will be refused"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -44,6 +44,12 @@ pub fn redundant(config: &Config) -> Vec<String> {
 /// Settings an operator should look at twice.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
+    if config.rules.is_empty() {
+        warnings.push(
+            "allow is empty: every connection will be refused (not_allowed), and /readyz answers 503"
+                .to_owned(),
+        );
+    }
     let everyone: Vec<String> = config
         .clients
         .iter()
@@ -109,8 +115,8 @@ pub fn summary(path: &Path, config: &Config) -> String {
         limits.max_connections_per_client,
         limits.max_pending_hellos,
     ));
-    text.push_str("  effective rules (exact names first, then the longest wildcard):\n");
-    for rule in config.rules.iter() {
+    text.push_str("  effective rules, in the order a name is matched (exact names, then wildcards, longest first):\n");
+    for rule in match_order(config) {
         let to = destination(rule, config.upstream_port);
         text.push_str(&format!("    {} -> {to}\n", rule.pattern));
     }
@@ -118,6 +124,21 @@ pub fn summary(path: &Path, config: &Config) -> String {
         text.push_str(&format!("  redundant: {note}\n"));
     }
     text
+}
+
+/// The rules as matching consults them: exact names (alphabetically: at most one can
+/// match), then wildcards from the longest suffix to the shortest (the longest match wins).
+fn match_order(config: &Config) -> Vec<&crate::rules::Rule> {
+    let mut rules: Vec<_> = config.rules.iter().collect();
+    rules.sort_by_key(|rule| match &rule.pattern {
+        Pattern::Exact(name) => (0, 0, name.as_str().to_owned()),
+        Pattern::Wildcard(suffix) => (
+            1,
+            usize::MAX - suffix.as_str().len(),
+            suffix.as_str().to_owned(),
+        ),
+    });
+    rules
 }
 
 fn overview(path: &Path, config: &Config) -> String {
@@ -150,7 +171,7 @@ fn overview(path: &Path, config: &Config) -> String {
         private.join(", ")
     };
     format!(
-        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard, {pinned} with a pinned upstream)\n  \
+        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard; of which {pinned} pinned to an upstream)\n  \
          listen: {listen}\n  upstream port: {port}\n  \
          timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s, lb grace {grace} s\n  \
          max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n",

@@ -109,6 +109,21 @@ pub enum ConfigError {
     },
 }
 
+/// The comment opener (`//` or `/*`) where a JSON parser stopped, if that is what it
+/// stopped at. `line` and `column` are 1-based, as serde_json gives them. Pure.
+fn comment_at(text: &str, line: usize, column: usize) -> Option<&'static str> {
+    let rest: String = text
+        .lines()
+        .nth(line.checked_sub(1)?)?
+        .chars()
+        .skip(column.saturating_sub(1))
+        .collect();
+    let rest = rest.trim_start();
+    ["//", "/*"]
+        .into_iter()
+        .find(|opener| rest.starts_with(opener))
+}
+
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -125,6 +140,19 @@ impl Config {
 
     /// Validates `text`; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |line, column, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message: message.to_owned(),
+        };
+        if text.starts_with('\u{feff}') {
+            return Err(invalid(
+                1,
+                1,
+                "the file starts with a byte-order mark (BOM), which JSON does not allow: save it as UTF-8 without BOM",
+            ));
+        }
         let Object(file): Object<File> = serde_json::from_str(text).map_err(|e| {
             let full = e.to_string();
             // serde_json appends " at line L column C"; the position goes up front instead.
@@ -132,6 +160,13 @@ impl Config {
                 Some(at) => full[..at].to_owned(),
                 None => full,
             };
+            if let Some(comment) = comment_at(text, e.line(), e.column()) {
+                return invalid(
+                    e.line(),
+                    e.column(),
+                    &format!("JSON has no comments: remove this `{comment}` comment"),
+                );
+            }
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line: e.line(),

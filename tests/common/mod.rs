@@ -456,7 +456,16 @@ pub fn openssl_self_signed(dir: &std::path::Path, name: &str) -> Pki {
     use rustls::pki_types::pem::PemObject;
     let status = Command::new("openssl")
         .current_dir(dir)
-        .args(OPENSSL_REQ.split_whitespace().skip(1))
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "30"])
         .args([
             "-subj",
             &format!("/CN={name}"),
@@ -484,9 +493,6 @@ pub fn openssl_self_signed(dir: &std::path::Path, name: &str) -> Pki {
         server_cert_der: cert,
     }
 }
-
-/// The README quick start's certificate command, without its name-specific arguments.
-pub const OPENSSL_REQ: &str = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 30";
 
 impl Pki {
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
