@@ -88,7 +88,7 @@ fn respond(request: &Request<Incoming>, relay: &Relay) -> Response<Full<Bytes>> 
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         _ => match relay.readiness() {
-            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Ok(ready) => reply(StatusCode::OK, "text/plain", format!("{ready}\n")),
             Err(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",

@@ -1,24 +1,42 @@
 //! What to do with a connection once its ClientHello is read. Pure: the rules and the hello
 //! in, a decision out, with no socket in sight.
 
+use crate::config::Mode;
 use crate::hello::ClientHello;
 use crate::outcome::Rejection;
-use crate::rules::{Route, Rules};
+use crate::rules::{Host, Route, Rules};
 
 /// The verdict on one hello.
 #[derive(Debug)]
 pub enum Decision<'a> {
     /// Forward to this route.
     Forward(Route<'a>),
+    /// No rule allows the name, but monitor mode forwards it to the name itself: logged as
+    /// `would_refuse`.
+    WouldRefuse(Route<'a>),
     /// Refuse, for this reason.
     Refuse(Rejection),
 }
 
-/// Decides `hello` against `rules`; names without a pinned upstream go to `upstream_port`.
-pub fn decide<'a>(rules: &'a Rules, hello: &ClientHello, upstream_port: u16) -> Decision<'a> {
-    match rules.route(&hello.sni, upstream_port) {
-        Some(route) => Decision::Forward(route),
-        None => Decision::Refuse(Rejection::NotAllowed),
+/// Decides `hello` against `rules` in `mode`; names without a pinned upstream go to
+/// `upstream_port`.
+pub fn decide<'a>(
+    rules: &'a Rules,
+    hello: &ClientHello,
+    upstream_port: u16,
+    mode: Mode,
+) -> Decision<'a> {
+    match (rules.route(&hello.sni, upstream_port), mode) {
+        (Some(route), _) => Decision::Forward(route),
+        (None, Mode::Enforce) => Decision::Refuse(Rejection::NotAllowed),
+        // As if a rule allowed the name without a pinned upstream: the client chose the
+        // host, so the destination policy applies to it.
+        (None, Mode::Monitor) => Decision::WouldRefuse(Route {
+            rule: None,
+            host: Host::Name(hello.sni.clone()),
+            port: upstream_port,
+            pinned: false,
+        }),
     }
 }
 
@@ -53,8 +71,12 @@ mod tests {
     #[test]
     fn an_allowed_name_goes_to_itself_on_the_upstream_port() {
         let rules = rules(&[("translate.googleapis.com", None)]);
-        let Decision::Forward(route) = decide(&rules, &hello("translate.googleapis.com"), 8443)
-        else {
+        let Decision::Forward(route) = decide(
+            &rules,
+            &hello("translate.googleapis.com"),
+            8443,
+            Mode::Enforce,
+        ) else {
             panic!("refused an allowed name");
         };
         assert_eq!(
@@ -67,10 +89,12 @@ mod tests {
     #[test]
     fn a_pinned_rule_goes_to_its_upstream_and_says_so() {
         let rules = rules(&[("*.googleapis.com", Some("10.1.2.3:4443"))]);
-        let Decision::Forward(route) = decide(&rules, &hello("tts.googleapis.com"), 443) else {
+        let Decision::Forward(route) =
+            decide(&rules, &hello("tts.googleapis.com"), 443, Mode::Monitor)
+        else {
             panic!("refused a name under an allowed wildcard");
         };
-        assert_eq!(route.rule.pattern.to_string(), "*.googleapis.com");
+        assert_eq!(route.rule.unwrap().pattern.to_string(), "*.googleapis.com");
         assert_eq!((route.port, route.pinned), (4443, true));
     }
 
@@ -78,9 +102,29 @@ mod tests {
     fn a_name_no_rule_allows_is_refused_as_not_allowed() {
         let rules = rules(&[("*.googleapis.com", None)]);
         // A wildcard does not cover the name it is written under.
-        let Decision::Refuse(rejection) = decide(&rules, &hello("googleapis.com"), 443) else {
+        let Decision::Refuse(rejection) =
+            decide(&rules, &hello("googleapis.com"), 443, Mode::Enforce)
+        else {
             panic!("forwarded a name no rule allows");
         };
         assert_eq!(rejection.reason(), "not_allowed");
+    }
+
+    #[test]
+    fn monitor_mode_forwards_a_name_no_rule_allows_to_itself() {
+        let rules = rules(&[("*.googleapis.com", Some("10.1.2.3:4443"))]);
+        let Decision::WouldRefuse(route) =
+            decide(&rules, &hello("example.org"), 8443, Mode::Monitor)
+        else {
+            panic!("monitor mode did not forward");
+        };
+        assert_eq!(route.rule, None);
+        assert_eq!(route.host, Host::Name("example.org".parse().unwrap()));
+        assert_eq!((route.port, route.pinned), (8443, false));
+        // An allowed name is an ordinary forward in either mode.
+        assert!(matches!(
+            decide(&rules, &hello("tts.googleapis.com"), 443, Mode::Monitor),
+            Decision::Forward(_)
+        ));
     }
 }

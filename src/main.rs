@@ -276,6 +276,7 @@ fn run(
             version = env!("CARGO_PKG_VERSION"),
             config = %path.display(),
             rules = config.rules.len(),
+            mode = config.mode.word(),
             admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "snirelay starting"
         );

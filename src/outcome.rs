@@ -184,6 +184,7 @@ pub const OUTCOMES: &[(&str, &str)] = &[
     ("forwarded", "upstream_reset"),
     ("forwarded", "idle_timeout"),
     ("forwarded", "shutdown"),
+    ("forwarded", "would_refuse"),
     ("rejected", "client_denied"),
     ("rejected", "proxy_untrusted"),
     ("rejected", "bad_proxy_header"),
@@ -316,6 +317,8 @@ mod tests {
         ] {
             seen.push(("forwarded", end.word()));
         }
+        // Monitor mode's forwards, whatever their end (see ConnectionLog::would_refuse).
+        seen.push(("forwarded", "would_refuse"));
         seen.sort();
         seen.dedup();
         let mut listed = OUTCOMES.to_vec();
@@ -374,6 +377,7 @@ mod tests {
             End::Shutdown,
         ] {
             logged.push((end.word(), None));
+            logged.push(("would_refuse", Some(end.word())));
         }
         for (reason, detail) in &logged {
             let row = rows.iter().find(|(reasons, _)| reasons.contains(reason));

@@ -114,8 +114,8 @@ pub struct DuplicateRule(pub Pattern);
 /// Where an allowed connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route<'a> {
-    /// The rule that allowed it.
-    pub rule: &'a Rule,
+    /// The rule that allowed it; `None` for a name forwarded in monitor mode.
+    pub rule: Option<&'a Rule>,
     /// The host to connect to.
     pub host: Host,
     /// The port to connect to.
@@ -177,13 +177,13 @@ impl Rules {
         let rule = self.find(name)?;
         Some(match &rule.upstream {
             Some(up) => Route {
-                rule,
+                rule: Some(rule),
                 host: up.host.clone(),
                 port: up.port,
                 pinned: true,
             },
             None => Route {
-                rule,
+                rule: Some(rule),
                 host: Host::Name(name.clone()),
                 port: upstream_port,
                 pinned: false,

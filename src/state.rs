@@ -99,17 +99,23 @@ impl Relay {
         &self.metrics
     }
 
-    /// Whether a balancer should send connections here, and if not, why not.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    /// Whether a balancer should send connections here: `Ok` with what to say (monitor mode
+    /// is said), or why not.
+    pub fn readiness(&self) -> Result<&'static str, &'static str> {
+        let settings = self.settings();
+        let monitoring = settings.config.monitoring();
         match self.phase.load(Ordering::Relaxed) {
             p if p == Phase::Starting as u8 => Err("not ready: the listeners are not open yet"),
             p if p == Phase::Draining as u8 => {
                 Err("not ready: shutting down; take this relay out of rotation")
             }
-            _ if self.settings().config.rules.is_empty() => Err(
+            _ if monitoring => Ok(
+                "ready (monitor mode: names no rule allows are forwarded, and logged as would_refuse)",
+            ),
+            _ if settings.config.rules.is_empty() => Err(
                 "not ready: no rules loaded (the allowlist is empty: every connection would be refused)",
             ),
-            _ => Ok(()),
+            _ => Ok("ready"),
         }
     }
 

@@ -39,10 +39,7 @@ pub async fn watchdog(relay: std::sync::Arc<Relay>, period: Duration) {
 fn status(relay: &Relay) -> String {
     let rules = relay.settings().config.rules.len();
     let active = relay.counters().active();
-    let state = match relay.readiness() {
-        Ok(()) => "ready",
-        Err(why) => why,
-    };
+    let state = relay.readiness().unwrap_or_else(|why| why);
     format!("{active} connections, {rules} rules; {state}")
 }
 

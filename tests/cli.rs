@@ -567,3 +567,16 @@ async fn start_up_says_what_runs_and_warns_about_a_resolve_no_rule_allows() {
     })
     .await
 }
+
+#[test]
+fn check_warns_about_monitor_mode_on_the_listeners_that_monitor() {
+    let path = fixture_dir().join("config/valid/monitor.json");
+    let out = snirelay(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("  mode: monitor\n"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("10.20.0.5:443 (enforce mode)"));
+    assert_eq!(
+        text(&out.stderr),
+        "warning: monitor mode on 0.0.0.0:443: names no rule allows are forwarded (logged as would_refuse), not refused; set \"mode\": \"enforce\" once the allowlist is complete\n"
+    );
+}

@@ -662,3 +662,87 @@ async fn private_answers_outside_private_destinations_are_forbidden() {
     })
     .await
 }
+
+/// Monitor mode: a name no rule allows goes to itself at `upstream_port`, logged as
+/// `would_refuse` with how it ended, counted under one fixed rule label; the destination
+/// policy and the hello checks still refuse; a listener set to enforce refuses.
+#[tokio::test]
+async fn monitor_mode_forwards_unlisted_names_and_says_so() {
+    within(async {
+        use common::hellogen::{hello, sni};
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let dns = dns_server(vec![
+            ("unlisted.example.net", ips(&["127.0.0.1"])),
+            ("private.example.net", ips(&["10.1.2.3"])),
+        ])
+        .await;
+        let mut config = json!({
+            "listen": ["127.0.0.1:0", {"addr": "127.0.0.2:0", "mode": "enforce"}],
+            "mode": "monitor",
+            "admin": "127.0.0.1:0",
+            "allow": ["*.relay.test"],
+            "upstream_port": upstream.addr.port(),
+            "resolver": {"nameservers": [dns.to_string()]},
+            "private_destinations": ["127.0.0.0/8"],
+        });
+        let mut relay = RelayProcess::start_with(config.take(), &[]).await;
+        // The monitoring listener (127.0.0.1) first, whichever said "listening" first.
+        relay.addrs.sort();
+        let admin = relay.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = common::http_get(&admin, "/readyz").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("ready (monitor mode"), "{body}");
+
+        let hello_bytes = hello_for("unlisted.example.net");
+        let got = through_relay(relay.addr(), &upstream, &[&hello_bytes]).await;
+        assert_eq!(got, hello_bytes);
+        let log = relay.next_connection().await;
+        assert_outcome(&log, "forwarded", "would_refuse");
+        assert_eq!(
+            (field(&log, "detail"), field(&log, "rule")),
+            ("closed", "(unlisted)")
+        );
+        let (_, metrics) = common::http_get(&admin, "/metrics").await;
+        assert!(
+            metrics.contains("snirelay_rule_connections_total{rule=\"(unlisted)\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                "snirelay_connections_total{outcome=\"forwarded\",reason=\"would_refuse\"} 1"
+            ),
+            "{metrics}"
+        );
+
+        // Still refused: a destination the policy forbids, and a bad hello.
+        expect_rejected(
+            &mut relay,
+            &upstream,
+            &hello_for("private.example.net"),
+            "forbidden_destination",
+        )
+        .await;
+        expect_rejected(
+            &mut relay,
+            &upstream,
+            &hello(&[sni("192.0.2.1")]),
+            "bad_sni",
+        )
+        .await;
+        // The listener set to enforce refuses what the others forward.
+        let enforcing = *relay
+            .addrs
+            .iter()
+            .find(|a| a.ip().to_string() == "127.0.0.2")
+            .unwrap();
+        let mut client = send_and_close(enforcing, &hello_for("unlisted.example.net")).await;
+        let _ = client.read_to_end(&mut Vec::new()).await;
+        let log = relay.next_connection().await;
+        assert_outcome(&log, "rejected", "not_allowed");
+        assert!(upstream.untouched());
+    })
+    .await
+}

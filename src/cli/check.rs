@@ -1,6 +1,6 @@
 //! `snirelay check`: what a valid configuration does, and what to look at twice. Pure.
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::rules::{Host, Pattern, Rule};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,7 +44,19 @@ pub fn redundant(config: &Config) -> Vec<String> {
 /// Settings an operator should look at twice.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
-    if config.rules.is_empty() {
+    let monitored: Vec<String> = config
+        .listen
+        .iter()
+        .filter(|l| l.mode.unwrap_or(config.mode) == Mode::Monitor)
+        .map(|l| l.addr.to_string())
+        .collect();
+    if !monitored.is_empty() {
+        warnings.push(format!(
+            "monitor mode on {}: names no rule allows are forwarded (logged as would_refuse), not refused; set \"mode\": \"enforce\" once the allowlist is complete",
+            monitored.join(", ")
+        ));
+    }
+    if config.rules.is_empty() && monitored.is_empty() {
         warnings.push(
             "allow is empty: every connection will be refused (not_allowed), and /readyz answers 503"
                 .to_owned(),
@@ -174,7 +186,7 @@ fn overview(path: &Path, config: &Config) -> String {
         "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard; of which {pinned} pinned to an upstream)\n  \
          listen: {listen}\n  upstream port: {port}\n  \
          timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s, lb grace {grace} s\n  \
-         max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n",
+         max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n  mode: {mode}\n",
         path = path.display(),
         total = config.rules.len(),
         exact = config.rules.len() - wildcards,
@@ -191,6 +203,7 @@ fn overview(path: &Path, config: &Config) -> String {
         drain = t.drain.as_secs(),
         grace = t.lb_grace.as_secs(),
         max = config.max_hello_bytes,
+        mode = config.mode.word(),
     )
 }
 

@@ -1,7 +1,7 @@
 //! The `listen` array: each entry an address string, or an object that also says whether
 //! the listener takes the PROXY protocol and from which balancers.
 
-use super::values::{Network, invalid, parse_string};
+use super::values::{Mode, Network, invalid, parse_string};
 use crate::proxy::Accept;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -18,6 +18,8 @@ pub struct Listener {
     pub name: Option<String>,
     /// `Some` when every connection starts with a PROXY protocol header from a balancer.
     pub proxy: Option<ProxyProtocol>,
+    /// This listener's own mode, over the file's.
+    pub mode: Option<Mode>,
 }
 
 impl Listener {
@@ -27,6 +29,7 @@ impl Listener {
             addr,
             name: None,
             proxy: None,
+            mode: None,
         }
     }
 }
@@ -74,7 +77,7 @@ impl<'de> Deserialize<'de> for ListenList {
     }
 }
 
-/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "proxy_protocol": ..., "trusted_proxies": [...] }`.
+/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "proxy_protocol": ..., "trusted_proxies": [...], "mode": ... }`.
 struct Entry(Listener);
 
 impl<'de> Deserialize<'de> for Entry {
@@ -90,7 +93,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(
-            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...]}",
+            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...], \"mode\": ...}",
         )
     }
 
@@ -109,6 +112,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             name: Option<FdName>,
             proxy_protocol: Option<AcceptWord>,
             trusted_proxies: Option<Vec<Network>>,
+            mode: Option<Mode>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
         let proxy = match (obj.proxy_protocol, obj.trusted_proxies) {
@@ -136,6 +140,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             addr: obj.addr,
             name: obj.name.map(|n| n.0),
             proxy,
+            mode: obj.mode,
         }))
     }
 }
@@ -193,6 +198,9 @@ impl fmt::Display for Listener {
             };
             let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
             write!(f, " (PROXY {version} from {})", trusted.join(", "))?;
+        }
+        if let Some(mode) = self.mode {
+            write!(f, " ({} mode)", mode.word())?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod listen;
 mod values;
 
 pub use listen::{Listener, ProxyProtocol};
+pub use values::Mode;
 
 use crate::rules::Rules;
 use allow::AllowList;
@@ -43,6 +44,15 @@ pub struct Config {
     pub limits: Limits,
     /// Where to serve /metrics, /healthz and /readyz; off when `None`.
     pub admin: Option<SocketAddr>,
+    /// What happens to names no rule allows, where a listener does not say.
+    pub mode: Mode,
+}
+
+impl Config {
+    /// Whether any listener forwards names no rule allows.
+    pub fn monitoring(&self) -> bool {
+        self.mode == Mode::Monitor || self.listen.iter().any(|l| l.mode == Some(Mode::Monitor))
+    }
 }
 
 /// Caps on concurrent connections.
@@ -202,6 +212,7 @@ impl Config {
                 max_pending_hellos: file.max_pending_hellos.0 as usize,
             },
             admin: file.admin.map(|a| a.0),
+            mode: file.mode.unwrap_or_default(),
         })
     }
 }
@@ -230,6 +241,7 @@ struct File {
     #[serde(default = "default_max_pending_hellos")]
     max_pending_hellos: Bounded<1, 10_000_000>,
     admin: Option<AdminAddr>,
+    mode: Option<Mode>,
 }
 
 #[derive(Deserialize)]

@@ -174,3 +174,35 @@ impl<'de> Deserialize<'de> for Network {
         })
     }
 }
+
+/// What happens to a name no rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Refused (`not_allowed`).
+    #[default]
+    Enforce,
+    /// Forwarded to the name itself anyway and logged as `would_refuse`: for learning what
+    /// an application needs before enforcing.
+    Monitor,
+}
+
+impl Mode {
+    /// The word the file and the logs use.
+    pub fn word(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "\"enforce\" or \"monitor\"";
+        parse_string(d, EXPECTED, |text| match text {
+            "enforce" => Ok(Mode::Enforce),
+            "monitor" => Ok(Mode::Monitor),
+            _ => Err(invalid(text, EXPECTED)),
+        })
+    }
+}

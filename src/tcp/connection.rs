@@ -1,7 +1,7 @@
 //! One connection, top to bottom: read the PROXY header (from a balancer) and the hello,
 //! decide, resolve, connect, forward, log.
 
-use crate::config::ProxyProtocol;
+use crate::config::Listener;
 use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
 use crate::hello::HelloReader;
@@ -39,7 +39,7 @@ const ALERT_LINGER_BYTES: usize = 64 * 1024;
 pub fn connection(
     client: TcpStream,
     mut log: ConnectionLog,
-    proxy: Option<Arc<ProxyProtocol>>,
+    listener: Arc<Listener>,
     relay: Arc<Relay>,
     settings: Arc<Settings>,
     mut slot: Slot,
@@ -51,7 +51,7 @@ pub fn connection(
         // connection's task keeps only the copy loop's state.
         let (client, upstream, preface) = match tokio::select! {
             biased;
-            opened = Box::pin(open(client, proxy.as_deref(), &settings, &mut slot, &mut log)) => opened,
+            opened = Box::pin(open(client, &listener, &settings, &mut slot, &mut log)) => opened,
             () = stop.cancelled() => Err(Rejection::Shutdown),
         } {
             Ok(parts) => parts,
@@ -74,12 +74,14 @@ pub fn connection(
 /// (the hello and whatever followed it).
 async fn open(
     client: TcpStream,
-    proxy: Option<&ProxyProtocol>,
+    listener: &Listener,
     settings: &Settings,
     slot: &mut Slot,
     log: &mut ConnectionLog,
 ) -> Result<(TcpStream, TcpStream, Vec<u8>), Rejection> {
     let config = &settings.config;
+    // Taken now: a byte kept across the awaits below is cheaper than the reference.
+    let mode = listener.mode.unwrap_or(config.mode);
     // The PROXY header and the hello share one deadline and one buffer, bounded by the
     // largest hello plus the largest header.
     let hello_deadline = Instant::now() + config.timeouts.hello;
@@ -87,7 +89,7 @@ async fn open(
 
     // Each phase is boxed on its own: a connection waiting for its hello must not hold
     // room for the DNS lookup's state, which is kilobytes.
-    if let Some(proxy) = proxy {
+    if let Some(proxy) = &listener.proxy {
         let header = timeout_at(
             hello_deadline,
             Box::pin(read_until(&client, &mut received, proxy::V2_MAX, |bytes| {
@@ -126,14 +128,20 @@ async fn open(
     slot.hello_done();
     log.hello(&hello);
 
-    let route = match decide(&config.rules, &hello, config.upstream_port) {
+    let route = match decide(&config.rules, &hello, config.upstream_port, mode) {
         Decision::Forward(route) => route,
+        Decision::WouldRefuse(route) => {
+            log.would_refuse();
+            route
+        }
         Decision::Refuse(rejection) => {
             Box::pin(refuse_with_alert(client)).await;
             return Err(rejection);
         }
     };
-    log.rule(route.rule.pattern.to_string());
+    if let Some(rule) = route.rule {
+        log.rule(rule.pattern.to_string());
+    }
 
     let deadline = Instant::now() + config.timeouts.connect;
     let (targets, source) = timeout_at(
@@ -147,7 +155,7 @@ async fn open(
     let (upstream, addr) = Box::pin(connect::happy_eyeballs(&targets, remaining)).await?;
     log.connected(addr);
     tune(&upstream);
-    if let Some(version) = route.rule.send_proxy {
+    if let Some(version) = route.rule.and_then(|rule| rule.send_proxy) {
         // The real client, and the address it connected to; ahead of everything replayed.
         let reached = client.local_addr().map_err(Rejection::ClientError)?;
         let header = proxy::encode(version, log.client(), reached)
@@ -275,10 +283,11 @@ mod tests {
         let addr = client.local_addr().unwrap();
         let slot = relay.counters().admit(addr.ip(), &limits).unwrap();
         let stop = CancellationToken::new();
+        let listener = Arc::new(Listener::plain(addr));
         let task = connection(
             client,
             ConnectionLog::new(addr, addr),
-            None,
+            listener.clone(),
             relay.clone(),
             settings,
             slot,
@@ -295,7 +304,7 @@ mod tests {
         let settings = relay.settings();
         let mut log = ConnectionLog::new(addr, addr);
         let (client, _peer) = pair().await;
-        let opening = open(client, None, &settings, &mut slot, &mut log);
+        let opening = open(client, &listener, &settings, &mut slot, &mut log);
         let size = std::mem::size_of_val(&opening);
         eprintln!("open future: {size} bytes");
         assert!(

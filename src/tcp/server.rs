@@ -59,7 +59,7 @@ pub async fn serve(
     for (listener, settings) in listeners {
         accept_loops.spawn(accept_loop(
             listener,
-            settings.proxy.map(Arc::new),
+            Arc::new(settings),
             relay.clone(),
             connections.clone(),
             accepting.clone(),
@@ -114,7 +114,7 @@ async fn next_stop(stops: &mut mpsc::UnboundedReceiver<Stop>) -> Stop {
 
 async fn accept_loop(
     listener: TcpListener,
-    proxy: Option<Arc<ProxyProtocol>>,
+    settings: Arc<Listener>,
     relay: Arc<Relay>,
     connections: TaskTracker,
     accepting: CancellationToken,
@@ -144,15 +144,15 @@ async fn accept_loop(
         if std::mem::take(&mut failing) {
             tracing::info!(listener = %local, "accept recovered");
         }
-        let settings = relay.settings();
-        match admit(&settings, proxy.as_deref(), peer, &relay) {
+        let running = relay.settings();
+        match admit(&running, settings.proxy.as_ref(), peer, &relay) {
             Ok(slot) => {
                 connections.spawn(connection(
                     client,
                     ConnectionLog::new(peer, local),
-                    proxy.clone(),
+                    settings.clone(),
                     relay.clone(),
-                    settings,
+                    running,
                     slot,
                     stop.clone(),
                 ));

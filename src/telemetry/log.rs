@@ -34,8 +34,14 @@ pub struct ConnectionLog {
     rule: Option<Box<str>>,
     upstream: Option<SocketAddr>,
     dns: Option<Source>,
+    /// Forwarded by monitor mode although no rule allows it.
+    would_refuse: bool,
     connect_done: Option<Duration>,
 }
+
+/// The rule label of connections monitor mode forwarded: one fixed value, never the name
+/// a client sent, so the metrics' label count stays bounded.
+pub const UNLISTED: &str = "(unlisted)";
 
 impl ConnectionLog {
     /// A connection from `client` accepted on `listener`, starting now.
@@ -50,6 +56,7 @@ impl ConnectionLog {
             rule: None,
             upstream: None,
             dns: None,
+            would_refuse: false,
             connect_done: None,
         }
     }
@@ -83,6 +90,14 @@ impl ConnectionLog {
         self.rule = Some(rule.into());
     }
 
+    /// No rule allows the name; monitor mode forwards it anyway. A forwarded connection is
+    /// then logged with reason `would_refuse` (how it ended becomes the detail), under the
+    /// rule label [`UNLISTED`].
+    pub fn would_refuse(&mut self) {
+        self.would_refuse = true;
+        self.rule = Some(UNLISTED.into());
+    }
+
     /// Where the destination's addresses came from.
     pub fn dns(&mut self, source: Source) {
         self.dns = Some(source);
@@ -101,6 +116,14 @@ impl ConnectionLog {
         let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
         let hello = self.hello.as_ref();
         let (outcome, reason, detail, side, transfer, error) = match &result {
+            Ok(t) if self.would_refuse => (
+                "forwarded",
+                "would_refuse",
+                Some(t.end.word()),
+                t.end.side(),
+                Some(*t),
+                None,
+            ),
             Ok(t) => (
                 "forwarded",
                 t.end.word(),

@@ -116,7 +116,10 @@ impl RelayProcess {
             .args(args)
             .env("RUST_LOG", "info");
         let (child, mut logs) = spawn_logged_from(launcher, stdin);
-        let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
+        let listeners = match args.iter().filter(|a| **a == "--listen").count() {
+            0 => config["listen"].as_array().map_or(1, Vec::len),
+            given => given,
+        };
         let mut addrs = Vec::new();
         let mut early = std::collections::VecDeque::new();
         while addrs.len() < listeners {
