@@ -580,3 +580,19 @@ fn check_warns_about_monitor_mode_on_the_listeners_that_monitor() {
         "warning: monitor mode on 0.0.0.0:443: names no rule allows are forwarded (logged as would_refuse), not refused; set \"mode\": \"enforce\" once the allowlist is complete\n"
     );
 }
+
+/// Every rules file in examples/ is valid, draws no warning, and has its row in the README.
+#[test]
+fn the_example_rules_files_pass_check_and_are_in_the_readme() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let examples = json_files(&root.join("examples"));
+    assert_eq!(examples.len(), 5);
+    for file in examples {
+        let out = snirelay(&["check", "--config", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", file.display(), text(&out.stderr));
+        assert_eq!(text(&out.stderr), "", "{}", file.display());
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(readme.contains(&format!("| `examples/{name}` |")), "README lacks {name}");
+    }
+}
