@@ -62,10 +62,18 @@ enum Command {
         #[arg(long, default_value = "rules.json")]
         config: PathBuf,
     },
-    /// From a client machine: a TLS handshake through the relay for NAME, and who answered.
+    /// From a client machine: a TLS handshake through the relay for NAME (or, with --all,
+    /// for every exact name in the rules), and who answered.
     Probe {
         /// The server name to ask for.
-        name: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Probe every exact name in the rules file instead, one line each.
+        #[arg(long)]
+        all: bool,
+        /// The rules file, for --all.
+        #[arg(long, default_value = "rules.json", requires = "all")]
+        config: PathBuf,
         /// The relay: IP or host, with an optional port (default 443).
         #[arg(long, value_name = "ADDR[:PORT]")]
         relay: String,
@@ -98,15 +106,18 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Probe {
             name,
+            all,
+            config,
             relay,
             cacert,
             timeout_s,
-        } => probe(
-            &name,
-            &relay,
-            cacert.as_deref(),
-            Duration::from_secs(timeout_s),
-        ),
+        } => {
+            let limit = Duration::from_secs(timeout_s);
+            match name {
+                Some(name) if !all => probe(&name, &relay, cacert.as_deref(), limit),
+                _ => probe_all(&config, &relay, cacert.as_deref(), limit),
+            }
+        }
         Command::Hosts { relay, config } => match Config::load(&config) {
             Ok(loaded) => {
                 let block = cli::hosts::hosts_block(&loaded, relay, &config.display().to_string());
@@ -164,16 +175,49 @@ fn repeated(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     addrs.iter().copied().find(|a| !seen.insert(*a))
 }
 
-fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// A runtime for the one-shot commands.
+fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("snirelay: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
+        })
+}
+
+/// `probe --all`: every exact name in the rules, one line each; fails if any fails.
+fn probe_all(config: &Path, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
         }
+    };
+    let runtime = match small_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let lines = runtime.block_on(cli::probe::probe_all(&config.rules, relay, cacert, limit));
+    let mut out = String::new();
+    let mut failed = false;
+    for (name, line) in lines {
+        failed |= line.is_err();
+        out.push_str(&format!("{name}: {}\n", line.unwrap_or_else(|e| e)));
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+    let runtime = match small_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     match runtime.block_on(cli::probe::probe(name, relay, cacert, limit)) {
         Ok(answer) => {

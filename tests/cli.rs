@@ -573,7 +573,11 @@ fn check_warns_about_monitor_mode_on_the_listeners_that_monitor() {
     let path = fixture_dir().join("config/valid/monitor.json");
     let out = snirelay(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains("  mode: monitor\n"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("  mode: monitor\n"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(text(&out.stdout).contains("10.20.0.5:443 (enforce mode)"));
     assert_eq!(
         text(&out.stderr),
@@ -590,9 +594,18 @@ fn the_example_rules_files_pass_check_and_are_in_the_readme() {
     assert_eq!(examples.len(), 5);
     for file in examples {
         let out = snirelay(&["check", "--config", file.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}: {}", file.display(), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            file.display(),
+            text(&out.stderr)
+        );
         assert_eq!(text(&out.stderr), "", "{}", file.display());
         let name = file.file_name().unwrap().to_str().unwrap();
-        assert!(readme.contains(&format!("| `examples/{name}` |")), "README lacks {name}");
+        assert!(
+            readme.contains(&format!("| `examples/{name}` |")),
+            "README lacks {name}"
+        );
     }
 }

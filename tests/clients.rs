@@ -268,3 +268,45 @@ async fn probe_reports_who_answered_or_exactly_why_not() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_all_checks_every_exact_name_in_the_rules() {
+    within(async {
+        let pki = pki(&[NAME]);
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let relay = RelayProcess::start(pinned_config(
+            &[NAME, "mismatch.example.com", "*.wild.example.com"],
+            upstream.addr,
+        ))
+        .await;
+        serve_https(upstream, &pki);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write_ca(dir.path(), &pki);
+        let (at, rules) = (relay.addr().to_string(), relay.config_path());
+        let args = |rules: std::path::PathBuf| {
+            let (at, ca) = (at.clone(), ca.clone());
+            tokio::task::spawn_blocking(move || {
+                let rules = rules.to_str().unwrap().to_owned();
+                probe(&["--all", "--relay", &at, "--cacert", &ca, "--config", &rules])
+            })
+        };
+        let out = args(rules.clone()).await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "one name fails");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(lines.len(), 3, "{said}");
+        assert!(lines[0].starts_with(&format!("{NAME}: ok (TLSv1_3, ")), "{said}");
+        assert!(lines[0].ends_with(&format!("subject CN={NAME})")), "{said}");
+        assert!(
+            lines[1].starts_with("mismatch.example.com: certificate rejected: it is not valid for mismatch.example.com"),
+            "{said}"
+        );
+        assert_eq!(lines[2], "*.wild.example.com: skipped: a wildcard; probe a name under it");
+
+        let only_good = dir.path().join("rules.json");
+        std::fs::write(&only_good, format!(r#"{{"allow": ["{NAME}"]}}"#)).unwrap();
+        let out = args(only_good).await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    })
+    .await
+}

@@ -1,6 +1,7 @@
 //! `snirelay probe`: run on a client machine, it makes a TLS handshake through the relay for
 //! one name and reports who answered, or exactly why there was no answer.
 
+use crate::rules::{Pattern, Rules};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError, RootCertStore};
@@ -154,6 +155,48 @@ async fn close(mut tls: tokio_rustls::client::TlsStream<TcpStream>) {
 
 /// How long a probe waits for the server to close after its own close_notify.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Probes every exact name in `rules` through `relay` at once; for each name in rule order,
+/// a one-line summary (`Ok`) or why it failed (`Err`). Wildcard rules are listed as skipped:
+/// there is no one name to ask for.
+pub async fn probe_all(
+    rules: &Rules,
+    relay: &str,
+    cacert: Option<&Path>,
+    limit: Duration,
+) -> Vec<(String, Result<String, String>)> {
+    let mut running = tokio::task::JoinSet::new();
+    let mut lines = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let name = rule.pattern.to_string();
+        if let Pattern::Exact(_) = rule.pattern {
+            let (relay, cacert) = (relay.to_owned(), cacert.map(Path::to_owned));
+            let asked = name.clone();
+            running.spawn(async move {
+                let answer = probe(&asked, &relay, cacert.as_deref(), limit).await;
+                (index, answer)
+            });
+            lines.push((name, Err(String::new())));
+        } else {
+            lines.push((
+                name,
+                Ok("skipped: a wildcard; probe a name under it".to_owned()),
+            ));
+        }
+    }
+    while let Some(Ok((index, answer))) = running.join_next().await {
+        lines[index].1 = match answer {
+            Ok(a) => Ok(format!(
+                "ok ({}, {:.1} ms, subject {})",
+                a.version,
+                (a.connect + a.handshake).as_secs_f64() * 1e3,
+                a.subject
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    lines
+}
 
 fn with_default_port(relay: &str) -> String {
     if relay.parse::<std::net::SocketAddr>().is_ok() {
