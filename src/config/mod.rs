@@ -128,7 +128,6 @@ fn comment_at(text: &str, line: usize, column: usize) -> Option<&'static str> {
         .chars()
         .skip(column.saturating_sub(1))
         .collect();
-    let rest = rest.trim_start();
     ["//", "/*"]
         .into_iter()
         .find(|opener| rest.starts_with(opener))
@@ -170,18 +169,19 @@ impl Config {
                 Some(at) => full[..at].to_owned(),
                 None => full,
             };
-            if let Some(comment) = comment_at(text, e.line(), e.column()) {
+            // serde_json says column 0 for an error before the first character.
+            let column = e.column().max(1);
+            if let Some(comment) = comment_at(text, e.line(), column) {
                 return invalid(
                     e.line(),
-                    e.column(),
+                    column,
                     &format!("JSON has no comments: remove this `{comment}` comment"),
                 );
             }
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line: e.line(),
-                // serde_json says column 0 for an error before the first character.
-                column: e.column().max(1),
+                column,
                 message,
             }
         })?;
@@ -306,4 +306,29 @@ fn default_idle_s() -> Bounded<1, 604_800> {
 }
 fn default_drain_s() -> Bounded<0, 86_400> {
     Bounded(30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the config fuzz target: an error reported at column 0 (before the first
+    /// character of a line) came out at column 0, and a comment later on the line was
+    /// blamed for what was an unterminated string.
+    #[test]
+    fn an_error_before_a_comment_is_not_blamed_on_it() {
+        let Err(ConfigError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        }) = Config::parse("{\n\"h\n /*", Path::new("t.json"))
+        else {
+            panic!("parsed");
+        };
+        assert!(line >= 1 && column >= 1, "{line}:{column}");
+        assert!(!message.contains("comment"), "{message}");
+        assert_eq!(comment_at("{\n  // note\n", 2, 3), Some("//"));
+        assert_eq!(comment_at("{\n  // note\n", 2, 1), None);
+    }
 }
