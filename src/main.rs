@@ -84,15 +84,44 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_s: u64,
     },
-    /// Print the /etc/hosts lines that point the client machines at the relay.
+    /// Print what points the client machines at the relay: /etc/hosts lines, or
+    /// configuration for the DNS server they use.
     Hosts {
-        /// The relay's address as the clients reach it.
-        #[arg(long, value_name = "IP")]
-        relay: IpAddr,
+        /// The relay's address as the clients reach it: its IPv4 address, and optionally
+        /// its IPv6 one (given twice; without it, AAAA answers use the IPv4-mapped form).
+        #[arg(long, value_name = "IP", required = true)]
+        relay: Vec<IpAddr>,
         /// The rules file.
         #[arg(long, default_value = "rules.json")]
         config: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = HostsFormat::Hosts)]
+        format: HostsFormat,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HostsFormat {
+    Hosts,
+    Dnsmasq,
+    Unbound,
+    Bind,
+    Coredns,
+    Json,
+}
+
+impl From<HostsFormat> for cli::hosts::Format {
+    fn from(format: HostsFormat) -> Self {
+        use cli::hosts::Format;
+        match format {
+            HostsFormat::Hosts => Format::Hosts,
+            HostsFormat::Dnsmasq => Format::Dnsmasq,
+            HostsFormat::Unbound => Format::Unbound,
+            HostsFormat::Bind => Format::Bind,
+            HostsFormat::Coredns => Format::Coredns,
+            HostsFormat::Json => Format::Json,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,17 +147,11 @@ fn main() -> ExitCode {
                 _ => probe_all(&config, &relay, cacert.as_deref(), limit),
             }
         }
-        Command::Hosts { relay, config } => match Config::load(&config) {
-            Ok(loaded) => {
-                let block = cli::hosts::hosts_block(&loaded, relay, &config.display().to_string());
-                let _ = std::io::stdout().write_all(block.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Hosts {
+            relay,
+            config,
+            format,
+        } => hosts(&relay, &config, format.into()),
         Command::Run {
             config: path,
             listen,
@@ -159,6 +182,27 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn hosts(relay: &[IpAddr], path: &Path, format: cli::hosts::Format) -> ExitCode {
+    let relay = match cli::hosts::RelayAddrs::from_given(relay) {
+        Ok(relay) => relay,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            let text = cli::hosts::render(&config, relay, format, &path.display().to_string());
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -2,5 +2,6 @@
 //! can be tested without a process.
 
 pub mod check;
+mod dns;
 pub mod hosts;
 pub mod probe;

@@ -522,11 +522,23 @@ impl Pki {
 
 /// A DNS server on loopback answering A/AAAA from a table; names not in it get NXDOMAIN.
 pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> SocketAddr {
+    recording_dns_server(table).await.0
+}
+
+/// Every query a [`recording_dns_server`] was asked, as `NAME TYPE` (`a.example.com AAAA`).
+pub type Asked = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`dns_server`], also recording every query it is asked.
+pub async fn recording_dns_server(
+    table: Vec<(&'static str, Vec<std::net::IpAddr>)>,
+) -> (SocketAddr, Asked) {
     use hickory_proto::op::{Message, ResponseCode};
     use hickory_proto::rr::rdata::{A, AAAA, SOA};
     use hickory_proto::rr::{Name, RData, Record, RecordType};
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
+    let asked = Asked::default();
+    let recording = asked.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -541,6 +553,14 @@ pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> So
             reply.metadata.recursion_available = true;
             reply.metadata.authoritative = true;
             for q in &query.queries {
+                recording.lock().unwrap().push(format!(
+                    "{} {}",
+                    q.name()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                    q.query_type()
+                ));
                 reply.add_query(q.clone());
                 let asked = q
                     .name()
@@ -574,5 +594,43 @@ pub async fn dns_server(table: Vec<(&'static str, Vec<std::net::IpAddr>)>) -> So
             let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
         }
     });
-    addr
+    (addr, asked)
+}
+
+/// Asks `server` for `name`'s records of type `kind` (A or AAAA) over UDP; the addresses in
+/// the answer.
+pub async fn dns_query(server: SocketAddr, name: &str, kind: &str) -> Vec<std::net::IpAddr> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let kind = match kind {
+        "A" => RecordType::A,
+        _ => RecordType::AAAA,
+    };
+    let mut message = Message::query();
+    message.metadata.id = 7;
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(
+        Name::from_ascii(format!("{name}.")).unwrap(),
+        kind,
+    ));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&message.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(PATIENCE, socket.recv_from(&mut buf))
+        .await
+        .expect("no DNS answer")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    reply
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(std::net::IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect()
 }
