@@ -5,6 +5,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use snirelay::cli;
+
+mod commands;
 use snirelay::config::{Config, Listener};
 use snirelay::net::handover::Role;
 use snirelay::net::listen;
@@ -13,10 +15,9 @@ use snirelay::resolve::Pin;
 use snirelay::state::{Relay, Settings};
 use snirelay::tcp::server::{self, Stop};
 use snirelay::upgrade;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,17 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_s: u64,
     },
+    /// From the relay's JSON log lines: the names clients asked for, by registrable domain,
+    /// how each was decided, and the rules that would allow the refused ones.
+    Suggest {
+        /// A log file (`.gz` too; repeatable); standard input when none is given.
+        #[arg(long = "log", value_name = "FILE")]
+        logs: Vec<PathBuf>,
+        /// Print this rules file with the proposal merged in, validated, instead of the
+        /// report (which then goes to standard error).
+        #[arg(long, value_name = "RULES")]
+        merge: Option<PathBuf>,
+    },
     /// Print what points the client machines at the relay: /etc/hosts lines, or
     /// configuration for the DNS server they use.
     Hosts {
@@ -132,7 +144,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => commands::check(&config),
         Command::Probe {
             name,
             all,
@@ -143,15 +155,16 @@ fn main() -> ExitCode {
         } => {
             let limit = Duration::from_secs(timeout_s);
             match name {
-                Some(name) if !all => probe(&name, &relay, cacert.as_deref(), limit),
-                _ => probe_all(&config, &relay, cacert.as_deref(), limit),
+                Some(name) if !all => commands::probe(&name, &relay, cacert.as_deref(), limit),
+                _ => commands::probe_all(&config, &relay, cacert.as_deref(), limit),
             }
         }
         Command::Hosts {
             relay,
             config,
             format,
-        } => hosts(&relay, &config, format.into()),
+        } => commands::hosts(&relay, &config, format.into()),
+        Command::Suggest { logs, merge } => commands::suggest(&logs, merge.as_deref()),
         Command::Run {
             config: path,
             listen,
@@ -186,27 +199,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn hosts(relay: &[IpAddr], path: &Path, format: cli::hosts::Format) -> ExitCode {
-    let relay = match cli::hosts::RelayAddrs::from_given(relay) {
-        Ok(relay) => relay,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match Config::load(path) {
-        Ok(config) => {
-            let text = cli::hosts::render(&config, relay, format, &path.display().to_string());
-            let _ = std::io::stdout().write_all(text.as_bytes());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 /// What the command line sets instead of the config file.
 struct Overrides {
     listen: Vec<SocketAddr>,
@@ -217,92 +209,6 @@ struct Overrides {
 fn repeated(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     let mut seen = std::collections::HashSet::new();
     addrs.iter().copied().find(|a| !seen.insert(*a))
-}
-
-/// A runtime for the one-shot commands.
-fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("snirelay: cannot start the runtime: {e}");
-            ExitCode::from(1)
-        })
-}
-
-/// `probe --all`: every exact name in the rules, one line each; fails if any fails.
-fn probe_all(config: &Path, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
-    let config = match Config::load(config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match small_runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let lines = runtime.block_on(cli::probe::probe_all(&config.rules, relay, cacert, limit));
-    let mut out = String::new();
-    let mut failed = false;
-    for (name, line) in lines {
-        failed |= line.is_err();
-        out.push_str(&format!("{name}: {}\n", line.unwrap_or_else(|e| e)));
-    }
-    let _ = std::io::stdout().write_all(out.as_bytes());
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
-    let runtime = match small_runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    match runtime.block_on(cli::probe::probe(name, relay, cacert, limit)) {
-        Ok(answer) => {
-            let ms = |d: Duration| d.as_secs_f64() * 1e3;
-            let report = format!(
-                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n  {} handshake in {:.1} ms, ALPN {}\n  \
-                 subject: {}\n  issuer: {}\n  valid: {} to {}\n",
-                ms(answer.connect),
-                answer.version,
-                ms(answer.handshake),
-                answer.alpn.as_deref().unwrap_or("none"),
-                answer.subject,
-                answer.issuer,
-                answer.not_before,
-                answer.not_after,
-            );
-            let _ = std::io::stdout().write_all(report.as_bytes());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{name} via {relay}: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(cli::check::summary(path, &config).as_bytes());
-            for warning in cli::check::warnings(&config) {
-                eprintln!("warning: {warning}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -160,17 +160,21 @@ fn hosts_prints_the_client_block_for_the_shipped_rules() {
     assert_eq!(out.status.code(), Some(0));
     let block = text(&out.stdout);
     let lines: Vec<&str> = block.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(
-        lines,
-        [
-            "10.20.0.5 translation.googleapis.com",
-            "10.20.0.5 translate.googleapis.com",
-            "10.20.0.5 texttospeech.googleapis.com",
-            "10.20.0.5 oauth2.googleapis.com",
-            "10.20.0.5 www.googleapis.com",
-        ]
-    );
-    assert!(block.starts_with("# snirelay: names served through the relay at 10.20.0.5\n"));
+    let names = [
+        "translation.googleapis.com",
+        "translate.googleapis.com",
+        "texttospeech.googleapis.com",
+        "oauth2.googleapis.com",
+        "www.googleapis.com",
+    ];
+    let want: Vec<String> = names
+        .iter()
+        .flat_map(|n| [format!("10.20.0.5 {n}"), format!("::ffff:10.20.0.5 {n}")])
+        .collect();
+    assert_eq!(lines, want);
+    assert!(block.starts_with(
+        "# snirelay: names served through the relay at 10.20.0.5 and ::ffff:10.20.0.5\n"
+    ));
     let out = snirelay(&["hosts", "--relay", "not-an-ip"]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -608,4 +612,96 @@ fn the_example_rules_files_pass_check_and_are_in_the_readme() {
             "README lacks {name}"
         );
     }
+}
+
+/// `suggest` on log files as the relay writes them (one plain, one rotated and gzipped) and
+/// on standard input; `--merge` prints a rules file `check` accepts.
+#[test]
+fn suggest_reads_plain_and_gzipped_logs_and_merges_a_file_check_accepts() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let line = |sni: &str, outcome: &str, reason: &str, rule: &str| {
+        format!(
+            r#"{{"message":"connection","sni":"{sni}","outcome":"{outcome}","reason":"{reason}","rule":"{rule}"}}"#
+        )
+    };
+    let current = dir.path().join("snirelay.log");
+    std::fs::write(
+        &current,
+        [
+            line(
+                "storage.googleapis.com",
+                "forwarded",
+                "closed",
+                "storage.googleapis.com",
+            ),
+            line(
+                "a.storage.googleapis.com",
+                "forwarded",
+                "would_refuse",
+                "(unlisted)",
+            ),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let rotated = dir.path().join("snirelay.log.1.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&rotated).unwrap(),
+        flate2::Compression::default(),
+    );
+    writeln!(
+        gz,
+        "{}",
+        line("b.storage.googleapis.com", "rejected", "not_allowed", "")
+    )
+    .unwrap();
+    gz.finish().unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, r#"{"allow": ["storage.googleapis.com"]}"#).unwrap();
+
+    let out = snirelay(&[
+        "suggest",
+        "--log",
+        current.to_str().unwrap(),
+        "--log",
+        rotated.to_str().unwrap(),
+        "--merge",
+        rules.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("proposed additions to allow:\n  \"*.storage.googleapis.com\"\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let merged = dir.path().join("merged.json");
+    std::fs::write(&merged, &out.stdout).unwrap();
+    let check = snirelay(&["check", "--config", merged.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(
+        text(&check.stdout).contains("rules: 2 (1 exact, 1 wildcard"),
+        "{}",
+        text(&check.stdout)
+    );
+
+    // Standard input, no merge: the report on standard output.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+        .arg("suggest")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line("www.example.org", "rejected", "not_allowed", "").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "example.org\n  www.example.org: 1 not_allowed\n\nproposed additions to allow:\n  \"www.example.org\"\n"
+    );
 }

@@ -5,3 +5,4 @@ pub mod check;
 mod dns;
 pub mod hosts;
 pub mod probe;
+pub mod suggest;

@@ -147,10 +147,12 @@ pub struct Predecessor {
     path: PathBuf,
 }
 
+/// The sockets a running relay handed over, each with its role, and the relay itself.
+pub type Taken = (Vec<(Role, OwnedFd)>, Predecessor);
+
 /// Asks the relay serving `path` for its sockets. `Ok(None)` when no relay is there: no
 /// file, or a file nobody listens on (left by a relay that was killed).
-#[allow(clippy::type_complexity)]
-pub fn take(path: &Path) -> Result<Option<(Vec<(Role, OwnedFd)>, Predecessor)>, HandoverError> {
+pub fn take(path: &Path) -> Result<Option<Taken>, HandoverError> {
     let stream = match UnixStream::connect(path) {
         Ok(stream) => stream,
         Err(e)

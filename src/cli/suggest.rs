@@ -1,0 +1,181 @@
+//! `snirelay suggest`: from the relay's own JSON log lines, the names clients asked for,
+//! grouped by registrable domain (the Public Suffix List, from the `psl` crate), with how
+//! each was decided, and the rules that would allow the ones refused (or only monitored).
+//! Pure but for reading: lines in, text out.
+
+use crate::config::Config;
+use crate::rules::{Pattern, Rules};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::io::BufRead;
+
+/// The rule label monitor mode logs; not a rule.
+const UNLISTED: &str = crate::telemetry::log::UNLISTED;
+
+/// Per decision word, how many connections.
+type Decided = BTreeMap<String, u64>;
+
+/// What the log lines say of each name.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Per name, per decision word, how many connections.
+    decided: BTreeMap<String, Decided>,
+    /// Names some rule allowed.
+    allowed: BTreeSet<String>,
+    /// Lines that were not connection lines with a name.
+    pub skipped: u64,
+}
+
+impl Seen {
+    /// Reads log lines (`--log-format json`), counting each connection line by its name.
+    pub fn read(&mut self, lines: impl BufRead) -> std::io::Result<()> {
+        for line in lines.lines() {
+            self.line(&line?);
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &str) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            self.skipped += 1;
+            return;
+        };
+        let field = |key: &str| value[key].as_str();
+        let (Some("connection"), Some(sni), Some(outcome), Some(reason)) = (
+            field("message"),
+            field("sni"),
+            field("outcome"),
+            field("reason"),
+        ) else {
+            self.skipped += 1;
+            return;
+        };
+        let name = sni.to_ascii_lowercase();
+        let decision = match (outcome, reason) {
+            (_, "not_allowed" | "would_refuse") => reason,
+            ("forwarded", _) => "forwarded",
+            _ => reason,
+        };
+        if field("rule").is_some_and(|rule| !rule.is_empty() && rule != UNLISTED) {
+            self.allowed.insert(name.clone());
+        }
+        *self
+            .decided
+            .entry(name)
+            .or_default()
+            .entry(decision.to_owned())
+            .or_default() += 1;
+    }
+}
+
+/// The registrable domain of `name` (`translation.googleapis.com` → `googleapis.com`), or
+/// the name itself when the list has none.
+fn domain(name: &str) -> &str {
+    psl::domain_str(name).unwrap_or(name)
+}
+
+/// Whether a wildcard under `parent` could be proposed: not a top-level domain, not a
+/// public suffix (`*.com`, `*.appspot.com`).
+fn wildcard_allowed(parent: &str) -> bool {
+    parent.contains('.') && psl::suffix_str(parent) != Some(parent)
+}
+
+/// The patterns that would allow the names refused (`not_allowed`) or only monitored
+/// (`would_refuse`): one wildcard where two or more share a parent under a registrable
+/// domain something is already allowed in, exact names otherwise. `rules` are the running
+/// rules, when known; names they already allow are left out.
+pub fn propose(seen: &Seen, rules: Option<&Rules>) -> Vec<String> {
+    let allowed_by_rules = |name: &str| {
+        let Some(rules) = rules else { return false };
+        name.parse::<crate::hostname::Hostname>()
+            .is_ok_and(|n| rules.route(&n, 443).is_some())
+    };
+    let mut allowed_domains: BTreeSet<&str> = seen.allowed.iter().map(|n| domain(n)).collect();
+    if let Some(rules) = rules {
+        for rule in rules.iter() {
+            allowed_domains.insert(domain(match &rule.pattern {
+                Pattern::Exact(name) | Pattern::Wildcard(name) => name.as_str(),
+            }));
+        }
+    }
+    let wanted: Vec<&str> = seen
+        .decided
+        .iter()
+        .filter(|(name, decided)| {
+            (decided.contains_key("not_allowed") || decided.contains_key("would_refuse"))
+                && !seen.allowed.contains(*name)
+                && !allowed_by_rules(name)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut by_parent: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for name in &wanted {
+        if let Some((_, parent)) = name.split_once('.') {
+            by_parent.entry(parent).or_default().push(name);
+        }
+    }
+    let mut proposed: Vec<String> = Vec::new();
+    let mut covered: BTreeSet<&str> = BTreeSet::new();
+    for (parent, names) in &by_parent {
+        if names.len() >= 2 && wildcard_allowed(parent) && allowed_domains.contains(domain(parent))
+        {
+            proposed.push(format!("*.{parent}"));
+            covered.extend(names.iter().copied());
+        }
+    }
+    proposed.extend(
+        wanted
+            .iter()
+            .filter(|n| !covered.contains(*n))
+            .map(|n| (*n).to_owned()),
+    );
+    proposed.sort_by(|a, b| {
+        let key = |p: &str| (domain(p.trim_start_matches("*.")).to_owned(), p.to_owned());
+        key(a).cmp(&key(b))
+    });
+    proposed
+}
+
+/// The report: names by registrable domain with their decisions, then the proposal.
+pub fn report(seen: &Seen, proposed: &[String]) -> String {
+    let mut by_domain: BTreeMap<&str, Vec<(&String, &Decided)>> = BTreeMap::new();
+    for (name, decided) in &seen.decided {
+        by_domain
+            .entry(domain(name))
+            .or_default()
+            .push((name, decided));
+    }
+    let mut out = String::new();
+    for (domain, names) in by_domain {
+        let _ = writeln!(out, "{domain}");
+        for (name, decided) in names {
+            let counts: Vec<String> = decided.iter().map(|(d, n)| format!("{n} {d}")).collect();
+            let _ = writeln!(out, "  {name}: {}", counts.join(", "));
+        }
+    }
+    if proposed.is_empty() {
+        out.push_str("\nnothing to add: every name seen is allowed\n");
+    } else {
+        out.push_str("\nproposed additions to allow:\n");
+        for pattern in proposed {
+            let _ = writeln!(out, "  {}", serde_json::Value::from(pattern.as_str()));
+        }
+    }
+    out
+}
+
+/// `text` (a rules file) with `proposed` appended to its `allow`, validated as `check`
+/// validates a file.
+pub fn merge(text: &str, path: &std::path::Path, proposed: &[String]) -> Result<String, String> {
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let allow = value["allow"]
+        .as_array_mut()
+        .ok_or_else(|| format!("{}: no allow array to merge into", path.display()))?;
+    allow.extend(proposed.iter().map(|p| serde_json::Value::from(p.as_str())));
+    let merged = format!("{value:#}\n");
+    Config::parse(&merged, path).map_err(|e| format!("the merged file would not load: {e}"))?;
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests;

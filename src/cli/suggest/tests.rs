@@ -1,0 +1,110 @@
+use super::*;
+use std::path::Path;
+
+fn line(sni: &str, outcome: &str, reason: &str, rule: Option<&str>) -> String {
+    let mut value = serde_json::json!({
+        "message": "connection", "sni": sni, "outcome": outcome, "reason": reason,
+    });
+    if let Some(rule) = rule {
+        value["rule"] = rule.into();
+    }
+    value.to_string()
+}
+
+fn seen(lines: &[String]) -> Seen {
+    let mut seen = Seen::default();
+    seen.read(lines.join("\n").as_bytes()).unwrap();
+    seen
+}
+
+fn sample() -> Seen {
+    seen(&[
+        line(
+            "translation.googleapis.com",
+            "forwarded",
+            "closed",
+            Some("translation.googleapis.com"),
+        ),
+        line(
+            "translation.googleapis.com",
+            "forwarded",
+            "client_reset",
+            Some("translation.googleapis.com"),
+        ),
+        line(
+            "storage.googleapis.com",
+            "forwarded",
+            "closed",
+            Some("storage.googleapis.com"),
+        ),
+        line("a.storage.googleapis.com", "rejected", "not_allowed", None),
+        line(
+            "b.storage.googleapis.com",
+            "forwarded",
+            "would_refuse",
+            Some("(unlisted)"),
+        ),
+        line("www.example.org", "rejected", "not_allowed", None),
+        line("one.appspot.com", "rejected", "not_allowed", None),
+        line("two.appspot.com", "rejected", "not_allowed", None),
+        line("x.com", "rejected", "not_allowed", None),
+        line("y.com", "rejected", "not_allowed", None),
+        "not json".to_owned(),
+        r#"{"message": "listening", "addr": "0.0.0.0:443"}"#.to_owned(),
+    ])
+}
+
+#[test]
+fn names_are_grouped_by_registrable_domain_with_their_decisions() {
+    let seen = sample();
+    assert_eq!(seen.skipped, 2);
+    let report = report(&seen, &[]);
+    // googleapis.com and appspot.com are public suffixes (the list's private section): each
+    // name under them is its own registrable domain.
+    assert!(
+        report.contains("storage.googleapis.com\n  a.storage.googleapis.com: 1 not_allowed\n  b.storage.googleapis.com: 1 would_refuse\n  storage.googleapis.com: 1 forwarded\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("translation.googleapis.com\n  translation.googleapis.com: 2 forwarded\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("one.appspot.com\n  one.appspot.com: 1 not_allowed\n"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_wildcard_only_under_an_allowed_domain_and_never_a_public_suffix() {
+    let proposed = propose(&sample(), None);
+    assert_eq!(
+        proposed,
+        [
+            "www.example.org",
+            "one.appspot.com",
+            "*.storage.googleapis.com",
+            "two.appspot.com",
+            "x.com",
+            "y.com"
+        ]
+    );
+}
+
+#[test]
+fn names_the_rules_already_allow_are_not_proposed_and_the_merge_loads() {
+    let text = r#"{"allow": ["a.storage.googleapis.com", "example.org", "*.com.example"]}"#;
+    let path = Path::new("rules.json");
+    let config = Config::parse(text, path).unwrap();
+    let proposed = propose(&sample(), Some(&config.rules));
+    assert!(
+        !proposed
+            .iter()
+            .any(|p| p == "a.storage.googleapis.com" || p.starts_with("*.storage"))
+    );
+    // www.example.org alone under an allowed domain: an exact name, not a wildcard.
+    assert!(proposed.iter().any(|p| p == "www.example.org"));
+    let merged = merge(text, path, &proposed).unwrap();
+    let merged = Config::parse(&merged, path).unwrap();
+    assert_eq!(merged.rules.len(), 3 + proposed.len());
+}

@@ -1,0 +1,168 @@
+//! The operator commands besides `run`, as the binary runs them: load, compute (in the
+//! library's `cli` modules), print, and choose the exit code. Part of the binary, not the
+//! library.
+
+use snirelay::cli;
+use snirelay::config::Config;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn suggest(logs: &[PathBuf], merge: Option<&Path>) -> ExitCode {
+    use cli::suggest::{Seen, propose, report};
+    let mut seen = Seen::default();
+    let read = if logs.is_empty() {
+        seen.read(std::io::stdin().lock())
+            .map_err(|e| format!("standard input: {e}"))
+    } else {
+        logs.iter().try_for_each(|path| {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let gz = path.extension().is_some_and(|e| e == "gz");
+            let reader: Box<dyn std::io::Read> = if gz {
+                Box::new(flate2::read::MultiGzDecoder::new(file))
+            } else {
+                Box::new(file)
+            };
+            seen.read(std::io::BufReader::new(reader))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+    };
+    if let Err(e) = read {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let Some(path) = merge else {
+        let proposed = propose(&seen, None);
+        let _ = std::io::stdout().write_all(report(&seen, &proposed).as_bytes());
+        return ExitCode::SUCCESS;
+    };
+    let merged = Config::read(path).and_then(|text| Ok((Config::parse(&text, path)?, text)));
+    let (config, text) = match merged {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let proposed = propose(&seen, Some(&config.rules));
+    eprint!("{}", report(&seen, &proposed));
+    match cli::suggest::merge(&text, path, &proposed) {
+        Ok(merged) => {
+            let _ = std::io::stdout().write_all(merged.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn hosts(relay: &[IpAddr], path: &Path, format: cli::hosts::Format) -> ExitCode {
+    let relay = match cli::hosts::RelayAddrs::from_given(relay) {
+        Ok(relay) => relay,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            let text = cli::hosts::render(&config, relay, format, &path.display().to_string());
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A runtime for the one-shot commands.
+fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("snirelay: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+/// `probe --all`: every exact name in the rules, one line each; fails if any fails.
+pub fn probe_all(config: &Path, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match small_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let lines = runtime.block_on(cli::probe::probe_all(&config.rules, relay, cacert, limit));
+    let mut out = String::new();
+    let mut failed = false;
+    for (name, line) in lines {
+        failed |= line.is_err();
+        out.push_str(&format!("{name}: {}\n", line.unwrap_or_else(|e| e)));
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+    let runtime = match small_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(cli::probe::probe(name, relay, cacert, limit)) {
+        Ok(answer) => {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let report = format!(
+                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n  {} handshake in {:.1} ms, ALPN {}\n  \
+                 subject: {}\n  issuer: {}\n  valid: {} to {}\n",
+                ms(answer.connect),
+                answer.version,
+                ms(answer.handshake),
+                answer.alpn.as_deref().unwrap_or("none"),
+                answer.subject,
+                answer.issuer,
+                answer.not_before,
+                answer.not_after,
+            );
+            let _ = std::io::stdout().write_all(report.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name} via {relay}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(cli::check::summary(path, &config).as_bytes());
+            for warning in cli::check::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
