@@ -476,15 +476,10 @@ mod outbound {
                     { "name": "v2.example.com", "upstream": upstream.addr.to_string(), "send_proxy": "v2" },
                 ],
             });
-            let relay = RelayProcess::start_with(config, &[]).await;
-            // Start-up logs both listeners; the relay keeps the config order.
-            let mut relay = relay;
-            let second = relay.next_message("listening").await;
-            let (plain, behind) = {
-                let a: std::net::SocketAddr = relay.addr();
-                let b: std::net::SocketAddr = second["addr"].as_str().unwrap().parse().unwrap();
-                if a.ip().to_string() == "127.0.0.1" { (a, b) } else { (b, a) }
-            };
+            let mut relay = RelayProcess::start_with(config, &[]).await;
+            // Both listeners, whichever said "listening" first: 127.0.0.1 sorts first.
+            relay.addrs.sort();
+            let (plain, behind) = (relay.addrs[0], relay.addrs[1]);
 
             // Straight from a client: v1, naming the client's own address.
             let hello = hello_for("v1.example.com");
