@@ -24,10 +24,36 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator in use, for `--version`.
+const ALLOCATOR_NAME: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else if cfg!(target_env = "musl") {
+    "system (musl)"
+} else {
+    "system (glibc)"
+};
+
+/// `snirelay --version`: what was built, from which commit, for which machine.
+fn long_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (commit {}, target {}, allocator {ALLOCATOR_NAME})",
+            env!("CARGO_PKG_VERSION"),
+            env!("SNIRELAY_COMMIT"),
+            env!("SNIRELAY_TARGET"),
+        )
+    })
+}
+
 /// SNI-passthrough TCP relay: forwards TLS connections for allowlisted names without
 /// terminating TLS.
 #[derive(Parser)]
-#[command(version)]
+#[command(version = long_version())]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn snirelay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    Command::new(crate::common::binary())
         .args(args)
         .output()
         .unwrap()
@@ -152,7 +152,7 @@ fn check_warns_about_an_open_relay() {
 
 #[test]
 fn hosts_prints_the_client_block_for_the_shipped_rules() {
-    let out = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    let out = Command::new(crate::common::binary())
         .args(["hosts", "--relay", "10.20.0.5"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -209,7 +209,7 @@ fn shipped_rules_allow_the_seed_scenario() {
 
 #[test]
 fn check_defaults_to_rules_json_and_reports_a_missing_file() {
-    let out = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    let out = Command::new(crate::common::binary())
         .arg("check")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -285,7 +285,7 @@ fn run_explains_a_privileged_port() {
         };
         open(dir.path(), 0o755);
         let binary = dir.path().join("snirelay");
-        std::fs::copy(env!("CARGO_BIN_EXE_snirelay"), &binary).unwrap();
+        std::fs::copy(crate::common::binary(), &binary).unwrap();
         open(&binary, 0o755);
         let copied = dir.path().join("rules.json");
         std::fs::copy(&config, &copied).unwrap();
@@ -304,7 +304,7 @@ fn run_explains_a_privileged_port() {
         cmd
     } else {
         let mut cmd = Command::new("timeout");
-        cmd.args(["30", env!("CARGO_BIN_EXE_snirelay")]);
+        cmd.args(["30", crate::common::binary()]);
         cmd
     };
     let out = cmd
@@ -466,7 +466,7 @@ fn verify_units(files: &[&str]) {
         let copy = dir.path().join(Path::new(file).file_name().unwrap());
         std::fs::write(
             &copy,
-            unit.replace("/usr/local/bin/snirelay", env!("CARGO_BIN_EXE_snirelay")),
+            unit.replace("/usr/local/bin/snirelay", crate::common::binary()),
         )
         .unwrap();
         copies.push(copy);
@@ -687,7 +687,7 @@ fn suggest_reads_plain_and_gzipped_logs_and_merges_a_file_check_accepts() {
     );
 
     // Standard input, no merge: the report on standard output.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    let mut child = Command::new(crate::common::binary())
         .arg("suggest")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

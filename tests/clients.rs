@@ -181,7 +181,7 @@ async fn openssl_s_client_verifies_the_upstream_certificate() {
 }
 
 fn probe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    Command::new(crate::common::binary())
         .arg("probe")
         .args(args)
         .output()

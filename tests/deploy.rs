@@ -67,7 +67,7 @@ fn the_configmap_rules_pass_check_and_the_grace_periods_add_up() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.json");
     std::fs::write(&path, &rules).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    let out = Command::new(crate::common::binary())
         .args(["check", "--config"])
         .arg(&path)
         .output()

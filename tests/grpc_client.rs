@@ -40,7 +40,7 @@ fn call_through_relay(dir: &Path, hosts: &str) -> Value {
     let out = Command::new("timeout")
         .args(["120", "unshare", "--net", "--mount", "--fork", "python3"])
         .arg(script)
-        .arg(env!("CARGO_BIN_EXE_snirelay"))
+        .arg(crate::common::binary())
         .arg(dir)
         .arg(&hosts_file)
         .output()
@@ -78,7 +78,7 @@ fn a_grpc_client_asks_no_aaaa_with_the_printed_block_and_reaches_the_upstream() 
     );
 
     // The block `snirelay hosts` prints: no query about the name, and the call succeeds.
-    let block = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    let block = Command::new(crate::common::binary())
         .args(["hosts", "--relay", "127.0.0.1", "--config"])
         .arg(&rules)
         .output()

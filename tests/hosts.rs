@@ -23,7 +23,7 @@ const RULES: &str = r#"{"allow": [
 fn hosts(dir: &Path, format: &str, relay: &[&str]) -> String {
     let rules = dir.join("rules.json");
     std::fs::write(&rules, RULES).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snirelay"));
+    let mut cmd = Command::new(crate::common::binary());
     cmd.args(["hosts", "--format", format, "--config"])
         .arg(&rules);
     for ip in relay {
@@ -63,7 +63,7 @@ fn the_hosts_format_has_both_families_and_the_mapped_form_without_ipv6() {
         ),
         "{block}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_snirelay"))
+    let out = Command::new(crate::common::binary())
         .args(["hosts", "--relay", "fd00::5", "--config"])
         .arg(dir.path().join("rules.json"))
         .output()

@@ -157,7 +157,7 @@ async fn running_out_of_descriptors_pauses_accepting_and_keeps_serving() {
         let mut launcher = std::process::Command::new("prlimit");
         launcher
             .args(["--nofile=64:64", "--"])
-            .arg(env!("CARGO_BIN_EXE_snirelay"));
+            .arg(crate::common::binary());
         let config = pinned_config(&[NAME], upstream.addr);
         let mut relay = RelayProcess::spawn(launcher, config, &["--listen", "127.0.0.1:0"]).await;
         let (mut client, mut conn) = forwarded(relay.addr(), &upstream, "127.0.0.1").await;

@@ -27,7 +27,7 @@ fn readme() -> String {
 fn render(command: &str, dir: &Path, ports: [u16; 3]) -> Vec<String> {
     command
         .replace(DEMO_DIR, dir.to_str().unwrap())
-        .replace(RELAY_BINARY, env!("CARGO_BIN_EXE_snirelay"))
+        .replace(RELAY_BINARY, crate::common::binary())
         .replace("9443", &ports[0].to_string())
         .replace("8443", &ports[1].to_string())
         .replace("9090", &ports[2].to_string())
@@ -169,7 +169,7 @@ fn the_hosts_example_is_what_the_program_prints() {
         .map(|(block, _)| block)
         .expect("the README's hosts example");
     let out = command(&[
-        env!("CARGO_BIN_EXE_snirelay").to_owned(),
+        crate::common::binary().to_owned(),
         "hosts".into(),
         "--relay".into(),
         "10.20.0.5".into(),

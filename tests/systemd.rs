@@ -50,7 +50,7 @@ async fn the_notify_protocol_follows_ready_reload_watchdog_and_stop() {
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
         let manager = Manager::new();
-        let mut launcher = Command::new(env!("CARGO_BIN_EXE_snirelay"));
+        let mut launcher = Command::new(crate::common::binary());
         launcher
             .env("NOTIFY_SOCKET", manager.path())
             .env("WATCHDOG_USEC", "200000");
@@ -110,7 +110,7 @@ async fn socket_activation_serves_the_handed_over_socket_and_keeps_early_connect
                 "-E",
                 "RUST_LOG=info",
             ])
-            .arg(env!("CARGO_BIN_EXE_snirelay"))
+            .arg(crate::common::binary())
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config_path);
         // Its own process group, ended as a whole: systemd-socket-activate forks the relay.

@@ -103,7 +103,7 @@ async fn upgrades_over_the_upgrade_socket_refuse_nothing_and_finish_every_transf
 
         // A new relay that cannot serve what it is handed changes nothing.
         let failing = ["--listen", "127.0.0.2:0", "--upgrade-socket", socket];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snirelay"));
+        let mut cmd = Command::new(crate::common::binary());
         let config_path = old.config_path();
         cmd.args(["run", "--config"])
             .arg(&config_path)
@@ -158,7 +158,7 @@ async fn a_socket_activated_restart_refuses_nothing_and_finishes_every_transfer(
                     "exec 3<&0 </dev/null; LISTEN_PID=$$ exec \"$@\"",
                     "sh",
                 ])
-                .arg(env!("CARGO_BIN_EXE_snirelay"))
+                .arg(crate::common::binary())
                 .env("LISTEN_FDS", "1")
                 .env("LISTEN_FDNAMES", "tls");
             let socket = std::os::fd::OwnedFd::from(held.try_clone().unwrap());

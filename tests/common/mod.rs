@@ -19,6 +19,15 @@ use tokio::sync::mpsc;
 /// it; no test relies on it for synchronisation.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The snirelay binary under test: `SNIRELAY_BIN` when set (the static release binary, in
+/// `.ci/run`), else the one cargo built for this test run.
+pub fn binary() -> &'static str {
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("SNIRELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snirelay").to_owned())
+    })
+}
+
 /// Runs a test body, failing it (instead of hanging the suite) if it does not finish in
 /// `PATIENCE`.
 pub async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
@@ -92,7 +101,7 @@ impl RelayProcess {
 
     /// Runs `snirelay run` with extra arguments.
     pub async fn start_with(config: Value, args: &[&str]) -> RelayProcess {
-        Self::spawn(Command::new(env!("CARGO_BIN_EXE_snirelay")), config, args).await
+        Self::spawn(Command::new(binary()), config, args).await
     }
 
     /// Runs `snirelay run` through `launcher` (for example `prlimit ... snirelay`).

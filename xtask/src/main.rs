@@ -1,0 +1,189 @@
+//! `cargo xtask dist [--target x86_64|aarch64|all]`: the release, into `dist/`.
+//!
+//! For each architecture: a static binary (musl, mimalloc, stripped), a .deb (cargo-deb)
+//! and a gzip-compressed .rpm (cargo-generate-rpm), then `SHA256SUMS` over all of them.
+//! Builds use `--locked`, `SOURCE_DATE_EPOCH` from the commit and remapped source paths, so
+//! two builds of one commit give the same bytes. Needs: the rustup targets
+//! `x86_64-unknown-linux-musl` and `aarch64-unknown-linux-musl`, Debian's `musl-tools` and
+//! `gcc-aarch64-linux-gnu`, `cargo install cargo-deb cargo-generate-rpm` (`.ci/run`
+//! installs all of them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// An architecture: its musl target, and its name in file names and packages.
+struct Arch {
+    target: &'static str,
+    name: &'static str,
+    deb: &'static str,
+}
+
+const ARCHES: [Arch; 2] = [
+    Arch {
+        target: "x86_64-unknown-linux-musl",
+        name: "x86_64",
+        deb: "amd64",
+    },
+    Arch {
+        target: "aarch64-unknown-linux-musl",
+        name: "aarch64",
+        deb: "arm64",
+    },
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["dist"] | ["dist", "--target", "all"] => vec!["x86_64", "aarch64"],
+        ["dist", "--target", arch] => vec![arch],
+        _ => {
+            eprintln!("usage: cargo xtask dist [--target x86_64|aarch64|all]");
+            return ExitCode::from(2);
+        }
+    };
+    match dist(&wanted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask dist: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn dist(wanted: &[&str]) -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_owned();
+    std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
+    let epoch = run(Command::new("git").args(["log", "-1", "--format=%ct"]))?;
+    let version = run(Command::new("cargo").args(["pkgid", "--package", "snirelay"]))?;
+    let version = version
+        .rsplit(['#', '@'])
+        .next()
+        .unwrap_or("0.0.0")
+        .to_owned();
+    let dist = root.join("dist");
+    std::fs::create_dir_all(&dist).map_err(|e| e.to_string())?;
+    package_units(&root)?;
+    let cargo_home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let rustflags = format!(
+        "--remap-path-prefix={}=/snirelay --remap-path-prefix={cargo_home}=/cargo",
+        root.display()
+    );
+    let mut made = Vec::new();
+    for arch in ARCHES.iter().filter(|a| wanted.contains(&a.name)) {
+        let env = |cmd: &mut Command| {
+            cmd.env("SOURCE_DATE_EPOCH", &epoch)
+                .env("RUSTFLAGS", &rustflags)
+                .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
+                .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar")
+                .env("CC_x86_64_unknown_linux_musl", "musl-gcc");
+        };
+        let mut build = Command::new("cargo");
+        build.args([
+            "build",
+            "--locked",
+            "--profile",
+            "dist",
+            "--package",
+            "snirelay",
+        ]);
+        build.args([
+            "--bin",
+            "snirelay",
+            "--features",
+            "mimalloc",
+            "--target",
+            arch.target,
+        ]);
+        env(&mut build);
+        eprintln!("building {}", arch.target);
+        run(&mut build)?;
+        let binary = dist.join(format!("snirelay-{version}-{}-linux-static", arch.name));
+        let built = root.join(format!("target/{}/dist/snirelay", arch.target));
+        std::fs::copy(&built, &binary).map_err(|e| format!("{}: {e}", built.display()))?;
+        made.push(binary);
+
+        let mut deb = Command::new("cargo");
+        deb.args([
+            "deb",
+            "--no-build",
+            "--no-strip",
+            "--package",
+            "snirelay",
+            "--profile",
+            "dist",
+        ]);
+        deb.args(["--target", arch.target, "--output"]).arg(&dist);
+        env(&mut deb);
+        made.push(PathBuf::from(run(&mut deb)?));
+
+        let mut rpm = Command::new("cargo");
+        rpm.args(["generate-rpm", "--profile", "dist"]);
+        rpm.args([
+            "--target",
+            arch.target,
+            "--payload-compress",
+            "gzip",
+            "--output",
+        ]);
+        rpm.arg(&dist);
+        env(&mut rpm);
+        run(&mut rpm)?;
+        made.push(newest(&dist, &format!(".{}.rpm", arch.name))?);
+        eprintln!("packaged {} ({})", arch.name, arch.deb);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dist)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n != "SHA256SUMS")
+        .collect();
+    names.sort();
+    let sums = run(Command::new("sha256sum").args(&names).current_dir(&dist))?;
+    std::fs::write(dist.join("SHA256SUMS"), sums + "\n").map_err(|e| e.to_string())?;
+    for file in made {
+        println!("{}", file.display());
+    }
+    Ok(())
+}
+
+/// The systemd units as the packages install them: the binary at /usr/bin.
+fn package_units(root: &Path) -> Result<(), String> {
+    let out = root.join("target/package/units");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    for (from, name) in [
+        ("deploy/snirelay.service", "snirelay.service"),
+        ("deploy/socket-activated/snirelay.socket", "snirelay.socket"),
+    ] {
+        let unit = std::fs::read_to_string(root.join(from)).map_err(|e| format!("{from}: {e}"))?;
+        std::fs::write(out.join(name), unit.replace("/usr/local/bin/", "/usr/bin/"))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The most recently written file in `dir` whose name ends with `suffix`.
+fn newest(dir: &Path, suffix: &str) -> Result<PathBuf, String> {
+    std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .ok_or_else(|| format!("no *{suffix} in {}", dir.display()))
+}
