@@ -133,33 +133,9 @@ enum Command {
         #[arg(long, default_value = "rules.json")]
         config: PathBuf,
         /// What to print.
-        #[arg(long, value_enum, default_value_t = HostsFormat::Hosts)]
-        format: HostsFormat,
+        #[arg(long, value_enum, default_value_t = cli::hosts::Format::Hosts)]
+        format: cli::hosts::Format,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum HostsFormat {
-    Hosts,
-    Dnsmasq,
-    Unbound,
-    Bind,
-    Coredns,
-    Json,
-}
-
-impl From<HostsFormat> for cli::hosts::Format {
-    fn from(format: HostsFormat) -> Self {
-        use cli::hosts::Format;
-        match format {
-            HostsFormat::Hosts => Format::Hosts,
-            HostsFormat::Dnsmasq => Format::Dnsmasq,
-            HostsFormat::Unbound => Format::Unbound,
-            HostsFormat::Bind => Format::Bind,
-            HostsFormat::Coredns => Format::Coredns,
-            HostsFormat::Json => Format::Json,
-        }
-    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -189,7 +165,7 @@ fn main() -> ExitCode {
             relay,
             config,
             format,
-        } => commands::hosts(&relay, &config, format.into()),
+        } => commands::hosts(&relay, &config, format),
         Command::Suggest { logs, merge } => commands::suggest(&logs, merge.as_deref()),
         Command::Run {
             config: path,

@@ -154,6 +154,15 @@ pub enum End {
 }
 
 impl End {
+    /// Every end, for listing them.
+    pub const ALL: [End; 5] = [
+        End::Closed,
+        End::ClientReset,
+        End::UpstreamReset,
+        End::IdleTimeout,
+        End::Shutdown,
+    ];
+
     /// The stable word logged as the reason of a forwarded connection.
     pub fn word(self) -> &'static str {
         match self {
@@ -308,13 +317,7 @@ mod tests {
             .iter()
             .map(|r| (r.outcome(), r.reason()))
             .collect();
-        for end in [
-            End::Closed,
-            End::ClientReset,
-            End::UpstreamReset,
-            End::IdleTimeout,
-            End::Shutdown,
-        ] {
+        for end in End::ALL {
             seen.push(("forwarded", end.word()));
         }
         // Monitor mode's forwards, whatever their end (see ConnectionLog::would_refuse).
@@ -369,13 +372,7 @@ mod tests {
             .iter()
             .map(|r| (r.reason(), r.detail()))
             .collect();
-        for end in [
-            End::Closed,
-            End::ClientReset,
-            End::UpstreamReset,
-            End::IdleTimeout,
-            End::Shutdown,
-        ] {
+        for end in End::ALL {
             logged.push((end.word(), None));
             logged.push(("would_refuse", Some(end.word())));
         }

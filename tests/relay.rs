@@ -540,20 +540,40 @@ fn ips(list: &[&str]) -> Vec<std::net::IpAddr> {
     list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
+/// An upstream on `ip`, and the same port on `refused_ip` bound and never listening, so a
+/// connection there is refused for as long as the test holds it.
+async fn upstream_beside_a_refusing_port(
+    ip: &str,
+    refused_ip: &str,
+) -> (Upstream, socket2::Socket) {
+    loop {
+        let upstream = Upstream::bind(ip).await;
+        let beside = SocketAddr::new(refused_ip.parse().unwrap(), upstream.addr.port());
+        if let Ok((held, _)) = common::refusing_at(beside) {
+            return (upstream, held);
+        }
+    }
+}
+
+/// A connection for `name` reaches `upstream` and is logged as forwarded there.
+async fn forwarded_to(relay: &mut RelayProcess, upstream: &Upstream, name: &str) {
+    let hello = hello_for(name);
+    assert_eq!(
+        through_relay(relay.addr(), upstream, &[&hello]).await,
+        hello
+    );
+    let log = relay.next_connection().await;
+    assert_outcome(&log, "forwarded", "closed");
+    assert_eq!(field(&log, "upstream"), upstream.addr.to_string());
+}
+
 #[tokio::test]
 async fn an_aaaa_only_answer_is_used() {
     within(async {
         let upstream = Upstream::bind("::1").await;
         let table = vec![("six.relay.test", ips(&["::1"]))];
         let mut relay = dns_relay(table, &upstream, &["::1/128"]).await;
-        let hello = hello_for("six.relay.test");
-        assert_eq!(
-            through_relay(relay.addr(), &upstream, &[&hello]).await,
-            hello
-        );
-        let log = relay.next_connection().await;
-        assert_outcome(&log, "forwarded", "closed");
-        assert_eq!(field(&log, "upstream"), upstream.addr.to_string());
+        forwarded_to(&mut relay, &upstream, "six.relay.test").await;
     })
     .await
 }
@@ -563,23 +583,10 @@ async fn an_aaaa_only_answer_is_used() {
 #[tokio::test]
 async fn a_refused_a_answer_falls_over_to_the_aaaa_answer() {
     within(async {
-        let (upstream, _refusing) = loop {
-            let upstream = Upstream::bind("::1").await;
-            let v4 = SocketAddr::from(([127, 0, 0, 1], upstream.addr.port()));
-            if let Ok((held, _)) = common::refusing_at(v4) {
-                break (upstream, held);
-            }
-        };
+        let (upstream, _refusing) = upstream_beside_a_refusing_port("::1", "127.0.0.1").await;
         let table = vec![("dual.relay.test", ips(&["127.0.0.1", "::1"]))];
         let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8", "::1/128"]).await;
-        let hello = hello_for("dual.relay.test");
-        assert_eq!(
-            through_relay(relay.addr(), &upstream, &[&hello]).await,
-            hello
-        );
-        let log = relay.next_connection().await;
-        assert_outcome(&log, "forwarded", "closed");
-        assert_eq!(field(&log, "upstream"), upstream.addr.to_string());
+        forwarded_to(&mut relay, &upstream, "dual.relay.test").await;
     })
     .await
 }
@@ -587,23 +594,10 @@ async fn a_refused_a_answer_falls_over_to_the_aaaa_answer() {
 #[tokio::test]
 async fn an_unreachable_first_address_falls_over_to_the_next() {
     within(async {
-        let (upstream, _refusing) = loop {
-            let upstream = Upstream::bind("127.0.0.1").await;
-            let other = SocketAddr::from(([127, 0, 0, 2], upstream.addr.port()));
-            if let Ok((held, _)) = common::refusing_at(other) {
-                break (upstream, held);
-            }
-        };
+        let (upstream, _refusing) = upstream_beside_a_refusing_port("127.0.0.1", "127.0.0.2").await;
         let table = vec![("fallback.relay.test", ips(&["127.0.0.2", "127.0.0.1"]))];
         let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8"]).await;
-        let hello = hello_for("fallback.relay.test");
-        assert_eq!(
-            through_relay(relay.addr(), &upstream, &[&hello]).await,
-            hello
-        );
-        let log = relay.next_connection().await;
-        assert_outcome(&log, "forwarded", "closed");
-        assert_eq!(field(&log, "upstream"), upstream.addr.to_string());
+        forwarded_to(&mut relay, &upstream, "fallback.relay.test").await;
     })
     .await
 }
