@@ -1,9 +1,10 @@
-//! `cargo xtask dist [--target x86_64|aarch64|all]`: the release, into `dist/`.
+//! `cargo xtask dist [--target x86_64|aarch64|all] [--twice]`: the release, into `dist/`.
 //!
 //! For each architecture: a static binary (musl, mimalloc, stripped), a .deb (cargo-deb)
 //! and a gzip-compressed .rpm (cargo-generate-rpm), then `SHA256SUMS` over all of them.
 //! Builds use `--locked`, `SOURCE_DATE_EPOCH` from the commit and remapped source paths, so
-//! two builds of one commit give the same bytes. Needs: the rustup targets
+//! two builds of one commit give the same bytes: `--twice` builds each binary a second time
+//! in a target directory of its own and fails unless the bytes match. Needs: the rustup targets
 //! `x86_64-unknown-linux-musl` and `aarch64-unknown-linux-musl`, Debian's `musl-tools` and
 //! `gcc-aarch64-linux-gnu`, `cargo install cargo-deb cargo-generate-rpm` (`.ci/run`
 //! installs all of them).
@@ -32,16 +33,18 @@ const ARCHES: [Arch; 2] = [
 ];
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let twice = args.iter().any(|a| a == "--twice");
+    args.retain(|a| a != "--twice");
     let wanted = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["dist"] | ["dist", "--target", "all"] => vec!["x86_64", "aarch64"],
         ["dist", "--target", arch] => vec![arch],
         _ => {
-            eprintln!("usage: cargo xtask dist [--target x86_64|aarch64|all]");
+            eprintln!("usage: cargo xtask dist [--target x86_64|aarch64|all] [--twice]");
             return ExitCode::from(2);
         }
     };
-    match dist(&wanted) {
+    match dist(&wanted, twice) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask dist: {e}");
@@ -63,7 +66,7 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn dist(wanted: &[&str]) -> Result<(), String> {
+fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace root")?
@@ -118,6 +121,23 @@ fn dist(wanted: &[&str]) -> Result<(), String> {
         let built = root.join(format!("target/{}/dist/snirelay", arch.target));
         std::fs::copy(&built, &binary).map_err(|e| format!("{}: {e}", built.display()))?;
         made.push(binary);
+        if twice {
+            let again = root.join("target/reproducible");
+            let _ = std::fs::remove_dir_all(&again);
+            eprintln!("building {} again, from scratch", arch.target);
+            run(build.env("CARGO_TARGET_DIR", &again))?;
+            let second = again.join(format!("{}/dist/snirelay", arch.target));
+            let same = std::fs::read(&built).ok() == std::fs::read(&second).ok();
+            if !same {
+                return Err(format!(
+                    "two builds of {} differ: {} and {}",
+                    arch.target,
+                    built.display(),
+                    second.display()
+                ));
+            }
+            eprintln!("{}: two builds, same bytes", arch.target);
+        }
 
         let mut deb = Command::new("cargo");
         deb.args([
