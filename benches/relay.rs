@@ -2,13 +2,15 @@
 //! against no relay at all, on loopback, interleaved round by round.
 //!
 //! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000,7500] [--only snirelay]
-//! [--snirelay PATH]`
+//! [--snirelay PATH] [--exchange-s 5]`
 //!
 //! `--snirelay` runs another build (say, the previous commit's) in place of this one.
 //!
 //! Each connection starts with a real ClientHello (the captured Chromium one, 1964 bytes,
 //! post-quantum sized), then a 9-byte command the upstream obeys: `D n` send n bytes,
-//! `U n` receive n bytes, `R` answer 1 KiB, `I` hold the connection. Relay CPU time comes
+//! `U n` receive n bytes, `R` answer 1 KiB, `I` hold the connection, `X q,k` answer each
+//! q-byte request with k bytes (request/response exchanges on a persistent connection, the
+//! traffic of HTTP/2 and gRPC API calls). Relay CPU time comes
 //! from /proc (utime + stime of the relay's processes), the least noisy figure here.
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ struct Options {
     mib: u64,
     conns: usize,
     idle: Vec<usize>,
+    exchange_s: u64,
 }
 
 fn options() -> Options {
@@ -41,6 +44,7 @@ fn options() -> Options {
         mib: 1024,
         conns: 5000,
         idle: vec![2000],
+        exchange_s: 5,
     };
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
@@ -60,6 +64,7 @@ fn options() -> Options {
     o.binary = text("--snirelay").unwrap_or(o.binary);
     o.mib = value("--mib").unwrap_or(o.mib as usize) as u64;
     o.conns = value("--conns").unwrap_or(o.conns);
+    o.exchange_s = value("--exchange-s").map_or(o.exchange_s, |s: usize| s as u64);
     if let Some(list) = text("--idle") {
         o.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
     }
@@ -106,6 +111,14 @@ async fn upstream(held: Arc<AtomicUsize>) -> SocketAddr {
                     }
                     b'R' => {
                         let _ = conn.write_all(&buf[..1024]).await;
+                    }
+                    b'X' => {
+                        let (q, k) = ((n >> 32) as usize, (n & 0xffff_ffff) as usize);
+                        while conn.read_exact(&mut buf[..q]).await.is_ok() {
+                            if conn.write_all(&buf[..k]).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     _ => {
                         held.fetch_add(1, Ordering::SeqCst);
@@ -199,6 +212,42 @@ async fn connection_rate(at: SocketAddr, total: usize) -> (f64, Vec<Duration>) {
     let rate = total as f64 / started.elapsed().as_secs_f64();
     all.sort();
     (rate, all)
+}
+
+/// Request/response exchanges: `conns` persistent connections, each sending a `q`-byte
+/// request and reading the `k`-byte response, one outstanding at a time, for `seconds`.
+/// Returns how many were made and their latencies, sorted.
+async fn exchanges(
+    at: SocketAddr,
+    conns: usize,
+    q: usize,
+    k: usize,
+    seconds: u64,
+) -> (usize, Vec<Duration>) {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut conn = open(at, b'X', ((q as u64) << 32) | k as u64).await;
+                let request = vec![7u8; q];
+                let mut response = vec![0u8; k];
+                let mut latencies = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    conn.write_all(&request).await.unwrap();
+                    conn.read_exact(&mut response).await.unwrap();
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    (all.len(), all)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -495,6 +544,30 @@ async fn main() {
             push("latency p50 ms".into(), percentile(&lat, 0.5));
             push("latency p90 ms".into(), percentile(&lat, 0.9));
             push("latency p99 ms".into(), percentile(&lat, 0.99));
+            let before = total_ms(cpu_ms(pid));
+            let (count, lat) = exchanges(t.addr, 32, 256, 1024, o.exchange_s).await;
+            let after = total_ms(cpu_ms(pid));
+            push(
+                "relay CPU us per exchange (256 B up, 1 KiB down, 32 conns)".into(),
+                (after - before) * 1e3 / count as f64,
+            );
+            push(
+                "exchanges/s, 32 conns".into(),
+                count as f64 / o.exchange_s as f64,
+            );
+            push(
+                "exchange latency p50 ms, 32 conns".into(),
+                percentile(&lat, 0.5),
+            );
+            push(
+                "exchange latency p99 ms, 32 conns".into(),
+                percentile(&lat, 0.99),
+            );
+            let (_, lat) = exchanges(t.addr, 1, 256, 1024, 1).await;
+            push(
+                "exchange latency p50 ms, 1 conn".into(),
+                percentile(&lat, 0.5),
+            );
             for &n in &o.idle {
                 let (rss, slab) = idle_cost(t.addr, pid, &holds[i], n).await;
                 push(format!("RSS bytes per idle conn, {n} held"), rss);
@@ -524,13 +597,14 @@ async fn main() {
         let base = median(&results[0][key]);
         for r in &results {
             let m = median(&r[key]);
-            let ratio = if key.contains("MB/s") || key.contains("conn/s") || key.contains("latency")
-            {
+            let ratio = if key.contains("/s") || key.contains("latency") {
                 format!(" ({:.2}x)", m / base)
             } else {
                 String::new()
             };
-            print!(" {m:.1}{ratio} |");
+            // Sub-millisecond latencies and microsecond costs need more than one decimal.
+            let digits = if m.abs() < 10.0 { 3 } else { 1 };
+            print!(" {m:.digits$}{ratio} |");
         }
         println!();
     }
