@@ -1,6 +1,8 @@
-//! The socket layer: listeners and their options, and the system calls tokio does not make.
+//! The socket layer: listeners and their options, reads that clear readiness, and the
+//! system calls tokio does not make.
 
 pub mod handover;
 pub mod listen;
+pub mod read;
 #[cfg(target_os = "linux")]
 pub mod sys;

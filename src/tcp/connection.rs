@@ -6,7 +6,7 @@ use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
 use crate::hello::HelloReader;
 use crate::limits::Slot;
-use crate::net::listen::tune;
+use crate::net::{self, listen::tune};
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::proxy::{self, Header};
@@ -187,7 +187,7 @@ async fn read_until<T>(
         received.reserve_exact(room.min(received.len().max(4096)));
         loop {
             client.readable().await.map_err(Rejection::ClientError)?;
-            match client.try_read_buf(received) {
+            match net::read::read_buf(client, received) {
                 Ok(0) => return Err(Rejection::ClientClosed),
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -5,6 +5,7 @@
 //! both, and the survivor is reset too so it does not wait for data that will never come.
 //! Idleness is judged over both directions together, so a long one-way stream stays up.
 
+use crate::net;
 use crate::outcome::End;
 use socket2::SockRef;
 use std::future::Future;
@@ -190,11 +191,13 @@ impl Direction {
                 return self.finish(to);
             }
             ready!(from.poll_read_ready(cx)).map_err(|_| Broken::Reader)?;
+            // A short read clears the readiness, so the next poll waits for the kernel
+            // instead of reading nothing (`net::read`).
             let read = if self.buffer.capacity() == 0 {
-                // Readiness can be stale (reading the hello leaves it set), so the first
-                // read goes to the stack and a heap buffer is taken only for bytes that came.
+                // Readiness can still be stale (a peer's FIN, say), so the first read goes
+                // to the stack and a heap buffer is taken only for bytes that came.
                 let mut first = [0u8; FIRST_BUFFER];
-                from.try_read(&mut first).inspect(|&n| {
+                net::read::read(from, &mut first).inspect(|&n| {
                     if n > 0 {
                         self.buffer.reserve_exact(FIRST_BUFFER);
                         self.buffer.extend_from_slice(&first[..n]);
@@ -202,7 +205,7 @@ impl Direction {
                 })
             } else {
                 // Into the spare capacity: no zeroing of a buffer about to be overwritten.
-                from.try_read_buf(&mut self.buffer)
+                net::read::read_buf(from, &mut self.buffer)
             };
             match read {
                 Ok(0) => return self.finish(to),
