@@ -38,11 +38,10 @@ impl DestinationPolicy {
         is_local: impl Fn(IpAddr) -> bool,
     ) -> Result<(), Forbidden> {
         let ip = dest.ip().to_canonical();
-        for listener in &self.listeners {
+        // Ports first: `is_local` may be a system call, asked only when the port matches.
+        for listener in self.listeners.iter().filter(|l| l.port() == dest.port()) {
             let own_ip = listener.ip().to_canonical();
-            let same_socket =
-                own_ip == ip || (own_ip.is_unspecified() && (ip.is_loopback() || is_local(ip)));
-            if listener.port() == dest.port() && same_socket {
+            if own_ip == ip || (own_ip.is_unspecified() && (ip.is_loopback() || is_local(ip))) {
                 return Err(Forbidden::OwnListener);
             }
         }
@@ -280,5 +279,7 @@ mod tests {
         );
         assert_eq!(check("10.20.0.6:443", &this_host), Ok(()));
         assert_eq!(check("10.20.0.5:444", &this_host), Ok(()));
+        let unasked = |ip: IpAddr| panic!("asked whether {ip} is local for another port");
+        assert_eq!(check("8.8.8.8:444", &unasked), Ok(()));
     }
 }

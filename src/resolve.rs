@@ -4,6 +4,7 @@
 //! DNS answers for a client-supplied name pass the destination policy first.
 
 use crate::hostname::Hostname;
+use crate::net::local::LocalAddresses;
 use crate::policy::{DestinationPolicy, Forbidden};
 use crate::rules::{Host, Route};
 use hickory_resolver::TokioResolver;
@@ -12,7 +13,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -88,6 +89,8 @@ pub struct Resolver {
     asked: String,
     pins: HashMap<Hostname, Pin>,
     cache: Mutex<HashMap<Hostname, Cached>>,
+    /// Which addresses DNS gave are this host's own (for the destination policy).
+    local: LocalAddresses,
 }
 
 /// Addresses for a name and when they expire (the answer's TTL).
@@ -149,6 +152,7 @@ impl Resolver {
             asked,
             pins,
             cache: Mutex::default(),
+            local: LocalAddresses::default(),
         })
     }
 
@@ -176,8 +180,10 @@ impl Resolver {
             return Ok((found.collect(), source));
         }
         let mut first_refusal = None;
+        let now = std::time::Instant::now();
+        let is_local = |ip| self.local.is_local(ip, now);
         let allowed: Vec<SocketAddr> = found
-            .filter(|addr| match policy.check(*addr, is_local_address) {
+            .filter(|addr| match policy.check(*addr, is_local) {
                 Ok(()) => true,
                 Err(why) => {
                     first_refusal.get_or_insert(ResolveError::Forbidden { addr: *addr, why });
@@ -269,13 +275,6 @@ fn no_address(
     }
 }
 
-/// Whether `ip` is one of this host's addresses: binding to it succeeds only if so. Asked
-/// rarely (only when a wildcard listener's port matches), and always current, unlike a list
-/// of interfaces read at start-up.
-fn is_local_address(ip: IpAddr) -> bool {
-    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,9 +317,46 @@ mod tests {
         );
     }
 
-    #[test]
-    fn loopback_is_local_and_documentation_is_not() {
-        assert!(is_local_address("127.0.0.1".parse().unwrap()));
-        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn counted_probe(_: IpAddr) -> bool {
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        false
+    }
+
+    /// Production's shape: a wildcard listener on 443 and upstreams on 443, so every DNS
+    /// answer's addresses need the is-this-host question. Only the first connection asks.
+    #[tokio::test]
+    async fn connections_to_a_cached_name_make_no_local_address_probe() {
+        let mut resolver =
+            Resolver::new(Some(&["127.0.0.1:53".parse().unwrap()]), vec![]).expect("resolver");
+        resolver.local = LocalAddresses::with_probe(counted_probe);
+        let name: Hostname = "translation.googleapis.com".parse().unwrap();
+        let ips: Arc<[IpAddr]> = ["142.250.180.10", "2a00:1450:4009:81f::200a"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let valid_until = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        resolver
+            .cache
+            .lock()
+            .unwrap()
+            .insert(name.clone(), (ips, valid_until));
+        let policy = DestinationPolicy {
+            private_allowed: vec![],
+            listeners: vec!["0.0.0.0:443".parse().unwrap()],
+        };
+        let route = Route {
+            rule: None,
+            host: Host::Name(name),
+            port: 443,
+            pinned: false,
+        };
+        for _ in 0..1000 {
+            let (addrs, source) = resolver.destinations(&route, &policy).await.unwrap();
+            assert_eq!((addrs.len(), source), (2, Source::Cache));
+        }
+        let probes = PROBES.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(probes, 2, "one probe per address, not per connection");
     }
 }

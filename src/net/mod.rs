@@ -3,6 +3,7 @@
 
 pub mod handover;
 pub mod listen;
+pub mod local;
 pub mod read;
 #[cfg(target_os = "linux")]
 pub mod sys;
