@@ -179,7 +179,7 @@ fn main() -> ExitCode {
                 eprintln!("--listen lists {twice} twice");
                 return ExitCode::from(2);
             }
-            init_logging(log_format);
+            let logging = init_logging(log_format);
             let loaded =
                 Config::read(&path).and_then(|text| Ok((Config::parse(&text, &path)?, text)));
             let (config, text) = match loaded {
@@ -190,7 +190,10 @@ fn main() -> ExitCode {
                 }
             };
             let overrides = Overrides { listen, admin };
-            match run(config, text, path, overrides, resolve, upgrade_socket) {
+            let result = run(config, text, path, overrides, resolve, upgrade_socket);
+            // Every queued line out before the last word.
+            drop(logging);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("snirelay: {e:#}");
@@ -213,20 +216,33 @@ fn repeated(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     addrs.iter().copied().find(|a| !seen.insert(*a))
 }
 
-fn init_logging(format: LogFormat) {
+/// Installs the log subscriber; lines are flushed when the returned guard drops.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "info,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn",
         )
     });
+    // Lines go through a bounded queue to a writer thread, so a slow stderr (a full pipe
+    // to journald) never blocks a worker; what a full queue drops is counted in /metrics.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("snirelay-log")
+        .finish(std::io::stderr());
+    snirelay::telemetry::metrics::count_dropped_log_lines(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
+
+/// Log lines the writer queue holds before it drops (and counts) new ones.
+const LOG_QUEUE_LINES: usize = 16 * 1024;
 
 /// Runs the relay on `config`, parsed from `text`, read from `path`.
 fn run(

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The descriptors systemd passed (`LISTEN_FDS`, from fd 3), each with its
 /// `FileDescriptorName=`, owned from now on. Only the first call takes them; later calls
@@ -23,6 +23,14 @@ pub fn take_listen_fds() -> io::Result<Vec<(OwnedFd, String)>> {
         // makes this the only place that takes ownership, once.
         .map(|(fd, name)| (unsafe { OwnedFd::from_raw_fd(fd) }, name))
         .collect())
+}
+
+/// Pipes open now, for `/metrics`.
+static OPEN_PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many splice pipes are open now (two descriptors each).
+pub fn open_pipes() -> usize {
+    OPEN_PIPES.load(Ordering::Relaxed)
 }
 
 /// A non-blocking pipe used as the splice buffer of one direction.
@@ -46,6 +54,7 @@ impl Pipe {
         }
         // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        OPEN_PIPES.fetch_add(1, Ordering::Relaxed);
         Ok(Pipe {
             read,
             write,
@@ -65,6 +74,12 @@ impl Pipe {
         let n = splice(self.read.as_raw_fd(), socket.as_raw_fd(), self.pending)?;
         self.pending -= n;
         Ok(n)
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,16 +7,16 @@
 
 use crate::net;
 use crate::outcome::End;
+use crate::tcp::activity::{Activity, Quiet};
+use crate::telemetry::metrics::{ByteCounters, Way};
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// Per-direction copy buffer, allocated only once a direction carries data: small at
@@ -40,7 +40,7 @@ pub struct Transfer {
 
 /// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
 /// then copies both ways until both are done, one side fails, `idle` passes without a byte,
-/// or `stop` fires.
+/// or `stop` fires. Bytes are added to `counters` as they are written.
 #[allow(clippy::manual_async_fn)]
 pub fn relay<'a>(
     client: &'a TcpStream,
@@ -48,25 +48,28 @@ pub fn relay<'a>(
     preface: Vec<u8>,
     idle: Duration,
     stop: &'a CancellationToken,
+    counters: Arc<ByteCounters>,
 ) -> impl Future<Output = Transfer> + 'a {
-    // An `async move` block, not an `async fn`, so the arguments are not kept twice.
+    // A hand-written poll over two plain structs, not two async copy functions: an idle
+    // connection's task is mostly this state, and async functions keep their arguments
+    // twice and a readiness future per await (1,248 bytes against about 500 here). An
+    // `async move` block, not an `async fn`, so the arguments are not kept twice; and what
+    // the block would move into a local is made here, so it is kept once, in place.
+    let clock = Activity::new(counters);
+    let mut up = Direction::new(preface, [End::ClientReset, End::UpstreamReset]);
+    let mut down = Direction::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
     async move {
-        // A hand-written poll over two plain structs, not two async copy functions: an idle
-        // connection's task is mostly this state, and async functions keep their arguments
-        // twice and a readiness future per await (1,248 bytes against about 500 here).
-        let clock = Activity::new();
-        let mut up = Direction::new(preface, [End::ClientReset, End::UpstreamReset]);
-        let mut down = Direction::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
         let mut spliced = 0;
         let timer = tokio::time::sleep(idle);
         let cancelled = stop.cancelled();
         tokio::pin!(timer, cancelled);
         let end = std::future::poll_fn(|cx| {
-            for (direction, from, to) in
-                [(&mut up, client, upstream), (&mut down, upstream, client)]
-            {
+            for (direction, way, from, to) in [
+                (&mut up, Way::Up, client, upstream),
+                (&mut down, Way::Down, upstream, client),
+            ] {
                 if !direction.done {
-                    match direction.poll(cx, from, to, &mut spliced, &clock) {
+                    match direction.poll(cx, (from, to, way), &mut spliced, &clock) {
                         Poll::Ready(Ok(())) => direction.done = true,
                         Poll::Ready(Err(broken)) => return Poll::Ready(direction.blame(broken)),
                         Poll::Pending => {}
@@ -79,10 +82,17 @@ pub fn relay<'a>(
             if cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(End::Shutdown);
             }
-            if clock.poll_idle(cx, timer.as_mut(), idle).is_ready() {
-                return Poll::Ready(End::IdleTimeout);
+            loop {
+                // A pipe still holding bytes stays: its writer is waiting to pass them on.
+                let pipes = up.empty_pipe() || down.empty_pipe();
+                match ready!(clock.poll_quiet(cx, timer.as_mut(), idle, pipes)) {
+                    Quiet::Idle => return Poll::Ready(End::IdleTimeout),
+                    Quiet::PipesUnused => {
+                        up.release_pipe();
+                        down.release_pipe();
+                    }
+                }
             }
-            Poll::Pending
         })
         .await;
         if matches!(end, End::ClientReset | End::UpstreamReset) {
@@ -151,8 +161,7 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        (from, to, way): (&TcpStream, &TcpStream, Way),
         spliced: &mut u64,
         clock: &Activity,
     ) -> Poll<Result<(), Broken>> {
@@ -163,7 +172,7 @@ impl Direction {
                     Ok(n) => {
                         self.written += n;
                         self.moved += n as u64;
-                        clock.touch();
+                        clock.moved(way, n as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Poll::Ready(Err(Broken::Writer)),
@@ -181,8 +190,7 @@ impl Direction {
             if let Some(pipe) = &mut self.pipe {
                 ready!(Self::poll_splice(
                     cx,
-                    from,
-                    to,
+                    (from, to, way),
                     pipe,
                     &mut self.moved,
                     spliced,
@@ -237,8 +245,7 @@ impl Direction {
     #[cfg(target_os = "linux")]
     fn poll_splice(
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        (from, to, way): (&TcpStream, &TcpStream, Way),
         pipe: &mut crate::net::sys::Pipe,
         moved: &mut u64,
         spliced: &mut u64,
@@ -252,7 +259,8 @@ impl Direction {
                     Ok(n) => {
                         *moved += n as u64;
                         *spliced += n as u64;
-                        clock.touch();
+                        clock.moved(way, n as u64);
+                        clock.counters.spliced(n as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Poll::Ready(Err(Broken::Writer)),
@@ -265,6 +273,29 @@ impl Direction {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(Err(Broken::Reader)),
             }
+        }
+    }
+
+    /// Whether the direction holds a pipe with nothing in it.
+    #[cfg(target_os = "linux")]
+    fn empty_pipe(&self) -> bool {
+        self.pipe.as_ref().is_some_and(|pipe| pipe.pending == 0)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn empty_pipe(&self) -> bool {
+        false
+    }
+
+    /// Gives back an empty pipe: the direction has carried nothing for a while, and goes
+    /// back to a small buffer taken per read until a read fills it again.
+    fn release_pipe(&mut self) {
+        if self.empty_pipe() {
+            #[cfg(target_os = "linux")]
+            {
+                self.pipe = None;
+            }
+            self.bulk = false;
         }
     }
 
@@ -284,76 +315,4 @@ impl Direction {
 /// Closes with RST instead of FIN, so the peer learns the connection broke.
 fn abort(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
-}
-
-/// The time of the last byte moved in either direction.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Ready once nothing has moved for `idle`. `timer` is re-armed to the idle deadline
-    /// whenever it fires early, so activity costs no timer update.
-    fn poll_idle(
-        &self,
-        cx: &mut Context<'_>,
-        mut timer: Pin<&mut Sleep>,
-        idle: Duration,
-    ) -> Poll<()> {
-        loop {
-            ready!(timer.as_mut().poll(cx));
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = self.start + last + idle;
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            timer.as_mut().reset(deadline);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::time::advance;
-
-    async fn expired(
-        watch: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    ) -> bool {
-        tokio::time::timeout(Duration::ZERO, watch.as_mut())
-            .await
-            .is_ok()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn traffic_in_one_direction_keeps_the_connection_alive() {
-        let clock = Activity::new();
-        let idle = Duration::from_secs(10);
-        let timer = tokio::time::sleep(idle);
-        tokio::pin!(timer);
-        let watch = std::future::poll_fn(|cx| clock.poll_idle(cx, timer.as_mut(), idle));
-        tokio::pin!(watch);
-        for _ in 0..5 {
-            advance(Duration::from_secs(8)).await;
-            clock.touch();
-            assert!(!expired(&mut watch).await, "activity 8 s apart is not idle");
-        }
-        advance(Duration::from_secs(9)).await;
-        assert!(!expired(&mut watch).await);
-        advance(Duration::from_secs(1)).await;
-        assert!(expired(&mut watch).await, "10 s without a byte is idle");
-    }
 }

@@ -1,5 +1,6 @@
-//! TCP: accepting, one connection's path, and the copy loop.
+//! TCP: accepting, one connection's path, the copy loop and its timers.
 
+pub mod activity;
 pub mod connection;
 pub mod forward;
 pub mod server;

@@ -9,6 +9,7 @@ use crate::state::{Phase, Relay, Settings};
 use crate::systemd;
 use crate::tcp::connection::connection;
 use crate::telemetry::log::ConnectionLog;
+use crate::telemetry::quota;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub async fn serve(
         ));
     }
     accept_loops.close();
+    let summaries = tokio::spawn(quota::report_suppressed(&quota::REJECTIONS));
     systemd::ready(&relay);
     let first = next_stop(&mut stops).await;
     relay.set_phase(Phase::Draining);
@@ -101,6 +103,7 @@ pub async fn serve(
     }
     stop.cancel();
     connections.wait().await;
+    summaries.abort();
     tracing::info!("stopped");
 }
 

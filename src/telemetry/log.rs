@@ -7,6 +7,7 @@ use crate::proxy::Tlvs;
 use crate::resolve::Source;
 use crate::tcp::forward::Transfer;
 use crate::telemetry::metrics::{ConnectionRecord, Metrics};
+use crate::telemetry::quota::REJECTIONS;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -66,6 +67,11 @@ impl ConnectionLog {
     pub fn proxied(&mut self, client: SocketAddr, tlvs: Tlvs) {
         let peer = std::mem::replace(&mut self.client, client);
         self.via = Some(Box::new((peer, tlvs)));
+    }
+
+    /// The rule label the connection's bytes are counted under.
+    pub fn rule_label(&self) -> Option<&str> {
+        self.rule.as_deref()
     }
 
     /// The client as the log names it: the socket's peer, or the one a PROXY header named.
@@ -150,8 +156,6 @@ impl ConnectionLog {
             hello: self.hello_done,
             connect,
             total,
-            bytes: transfer.map(|t| (t.up, t.down)),
-            spliced: transfer.map_or(0, |t| t.spliced),
             resolver_cache_hit: match self.dns {
                 Some(Source::Cache) => Some(true),
                 Some(Source::Query) => Some(false),
@@ -159,8 +163,14 @@ impl ConnectionLog {
             },
         });
         // A balancer's health check is counted, never logged: it comes every few seconds.
-        if matches!(result, Err(Rejection::ProxyLocal)) {
-            return;
+        // Rejections anyone can cause are logged up to a rate per reason, then summed up.
+        match &result {
+            Err(Rejection::ProxyLocal) => return,
+            Err(_) if !REJECTIONS.allow(reason, Instant::now()) => {
+                metrics.suppressed(reason);
+                return;
+            }
+            _ => {}
         }
         let (peer, tlvs) = match self.via.as_deref() {
             Some((peer, tlvs)) => (Some(peer), Some(tlvs)),

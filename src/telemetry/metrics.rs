@@ -9,7 +9,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
+use tracing_appender::non_blocking::ErrorCounter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -34,11 +37,17 @@ struct RuleDirection {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Result_ {
     result: &'static str,
 }
 
-/// What one finished connection contributes.
+/// What one finished connection contributes. Its bytes are not here: they were counted
+/// as they moved ([`ByteCounters`]).
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionRecord<'a> {
     /// `forwarded` or `rejected`.
@@ -55,10 +64,6 @@ pub struct ConnectionRecord<'a> {
     pub connect: Option<Duration>,
     /// Whole lifetime.
     pub total: Duration,
-    /// Bytes client to upstream and upstream to client.
-    pub bytes: Option<(u64, u64)>,
-    /// Bytes moved by splice(2).
-    pub spliced: u64,
     /// Whether the destination's addresses came from the resolver cache.
     pub resolver_cache_hit: Option<bool>,
 }
@@ -79,6 +84,54 @@ pub struct Metrics {
     resolver_cache: Family<Result_, Counter>,
     active: Gauge,
     pending_hellos: Gauge,
+    splice_pipes: Gauge,
+    log_suppressed: Family<Reason, Counter>,
+    log_dropped: Counter,
+    /// Byte counters by rule, taken by each forwarded connection.
+    by_rule: RwLock<HashMap<Box<str>, Arc<ByteCounters>>>,
+}
+
+/// The counters a forwarded connection adds its bytes to as they move, so a connection
+/// open for hours shows its traffic as it goes, not in one spike at its end. One set per
+/// rule, shared by its connections: adding is an atomic add, no lookup.
+pub struct ByteCounters {
+    /// Up and down, over all connections.
+    all: [Counter; 2],
+    /// Up and down, for the rule.
+    rule: Option<[Counter; 2]>,
+    spliced: Counter,
+}
+
+/// Which way bytes moved: index into [`ByteCounters`]' pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Client to upstream.
+    Up = 0,
+    /// Upstream to client.
+    Down = 1,
+}
+
+impl ByteCounters {
+    /// `n` bytes moved `way`.
+    pub fn moved(&self, way: Way, n: u64) {
+        self.all[way as usize].inc_by(n);
+        if let Some(rule) = &self.rule {
+            rule[way as usize].inc_by(n);
+        }
+    }
+
+    /// Of the bytes moved, `n` went by splice(2).
+    pub fn spliced(&self, n: u64) {
+        self.spliced.inc_by(n);
+    }
+}
+
+/// Lines the log writer dropped because its queue was full, as the writer counts them.
+static LOG_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Makes `/metrics` report what the non-blocking log writer drops.
+pub fn count_dropped_log_lines(counter: ErrorCounter) {
+    let _ = LOG_DROPPED.set(counter);
 }
 
 impl Default for Metrics {
@@ -98,6 +151,10 @@ impl Default for Metrics {
             resolver_cache: Family::default(),
             active: Gauge::default(),
             pending_hellos: Gauge::default(),
+            splice_pipes: Gauge::default(),
+            log_suppressed: Family::default(),
+            log_dropped: Counter::default(),
+            by_rule: RwLock::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +171,16 @@ impl Default for Metrics {
             "pending_hellos",
             "Connections waiting for their ClientHello now",
             metrics.pending_hellos.clone(),
+        );
+        registry.register(
+            "bytes_spliced",
+            "Of the bytes relayed, those moved by splice(2) without passing through user space",
+            metrics.spliced.clone(),
+        );
+        registry.register(
+            "splice_pipes",
+            "Splice pipes held now by connections carrying bulk data (two descriptors each)",
+            metrics.splice_pipes.clone(),
         );
         registry.register(
             "bytes",
@@ -160,6 +227,16 @@ impl Default for Metrics {
             "Destination lookups, by resolver cache result",
             metrics.resolver_cache.clone(),
         );
+        registry.register(
+            "log_lines_suppressed",
+            "Rejection log lines not written, past the rate per reason",
+            metrics.log_suppressed.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full",
+            metrics.log_dropped.clone(),
+        );
         // Every series with a known label set exists from the start, at 0. (Creating one
         // returns a read guard, dropped at once.)
         for &(outcome, reason) in crate::outcome::OUTCOMES {
@@ -184,6 +261,47 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The counters for a connection forwarded by `rule` (as written).
+    pub fn byte_counters(&self, rule: Option<&str>) -> Arc<ByteCounters> {
+        let key = rule.unwrap_or_default();
+        if let Some(counters) = self
+            .by_rule
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return counters.clone();
+        }
+        fn pair<L: Clone + std::hash::Hash + Eq>(
+            family: &Family<L, Counter>,
+            labels: [L; 2],
+        ) -> [Counter; 2] {
+            labels.map(|l| family.get_or_create(&l).clone())
+        }
+        let counters = Arc::new(ByteCounters {
+            all: pair(
+                &self.bytes,
+                ["up", "down"].map(|direction| Direction { direction }),
+            ),
+            rule: rule.map(|rule| {
+                pair(
+                    &self.rule_bytes,
+                    ["up", "down"].map(|direction| RuleDirection {
+                        rule: rule.to_owned(),
+                        direction,
+                    }),
+                )
+            }),
+            spliced: self.spliced.clone(),
+        });
+        self.by_rule
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.into())
+            .or_insert(counters)
+            .clone()
+    }
+
     /// Records one finished connection.
     pub fn connection(&self, record: &ConnectionRecord<'_>) {
         self.connections
@@ -206,20 +324,6 @@ impl Metrics {
             let result = if hit { "hit" } else { "miss" };
             self.resolver_cache.get_or_create(&Result_ { result }).inc();
         }
-        self.spliced.inc_by(record.spliced);
-        let Some((up, down)) = record.bytes else {
-            return;
-        };
-        for (direction, n) in [("up", up), ("down", down)] {
-            self.bytes.get_or_create(&Direction { direction }).inc_by(n);
-            if let Some(rule) = record.rule {
-                let labels = RuleDirection {
-                    rule: rule.to_owned(),
-                    direction,
-                };
-                self.rule_bytes.get_or_create(&labels).inc_by(n);
-            }
-        }
         if let Some(rule) = record.rule {
             self.rule_connections
                 .get_or_create(&RuleLabel {
@@ -235,12 +339,24 @@ impl Metrics {
         self.reloads.get_or_create(&Result_ { result }).inc();
     }
 
+    /// A rejection line of `reason` went unwritten (see `telemetry::quota`).
+    pub fn suppressed(&self, reason: &'static str) {
+        self.log_suppressed.get_or_create(&Reason { reason }).inc();
+    }
+
     /// The exposition, with the gauges read from `counters` now: OpenMetrics when the
     /// scraper asked for it, else the classic Prometheus text format (0.0.4) that older
     /// scrapers and `promtool check metrics` read.
     pub fn render(&self, counters: &Counters, openmetrics: bool) -> String {
         self.active.set(counters.active() as i64);
         self.pending_hellos.set(counters.pending_hellos() as i64);
+        #[cfg(target_os = "linux")]
+        self.splice_pipes.set(crate::net::sys::open_pipes() as i64);
+        if let Some(dropped) = LOG_DROPPED.get() {
+            let dropped = dropped.dropped_lines() as u64;
+            self.log_dropped
+                .inc_by(dropped.saturating_sub(self.log_dropped.get()));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -1,0 +1,138 @@
+//! What the relay reports while traffic flows: byte counters of connections still open,
+//! splice pipes given back after a quiet spell, and rejection lines kept to a rate.
+
+mod common;
+
+use common::hellogen::hello_for;
+use common::{RelayProcess, Upstream, http_get, pinned_config, within};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NAME: &str = "a.example.com";
+
+/// The value of one series in a `/metrics` body.
+fn series(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(admin: &str, name: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").await;
+    series(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+async fn relay_with_admin(config: serde_json::Value) -> (RelayProcess, String) {
+    let mut relay = RelayProcess::start(config).await;
+    let admin = relay.next_message("admin listening").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (relay, admin)
+}
+
+#[tokio::test]
+async fn an_open_connection_shows_its_bytes_and_gives_its_pipe_back_when_quiet() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["admin"] = "127.0.0.1:0".into();
+        let (_relay, admin) = relay_with_admin(config).await;
+        let hello = hello_for(NAME);
+        let mut client = TcpStream::connect(_relay.addr()).await.unwrap();
+        client.write_all(&hello).await.unwrap();
+        let mut conn = upstream.accept().await;
+        // A burst big enough to move the up direction onto splice(2).
+        let burst = vec![0x5a; 1 << 20];
+        client.write_all(&burst).await.unwrap();
+        let mut got = vec![0u8; hello.len() + burst.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        conn.write_all(b"answer").await.unwrap();
+        client.read_exact(&mut [0u8; 6]).await.unwrap();
+
+        let up = (hello.len() + burst.len()) as f64;
+        let (_, body) = http_get(&admin, "/metrics").await;
+        let open = |name: &str| series(&body, name).unwrap_or_else(|| panic!("{name}\n{body}"));
+        assert_eq!(
+            open(r#"snirelay_bytes_total{direction="up"}"#),
+            up,
+            "{body}"
+        );
+        assert_eq!(open(r#"snirelay_bytes_total{direction="down"}"#), 6.0);
+        assert_eq!(
+            open(r#"snirelay_rule_bytes_total{rule="a.example.com",direction="up"}"#),
+            up
+        );
+        assert!(open("snirelay_bytes_spliced_total") > 0.0, "{body}");
+        assert_eq!(open("snirelay_splice_pipes"), 1.0, "{body}");
+        assert_eq!(open("snirelay_active_connections"), 1.0);
+
+        // Quiet: the pipe goes within 10 s, the connection stays.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while scrape(&admin, "snirelay_splice_pipes").await > 0.0 {
+            assert!(Instant::now() < deadline, "pipe still held after 10 s");
+            // The scrape interval; the release itself is what the loop waits for.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        client.write_all(b"still here").await.unwrap();
+        let mut again = [0u8; 10];
+        conn.read_exact(&mut again).await.unwrap();
+        assert_eq!(&again, b"still here");
+        assert_eq!(
+            scrape(&admin, r#"snirelay_bytes_total{direction="up"}"#).await,
+            up + 10.0
+        );
+        // Bytes are counted once: ending the connection adds nothing.
+        drop((client, conn));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while scrape(&admin, "snirelay_active_connections").await > 0.0 {
+            assert!(Instant::now() < deadline, "connection still open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            scrape(&admin, r#"snirelay_bytes_total{direction="up"}"#).await,
+            up + 10.0
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_clients_is_logged_at_a_bounded_rate_and_counted_in_full() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["admin"] = "127.0.0.1:0".into();
+        config["clients"] = serde_json::json!(["192.0.2.0/24"]);
+        let (mut relay, admin) = relay_with_admin(config).await;
+        let flood: u32 = 300;
+        for _ in 0..flood {
+            let mut refused = TcpStream::connect(relay.addr()).await.unwrap();
+            let _ = refused.read(&mut [0u8; 1]).await;
+        }
+        // Every connection is in the metrics, whether or not its line was written.
+        let denied = r#"snirelay_connections_total{outcome="rejected",reason="client_denied"}"#;
+        assert_eq!(scrape(&admin, denied).await, f64::from(flood));
+        let mut logged = 0;
+        let mut suppressed = 0;
+        while logged + suppressed < u64::from(flood) {
+            let line = relay.next_line().await;
+            match line["message"].as_str() {
+                Some("connection") => {
+                    assert_eq!(line["reason"], "client_denied");
+                    logged += 1;
+                }
+                Some("connection lines suppressed; the metrics count every connection") => {
+                    assert_eq!(line["reason"], "client_denied");
+                    suppressed += line["suppressed"].as_u64().unwrap();
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(logged + suppressed, u64::from(flood));
+        assert!(suppressed > 0, "{logged} lines for {flood} refusals");
+        let counted = r#"snirelay_log_lines_suppressed_total{reason="client_denied"}"#;
+        assert_eq!(scrape(&admin, counted).await, suppressed as f64);
+    })
+    .await
+}
