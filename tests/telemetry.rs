@@ -122,7 +122,7 @@ async fn a_flood_of_refused_clients_is_logged_at_a_bounded_rate_and_counted_in_f
                     assert_eq!(line["reason"], "client_denied");
                     logged += 1;
                 }
-                Some("connection lines suppressed; the metrics count every connection") => {
+                Some(common::SUPPRESSED) => {
                     assert_eq!(line["reason"], "client_denied");
                     suppressed += line["suppressed"].as_u64().unwrap();
                 }

@@ -84,6 +84,9 @@ pub fn real_hellos() -> Vec<Fixture> {
 }
 
 /// The snirelay binary running in a child process, logging JSON to a pipe we read.
+/// The message of the line that sums up rejection lines held back by the rate limit.
+pub const SUPPRESSED: &str = "connection lines suppressed; the metrics count every connection";
+
 pub struct RelayProcess {
     child: Child,
     pub addrs: Vec<SocketAddr>,
@@ -192,6 +195,26 @@ impl RelayProcess {
             Some(line) => line,
             None => next_line(&mut self.logs).await,
         }
+    }
+
+    /// How the next `n` connections to end ended, by reason: counted from their lines, and
+    /// from the summaries of the rejection lines the rate limit held back.
+    pub async fn next_reasons(&mut self, n: u64) -> std::collections::BTreeMap<String, u64> {
+        let mut reasons = std::collections::BTreeMap::new();
+        let mut seen = 0;
+        while seen < n {
+            let line = self.next_line().await;
+            let count = match line["message"].as_str() {
+                Some("connection") => 1,
+                Some(SUPPRESSED) => line["suppressed"].as_u64().unwrap(),
+                _ => continue,
+            };
+            *reasons
+                .entry(line["reason"].as_str().unwrap().to_owned())
+                .or_insert(0) += count;
+            seen += count;
+        }
+        reasons
     }
 
     /// The next log line whose message is `message`.
