@@ -62,6 +62,7 @@ pub fn relay<'a>(
         let mut spliced = 0;
         let timer = tokio::time::sleep(idle);
         let cancelled = stop.cancelled();
+        let mut watching = false;
         tokio::pin!(timer, cancelled);
         let end = std::future::poll_fn(|cx| {
             for (direction, way, from, to) in [
@@ -79,9 +80,15 @@ pub fn relay<'a>(
             if up.done && down.done {
                 return Poll::Ready(End::Closed);
             }
-            if cancelled.as_mut().poll(cx).is_ready() {
+            // The token is polled once, which registers the task's waker with it; later
+            // wake-ups only read its flag. Polling a waiting `Notified` again locks the
+            // token's waiter list, which every connection shares: a lock taken on every
+            // wake-up of every connection, fought over by the worker threads. (The waker
+            // stays valid: this future is awaited directly by its connection's task.)
+            if stop.is_cancelled() || (!watching && cancelled.as_mut().poll(cx).is_ready()) {
                 return Poll::Ready(End::Shutdown);
             }
+            watching = true;
             loop {
                 // A pipe still holding bytes stays: its writer is waiting to pass them on.
                 let pipes = up.empty_pipe() || down.empty_pipe();
