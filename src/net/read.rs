@@ -12,12 +12,6 @@ use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Reads into `buf`; `Ok(0)` is end of stream.
-pub fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let room = buf.len();
-    draining(stream, room, || stream.try_read(buf))
-}
-
 /// Reads into the spare capacity of `buf`, which grows by what was read; `Ok(0)` is end
 /// of stream (or no spare capacity).
 pub fn read_buf(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
@@ -75,8 +69,8 @@ mod tests {
         let (reader, mut writer) = pair().await;
         writer.write_all(b"first").await.unwrap();
         reader.readable().await.unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(read(&reader, &mut buf).unwrap(), 5);
+        let mut buf = Vec::with_capacity(64);
+        assert_eq!(read_buf(&reader, &mut buf).unwrap(), 5);
         assert!(
             !marked_readable(&reader).await,
             "a drained socket still marked readable costs a wasted read"
@@ -88,7 +82,7 @@ mod tests {
         assert_eq!(grown, b"second");
         drop(writer);
         reader.readable().await.unwrap();
-        assert_eq!(read(&reader, &mut buf).unwrap(), 0, "end of stream");
+        assert_eq!(read_buf(&reader, &mut buf).unwrap(), 0, "end of stream");
     }
 
     #[tokio::test]
@@ -98,8 +92,8 @@ mod tests {
         let mut got = 0;
         while got < 100 {
             reader.readable().await.unwrap();
-            let mut buf = [0u8; 10];
-            match read(&reader, &mut buf) {
+            let mut buf = Vec::with_capacity(10);
+            match read_buf(&reader, &mut buf) {
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("{e}"),

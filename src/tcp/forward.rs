@@ -62,8 +62,17 @@ pub fn relay<'a>(
         let mut spliced = 0;
         let timer = tokio::time::sleep(idle);
         let cancelled = stop.cancelled();
-        let mut watching = false;
         tokio::pin!(timer, cancelled);
+        // The token is polled once, here, which registers the task's waker with it; the
+        // loop below only reads its flag. Polling a waiting `Notified` again locks the
+        // token's waiter list, which every connection shares: that was a lock taken on
+        // every wake-up of every connection, fought over by the worker threads. (The
+        // waker stays valid: this future is awaited directly by its connection's task.)
+        std::future::poll_fn(|cx| {
+            let _ = cancelled.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
         let end = std::future::poll_fn(|cx| {
             for (direction, way, from, to) in [
                 (&mut up, Way::Up, client, upstream),
@@ -80,15 +89,9 @@ pub fn relay<'a>(
             if up.done && down.done {
                 return Poll::Ready(End::Closed);
             }
-            // The token is polled once, which registers the task's waker with it; later
-            // wake-ups only read its flag. Polling a waiting `Notified` again locks the
-            // token's waiter list, which every connection shares: a lock taken on every
-            // wake-up of every connection, fought over by the worker threads. (The waker
-            // stays valid: this future is awaited directly by its connection's task.)
-            if stop.is_cancelled() || (!watching && cancelled.as_mut().poll(cx).is_ready()) {
+            if stop.is_cancelled() {
                 return Poll::Ready(End::Shutdown);
             }
-            watching = true;
             loop {
                 // A pipe still holding bytes stays: its writer is waiting to pass them on.
                 let pipes = up.empty_pipe() || down.empty_pipe();
@@ -207,22 +210,13 @@ impl Direction {
             }
             ready!(from.poll_read_ready(cx)).map_err(|_| Broken::Reader)?;
             // A short read clears the readiness, so the next poll waits for the kernel
-            // instead of reading nothing (`net::read`).
-            let read = if self.buffer.capacity() == 0 {
-                // Readiness can still be stale (a peer's FIN, say), so the first read goes
-                // to the stack and a heap buffer is taken only for bytes that came.
-                let mut first = [0u8; FIRST_BUFFER];
-                net::read::read(from, &mut first).inspect(|&n| {
-                    if n > 0 {
-                        self.buffer.reserve_exact(FIRST_BUFFER);
-                        self.buffer.extend_from_slice(&first[..n]);
-                    }
-                })
-            } else {
-                // Into the spare capacity: no zeroing of a buffer about to be overwritten.
-                net::read::read_buf(from, &mut self.buffer)
-            };
-            match read {
+            // instead of reading nothing (`net::read`), and a buffer taken for a read that
+            // finds nothing is rare: it is given back at the top of the loop. Reads go
+            // into spare capacity: no zeroing of a buffer about to be overwritten.
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve_exact(FIRST_BUFFER);
+            }
+            match net::read::read_buf(from, &mut self.buffer) {
                 Ok(0) => return self.finish(to),
                 Ok(n) => {
                     clock.touch();
