@@ -1,10 +1,17 @@
 //! Side-by-side benchmark: snirelay, nginx (stream + ssl_preread) and HAProxy (req.ssl_sni)
 //! against no relay at all, on loopback, interleaved round by round.
 //!
-//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--conns 5000] [--idle 2000,7500] [--only snirelay]
-//! [--snirelay PATH] [--exchange-s 5]`
+//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--chunk-kib 256] [--conns 5000]
+//! [--idle 2000,7500] [--only snirelay] [--snirelay PATH] [--exchange-s 5] [--no-dns]`
 //!
 //! `--snirelay` runs another build (say, the previous commit's) in place of this one.
+//! `--chunk-kib` is the size of the upstream's writes in a download.
+//!
+//! The DNS path: with dnsmasq installed, each relay also runs a second time resolving the
+//! name through dnsmasq on loopback (answers with a 300 s TTL, as public resolvers give
+//! about), the way production runs: snirelay with `resolver.nameservers`, nginx with
+//! `resolver` and `proxy_pass $ssl_preread_server_name:PORT`, HAProxy with `do-resolve`.
+//! Those columns (`... dns`) run the connection test only.
 //!
 //! Each connection starts with a real ClientHello (the captured Chromium one, 1964 bytes,
 //! post-quantum sized), then a 9-byte command the upstream obeys: `D n` send n bytes,
@@ -24,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const NAME: &str = "translate.googleapis.com";
 const HELLO: &[u8] = include_bytes!("../tests/fixtures/hellos/real_chromium.bin");
+/// The client's read and write size, and the smallest upstream buffer.
 const CHUNK: usize = 256 * 1024;
 
 struct Options {
@@ -34,6 +42,8 @@ struct Options {
     conns: usize,
     idle: Vec<usize>,
     exchange_s: u64,
+    chunk: usize,
+    dns: bool,
 }
 
 fn options() -> Options {
@@ -45,6 +55,8 @@ fn options() -> Options {
         conns: 5000,
         idle: vec![2000],
         exchange_s: 5,
+        chunk: 256 * 1024,
+        dns: true,
     };
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
@@ -65,14 +77,17 @@ fn options() -> Options {
     o.mib = value("--mib").unwrap_or(o.mib as usize) as u64;
     o.conns = value("--conns").unwrap_or(o.conns);
     o.exchange_s = value("--exchange-s").map_or(o.exchange_s, |s: usize| s as u64);
+    o.chunk = value("--chunk-kib").map_or(o.chunk, |k: usize| k * 1024);
+    o.dns = !args.iter().any(|a| a == "--no-dns");
     if let Some(list) = text("--idle") {
         o.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
     }
     o
 }
 
-/// The upstream every target forwards to; `held` counts connections in `I` mode.
-async fn upstream(held: Arc<AtomicUsize>) -> SocketAddr {
+/// The upstream every target forwards to, writing downloads `chunk` bytes at a time;
+/// `held` counts connections in `I` mode.
+async fn upstream(held: Arc<AtomicUsize>, chunk: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -85,12 +100,12 @@ async fn upstream(held: Arc<AtomicUsize>) -> SocketAddr {
                     return;
                 }
                 let n = u64::from_be_bytes(head[HELLO.len() + 1..].try_into().unwrap());
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = vec![0u8; chunk.max(CHUNK)];
                 match head[HELLO.len()] {
                     b'D' => {
                         let mut left = n;
                         while left > 0 {
-                            let k = left.min(CHUNK as u64) as usize;
+                            let k = left.min(chunk as u64) as usize;
                             if conn.write_all(&buf[..k]).await.is_err() {
                                 return;
                             }
@@ -347,7 +362,9 @@ async fn idle_cost(at: SocketAddr, pid: Option<u32>, held: &AtomicUsize, n: usiz
 }
 
 struct Target {
+    /// The relay, and whether this instance resolves the name through DNS.
     name: &'static str,
+    dns: bool,
     addr: SocketAddr,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
@@ -385,15 +402,70 @@ async fn wait_listening(addr: SocketAddr) -> bool {
     false
 }
 
-async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option<Target> {
+/// dnsmasq on loopback answering NAME with 127.0.0.1 (TTL 300 s), or `None` without it.
+async fn dns_server() -> Option<(Child, SocketAddr)> {
+    let port = free_port();
+    let child = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--listen-address=127.0.0.1",
+            "--local-ttl=300",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--address=/{NAME}/127.0.0.1"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // dnsmasq says nothing when it is ready: ask until it answers.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in NAME.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    for _ in 0..100 {
+        let _ = socket.send_to(&query, addr);
+        if socket.recv(&mut [0u8; 512]).is_ok() {
+            return Some((child, addr));
+        }
+    }
+    panic!("dnsmasq did not answer on {addr}");
+}
+
+async fn start(
+    name: &'static str,
+    upstream: SocketAddr,
+    binary: &str,
+    dns: Option<SocketAddr>,
+) -> Option<Target> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let up_port = upstream.port();
     let mut cmd = match name {
         "snirelay" => {
+            let destination = match dns {
+                None => format!(r#"{{"name": "{NAME}", "upstream": "{upstream}"}}"#),
+                Some(server) => format!(
+                    r#""{NAME}"], "upstream_port": {up_port}, "resolver": {{"nameservers": ["{server}"]}},
+                    "private_destinations": ["127.0.0.0/8""#
+                ),
+            };
             let config = format!(
-                r#"{{"allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}], "max_connections": 200000,
+                r#"{{"allow": [{destination}], "max_connections": 200000,
                 "max_connections_per_client": 200000, "max_pending_hellos": 200000}}"#
             );
             std::fs::write(dir.path().join("rules.json"), config).unwrap();
@@ -411,10 +483,17 @@ async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option
                 return None;
             }
             let d = dir.path().display();
+            let (resolver, target) = match dns {
+                None => (String::new(), upstream.to_string()),
+                Some(server) => (
+                    format!("resolver {server} valid=300s;\n"),
+                    format!("$ssl_preread_server_name:{up_port}"),
+                ),
+            };
             let config = format!(
                 "load_module {module};\nworker_processes {cores};\ndaemon off;\n\
                  pid {d}/nginx.pid;\nerror_log {d}/error.log error;\nevents {{ worker_connections 100000; }}\n\
-                 stream {{\n  map $ssl_preread_server_name $up {{ {NAME} {upstream}; default 127.0.0.1:1; }}\n\
+                 stream {{\n  {resolver}  map $ssl_preread_server_name $up {{ {NAME} {target}; default 127.0.0.1:1; }}\n\
                  server {{ listen {addr} reuseport; ssl_preread on; proxy_pass $up; }}\n}}\n"
             );
             std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
@@ -429,12 +508,27 @@ async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option
             if !std::path::Path::new("/usr/sbin/haproxy").exists() {
                 return None;
             }
+            let routing = match dns {
+                None => format!(
+                    "  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+                     use_backend be if {{ req.ssl_sni -i {NAME} }}\n\
+                     backend be\n  server s1 {upstream}\n"
+                ),
+                // HAProxy resolves per connection with do-resolve (cached for `hold valid`)
+                // and sends the connection to the address it found.
+                Some(server) => format!(
+                    "  tcp-request content do-resolve(txn.dstip,dns,ipv4) req.ssl_sni,lower if {{ req.ssl_sni -i {NAME} }}\n\
+                     tcp-request content reject unless {{ var(txn.dstip) -m found }}\n\
+                     tcp-request content set-dst var(txn.dstip)\n\
+                     default_backend be\n\
+                     backend be\n  server s1 0.0.0.0:{up_port}\n\
+                     resolvers dns\n  nameserver d1 {server}\n  hold valid 300s\n"
+                ),
+            };
             let config = format!(
                 "global\n  nbthread {cores}\n  maxconn 7800\n\
                  defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
-                 frontend fe\n  bind {addr}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
-                 use_backend be if {{ req.ssl_sni -i {NAME} }}\n\
-                 backend be\n  server s1 {upstream}\n"
+                 frontend fe\n  bind {addr}\n  tcp-request inspect-delay 5s\n{routing}"
             );
             std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
             let mut cmd = Command::new("/usr/sbin/haproxy");
@@ -444,6 +538,7 @@ async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option
         _ => {
             return Some(Target {
                 name,
+                dns: false,
                 addr: upstream,
                 child: None,
                 _dir: None,
@@ -457,16 +552,19 @@ async fn start(name: &'static str, upstream: SocketAddr, binary: &str) -> Option
         .stderr(log)
         .spawn()
         .ok()?;
-    if !wait_listening(addr).await {
-        let said = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-        panic!("{name} did not start listening on {addr}: {said}");
-    }
-    Some(Target {
+    let target = Target {
         name,
+        dns: dns.is_some(),
         addr,
         child: Some(child),
         _dir: Some(dir),
-    })
+    };
+    if !wait_listening(addr).await {
+        let said = std::fs::read_to_string(target._dir.as_ref().unwrap().path().join("stderr.log"))
+            .unwrap_or_default();
+        panic!("{name} did not start listening on {addr}: {said}");
+    }
+    Some(target)
 }
 
 type Figures = BTreeMap<String, Vec<f64>>;
@@ -477,23 +575,65 @@ fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Whether more of a figure is better (rates, throughput) rather than less (costs, latency).
+fn higher_is_better(key: &str) -> bool {
+    key.contains("/s")
+}
+
+const RELAYS: [&str; 4] = ["no relay", "snirelay", "nginx", "haproxy"];
+/// Prefix of the figures measured with the name resolved through DNS.
+const DNS: &str = "DNS path: ";
+
+/// The connection test: figures pushed under `prefix`.
+async fn connection_figures(
+    at: SocketAddr,
+    pid: Option<u32>,
+    n: usize,
+    prefix: &str,
+    push: &mut impl FnMut(String, f64),
+) {
+    let (user, system) = cpu_ms(pid);
+    let (rate, lat) = connection_rate(at, n).await;
+    let (user_after, system_after) = cpu_ms(pid);
+    let thousands = n as f64 / 1000.0;
+    push(
+        format!("{prefix}relay CPU ms per 1,000 conns"),
+        (user_after + system_after - user - system) / thousands,
+    );
+    // The kernel's part is mostly TCP on loopback, which every relay pays alike.
+    push(
+        format!("{prefix}relay CPU ms per 1,000 conns, kernel part"),
+        (system_after - system) / thousands,
+    );
+    push(format!("{prefix}conn/s at c=32"), rate);
+    push(format!("{prefix}latency p50 ms"), percentile(&lat, 0.5));
+    push(format!("{prefix}latency p90 ms"), percentile(&lat, 0.9));
+    push(format!("{prefix}latency p99 ms"), percentile(&lat, 0.99));
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let o = options();
     let total = o.mib << 20;
+    let dns_server = if o.dns { dns_server().await } else { None };
+    let resolver = dns_server.as_ref().map(|(_, addr)| *addr);
+    if o.dns && resolver.is_none() {
+        eprintln!("dnsmasq: not installed, DNS path skipped");
+    }
     let mut targets = Vec::new();
     let mut holds = Vec::new();
-    for name in ["no relay", "snirelay", "nginx", "haproxy"] {
-        if o.only
-            .as_deref()
-            .is_some_and(|only| name != only && name != "no relay")
-        {
-            continue;
-        }
+    let chosen =
+        |name: &str| name == "no relay" || o.only.as_deref().is_none_or(|only| name == only);
+    let plan = RELAYS.iter().map(|name| (*name, None)).chain(
+        RELAYS[1..]
+            .iter()
+            .filter_map(|name| resolver.map(|dns| (*name, Some(dns)))),
+    );
+    for (name, dns) in plan.filter(|(name, _)| chosen(name)) {
         // Each target gets its own upstream port, so TIME_WAIT tuples never collide.
         let held = Arc::new(AtomicUsize::new(0));
-        let up = upstream(held.clone()).await;
-        match start(name, up, &o.binary).await {
+        let up = upstream(held.clone(), o.chunk).await;
+        match start(name, up, &o.binary, dns).await {
             Some(t) => {
                 targets.push(t);
                 holds.push(held);
@@ -501,12 +641,17 @@ async fn main() {
             None => eprintln!("{name}: not installed, skipped"),
         }
     }
-    let mut results: Vec<Figures> = targets.iter().map(|_| Figures::new()).collect();
+    let mut results: BTreeMap<&str, Figures> = BTreeMap::new();
     for round in 0..o.rounds {
         for (i, t) in targets.iter().enumerate() {
             let pid = t.child.as_ref().map(|c| c.id());
-            let r = &mut results[i];
+            let r = results.entry(t.name).or_default();
             let mut push = |k: String, v: f64| r.entry(k).or_default().push(v);
+            if t.dns {
+                connection_figures(t.addr, pid, o.conns, DNS, &mut push).await;
+                eprintln!("round {} {} (DNS path): done", round + 1, t.name);
+                continue;
+            }
             let cpu = total_ms(cpu_ms(pid));
             let down1 = throughput(t.addr, 1, total, true).await;
             let cpu_after = total_ms(cpu_ms(pid));
@@ -519,31 +664,19 @@ async fn main() {
                 "throughput 1 conn up, MB/s".into(),
                 throughput(t.addr, 1, total, false).await / 1e6,
             );
+            let cpu = total_ms(cpu_ms(pid));
+            let down8 = throughput(t.addr, 8, total, true).await;
+            let cpu_after = total_ms(cpu_ms(pid));
             push(
-                "throughput 8 conns down, MB/s".into(),
-                throughput(t.addr, 8, total, true).await / 1e6,
+                "relay CPU ms per GiB, 8 conns".into(),
+                (cpu_after - cpu) / (total as f64 / (1u64 << 30) as f64),
             );
+            push("throughput 8 conns down, MB/s".into(), down8 / 1e6);
             push(
                 "throughput 8 conns up, MB/s".into(),
                 throughput(t.addr, 8, total, false).await / 1e6,
             );
-            let (user, system) = cpu_ms(pid);
-            let (rate, lat) = connection_rate(t.addr, o.conns).await;
-            let (user_after, system_after) = cpu_ms(pid);
-            let thousands = o.conns as f64 / 1000.0;
-            push(
-                "relay CPU ms per 1,000 conns".into(),
-                (user_after + system_after - user - system) / thousands,
-            );
-            // The kernel's part is mostly TCP on loopback, which every relay pays alike.
-            push(
-                "relay CPU ms per 1,000 conns, kernel part".into(),
-                (system_after - system) / thousands,
-            );
-            push("conn/s at c=32".into(), rate);
-            push("latency p50 ms".into(), percentile(&lat, 0.5));
-            push("latency p90 ms".into(), percentile(&lat, 0.9));
-            push("latency p99 ms".into(), percentile(&lat, 0.99));
+            connection_figures(t.addr, pid, o.conns, "", &mut push).await;
             let before = total_ms(cpu_ms(pid));
             let (count, lat) = exchanges(t.addr, 32, 256, 1024, o.exchange_s).await;
             let after = total_ms(cpu_ms(pid));
@@ -555,14 +688,12 @@ async fn main() {
                 "exchanges/s, 32 conns".into(),
                 count as f64 / o.exchange_s as f64,
             );
-            push(
-                "exchange latency p50 ms, 32 conns".into(),
-                percentile(&lat, 0.5),
-            );
-            push(
-                "exchange latency p99 ms, 32 conns".into(),
-                percentile(&lat, 0.99),
-            );
+            for (p, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
+                push(
+                    format!("exchange latency {name} ms, 32 conns"),
+                    percentile(&lat, p),
+                );
+            }
             let (_, lat) = exchanges(t.addr, 1, 256, 1024, 1).await;
             push(
                 "exchange latency p50 ms, 1 conn".into(),
@@ -576,10 +707,18 @@ async fn main() {
             eprintln!("round {} {}: done", round + 1, t.name);
         }
     }
+    drop(dns_server.map(|(mut child, _)| child.kill()));
+    print_table(&o, &results);
+}
+
+/// The medians, each rate and latency also as a multiple of no relay's, and snirelay's
+/// figure as a multiple of the best peer's.
+fn print_table(o: &Options, results: &BTreeMap<&str, Figures>) {
     println!(
-        "\nmedians of {} interleaved rounds; {} MiB per transfer, {} connections, {} idle\n",
+        "\nmedians of {} interleaved rounds; {} MiB per transfer in {} KiB upstream writes, {} connections, {} idle\n",
         o.rounds,
         o.mib,
+        o.chunk / 1024,
         o.conns,
         o.idle
             .iter()
@@ -587,25 +726,62 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(" and ")
     );
+    let columns: Vec<&str> = RELAYS
+        .into_iter()
+        .filter(|r| results.contains_key(r))
+        .collect();
     print!("| figure |");
-    for t in &targets {
-        print!(" {} |", t.name);
+    for c in &columns {
+        print!(" {c} |");
     }
-    println!("\n|---|{}", "---|".repeat(targets.len()));
-    for key in results[0].keys() {
+    println!(
+        " snirelay ÷ best peer |\n|---|{}---|",
+        "---|".repeat(columns.len())
+    );
+    let keys: std::collections::BTreeSet<&String> =
+        results.values().flat_map(|f| f.keys()).collect();
+    let value = |relay: &str, key: &str| results.get(relay)?.get(key).map(|v| median(v));
+    for key in keys {
         print!("| {key} |");
-        let base = median(&results[0][key]);
-        for r in &results {
-            let m = median(&r[key]);
-            let ratio = if key.contains("/s") || key.contains("latency") {
-                format!(" ({:.2}x)", m / base)
-            } else {
-                String::new()
-            };
-            // Sub-millisecond latencies and microsecond costs need more than one decimal.
-            let digits = if m.abs() < 10.0 { 3 } else { 1 };
-            print!(" {m:.digits$}{ratio} |");
+        // Rates and latencies also as a multiple of no relay's (pinned) figure.
+        let base = value("no relay", key.trim_start_matches(DNS));
+        for c in &columns {
+            match value(c, key) {
+                None => print!(" - |"),
+                Some(m) => {
+                    let ratio = match base {
+                        Some(b) if key.contains("/s") || key.contains("latency") => {
+                            format!(" ({:.2}x)", m / b)
+                        }
+                        _ => String::new(),
+                    };
+                    // Sub-millisecond latencies and microsecond costs need more than one decimal.
+                    let digits = if m.abs() < 10.0 { 3 } else { 1 };
+                    print!(" {m:.digits$}{ratio} |");
+                }
+            }
         }
-        println!();
+        let peers = ["nginx", "haproxy"].map(|p| value(p, key));
+        let best = peers.into_iter().flatten().reduce(|a, b| {
+            if higher_is_better(key) {
+                a.max(b)
+            } else {
+                a.min(b)
+            }
+        });
+        match (value("snirelay", key), best) {
+            (Some(ours), Some(best)) if best != 0.0 => println!(" {:.2}x |", ours / best),
+            _ => println!(" - |"),
+        }
     }
+    // The DNS path's cost over the pinned upstream, per relay.
+    let key = "relay CPU ms per 1,000 conns";
+    print!("| DNS path CPU per conn ÷ pinned |");
+    for c in &columns {
+        match (value(c, &format!("{DNS}{key}")), value(c, key)) {
+            (Some(dns), Some(pinned)) if pinned > 0.0 => print!(" {:.2}x |", dns / pinned),
+            _ => print!(" - |"),
+        }
+    }
+    println!(" - |");
 }
