@@ -418,7 +418,10 @@ async fn dns_server() -> Option<(Child, SocketAddr)> {
             "--local-ttl=300",
         ])
         .arg(format!("--port={port}"))
-        .arg(format!("--address=/{NAME}/127.0.0.1"))
+        // The name is local: an A record, and for AAAA an empty answer, not REFUSED
+        // (which nginx's resolver takes as failure).
+        .arg(format!("--host-record={NAME},127.0.0.1"))
+        .arg(format!("--local=/{NAME}/"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
