@@ -268,7 +268,8 @@ impl Direction {
                 }
             }
             ready!(from.poll_read_ready(cx)).map_err(|_| Broken::Reader)?;
-            match from.try_io(Interest::READABLE, || pipe.fill_from(from, BULK_BUFFER)) {
+            let room = pipe.capacity();
+            match from.try_io(Interest::READABLE, || pipe.fill_from(from, room)) {
                 Ok(0) => return Poll::Ready(Ok(())),
                 Ok(_) => clock.touch(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
