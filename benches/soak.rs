@@ -13,9 +13,10 @@
 //! - clients that reset mid-transfer or never read.
 //!
 //! The audit fails (exit 1) on: a normal transfer not intact, a relay that died or
-//! panicked, anything reaching an upstream that should not, a connection without exactly one
-//! log line with a reason, open descriptors not back to the baseline, or RSS more than
-//! 32 MiB above it.
+//! panicked, anything reaching an upstream that should not, a connection the log does not
+//! account for exactly once (its own line with a reason, or a rejection counted in a
+//! rate-limit summary), open descriptors not back to the baseline, or RSS more than 32 MiB
+//! above it.
 
 #[path = "../tests/common/hellogen.rs"]
 #[allow(dead_code)]
@@ -461,8 +462,11 @@ fn start_relay(dir: &std::path::Path, upstreams: &[(&str, SocketAddr)]) -> (Chil
     (child, addr)
 }
 
-/// The relay's log: per-connection lines by outcome and reason, and any line that is not
-/// JSON (a panic message).
+/// The message of the line that sums up rejection lines held back by the rate limit.
+const SUPPRESSED: &str = "connection lines suppressed; the metrics count every connection";
+
+/// The relay's log: connections by outcome and reason (from their lines, and from the
+/// summaries of rejection lines held back), and any line that is not JSON (a panic message).
 fn read_log(path: &std::path::Path) -> (BTreeMap<String, u64>, u64, Vec<String>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut reasons = BTreeMap::new();
@@ -477,6 +481,16 @@ fn read_log(path: &std::path::Path) -> (BTreeMap<String, u64>, u64, Vec<String>)
                     v["reason"].as_str().unwrap_or("MISSING")
                 );
                 *reasons.entry(key).or_insert(0) += 1;
+            }
+            // Rejection lines past the rate per reason, summed up once a second.
+            Ok(v) if v["message"] == SUPPRESSED => {
+                let n = v["suppressed"].as_u64().unwrap_or(0);
+                lines += n;
+                let key = format!(
+                    "rejected/{} (summed up)",
+                    v["reason"].as_str().unwrap_or("MISSING")
+                );
+                *reasons.entry(key).or_insert(0) += n;
             }
             Ok(_) => {}
             Err(_) => strange.push(line.to_owned()),

@@ -126,7 +126,10 @@ mod tests {
             .map(|_| Pipe::new().unwrap())
             .collect();
         let big = pipes.iter().filter(|p| p.capacity() == BIG_PIPE).count();
-        assert!(big >= 1, "the first pipe is big (this test runs with a pipe budget)");
+        assert!(
+            big >= 1,
+            "the first pipe is big (this test runs with a pipe budget)"
+        );
         assert!(big <= BIG_PIPES / BIG_PIPE, "{big} big pipes");
         assert!(pipes.iter().any(|p| p.capacity() < BIG_PIPE));
         drop(pipes);

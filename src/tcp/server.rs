@@ -104,6 +104,7 @@ pub async fn serve(
     stop.cancel();
     connections.wait().await;
     summaries.abort();
+    quota::log_suppressed(&quota::REJECTIONS);
     tracing::info!("stopped");
 }
 

@@ -87,21 +87,26 @@ impl LineQuota {
 }
 
 /// Says, every [`WINDOW`], how many lines of each reason were suppressed; runs until
-/// dropped.
+/// dropped (then [`log_suppressed`] says what is left).
 pub async fn report_suppressed(quota: &LineQuota) {
     let mut ticks = tokio::time::interval(WINDOW);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        for (reason, suppressed) in quota.take_suppressed() {
-            tracing::warn!(
-                target: "snirelay::connection",
-                reason,
-                suppressed,
-                window_s = WINDOW.as_secs(),
-                "connection lines suppressed; the metrics count every connection"
-            );
-        }
+        log_suppressed(quota);
+    }
+}
+
+/// One line per reason with lines suppressed since the last call.
+pub fn log_suppressed(quota: &LineQuota) {
+    for (reason, suppressed) in quota.take_suppressed() {
+        tracing::warn!(
+            target: "snirelay::connection",
+            reason,
+            suppressed,
+            window_s = WINDOW.as_secs(),
+            "connection lines suppressed; the metrics count every connection"
+        );
     }
 }
 
