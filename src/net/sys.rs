@@ -39,10 +39,11 @@ pub fn open_pipes() -> usize {
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
-    /// Bytes it can hold.
-    capacity: usize,
+    /// Bytes it can hold, and bytes spliced in and not yet out: `u32`, so an idle
+    /// connection's two `Option<Pipe>`s take 16 bytes each (a pipe holds at most 1 MiB).
+    capacity: u32,
     /// Bytes spliced in and not yet out.
-    pub pending: usize,
+    pub pending: u32,
 }
 
 impl Pipe {
@@ -63,27 +64,27 @@ impl Pipe {
         Ok(Pipe {
             read,
             write,
-            capacity,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             pending: 0,
         })
     }
 
     /// Bytes the pipe can hold.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 
     /// Moves up to `max` bytes from `socket` into the pipe. `Ok(0)` is end of stream.
     pub fn fill_from(&mut self, socket: &impl AsFd, max: usize) -> io::Result<usize> {
         let n = splice(socket.as_fd(), self.write.as_fd(), max)?;
-        self.pending += n;
+        self.pending += n as u32;
         Ok(n)
     }
 
     /// Moves what the pipe holds into `socket`, as much as it takes now.
     pub fn drain_into(&mut self, socket: &impl AsFd) -> io::Result<usize> {
-        let n = splice(self.read.as_fd(), socket.as_fd(), self.pending)?;
-        self.pending -= n;
+        let n = splice(self.read.as_fd(), socket.as_fd(), self.pending as usize)?;
+        self.pending -= n as u32;
         Ok(n)
     }
 }
@@ -91,7 +92,7 @@ impl Pipe {
 impl Drop for Pipe {
     fn drop(&mut self) {
         OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
-        OPEN_PIPE_BYTES.fetch_sub(self.capacity, Ordering::Relaxed);
+        OPEN_PIPE_BYTES.fetch_sub(self.capacity(), Ordering::Relaxed);
     }
 }
 
