@@ -1,7 +1,7 @@
 //! Side-by-side benchmark: snirelay, nginx (stream + ssl_preread) and HAProxy (req.ssl_sni)
 //! against no relay at all, on loopback, interleaved round by round.
 //!
-//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--chunk-kib 256] [--conns 5000]
+//! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--chunk-kib 1024] [--conns 5000]
 //! [--idle 2000,7500] [--only snirelay] [--snirelay PATH] [--exchange-s 5] [--no-dns]`
 //!
 //! `--snirelay` runs another build (say, the previous commit's) in place of this one.
@@ -55,7 +55,7 @@ fn options() -> Options {
         conns: 5000,
         idle: vec![2000],
         exchange_s: 5,
-        chunk: 256 * 1024,
+        chunk: 1024 * 1024,
         dns: true,
     };
     let args: Vec<String> = std::env::args().collect();

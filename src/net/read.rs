@@ -7,7 +7,11 @@
 //! readiness can be cleared right then, as tokio's own `AsyncRead` does and as nginx gets
 //! from edge-triggered epoll. tokio clears only the readiness it had seen before the read
 //! (readiness carries a tick), so an event that arrives meanwhile is kept, not lost.
+//!
+//! And reading a preamble (the PROXY header, the hello) until a parser is satisfied, with
+//! work per read that does not grow with what is already buffered.
 
+use crate::outcome::Rejection;
 use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -17,6 +21,37 @@ use tokio::net::TcpStream;
 pub fn read_buf(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let room = buf.capacity() - buf.len();
     draining(stream, room, || stream.try_read_buf(buf))
+}
+
+/// Reads from `client` into `received` until `parse` finds what it looks for in the bytes
+/// so far (it is asked first about what is already there). Reads go into spare capacity,
+/// so no byte is zeroed or copied twice and the cost of a read does not grow with what is
+/// buffered; the buffer never holds more than `limit` bytes (one more, at 0 room, for a
+/// parser to refuse).
+pub async fn read_until<T>(
+    client: &TcpStream,
+    received: &mut Vec<u8>,
+    limit: usize,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, Rejection>,
+) -> Result<T, Rejection> {
+    loop {
+        if let Some(found) = parse(received)? {
+            return Ok(found);
+        }
+        // Exact, so a read never takes the buffer past `limit` (plain `reserve` may double
+        // the capacity, and a read fills whatever is spare); growth stays geometric.
+        let room = limit.saturating_sub(received.len()).max(1);
+        received.reserve_exact(room.min(received.len().max(4096)));
+        loop {
+            client.readable().await.map_err(Rejection::ClientError)?;
+            match read_buf(client, received) {
+                Ok(0) => return Err(Rejection::ClientClosed),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Rejection::ClientError(e)),
+            }
+        }
+    }
 }
 
 /// Runs `read`, which had room for `room` bytes, and clears the readiness when it came back
@@ -102,5 +137,28 @@ mod tests {
                 assert!(marked_readable(&reader).await, "after {got} of 100 bytes");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn reading_never_takes_the_buffer_past_its_limit() {
+        let (client, mut peer) = pair().await;
+        peer.write_all(&[0x16; 10_000]).await.unwrap();
+        let limit = 5_000;
+        let mut received = Vec::new();
+        let refused = read_until(&client, &mut received, limit, |bytes| {
+            if bytes.len() >= limit {
+                Err(Rejection::HelloTimeout)
+            } else {
+                Ok(None::<()>)
+            }
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(received.len(), limit);
+        assert!(
+            received.capacity() <= limit,
+            "capacity {}",
+            received.capacity()
+        );
     }
 }

@@ -6,7 +6,8 @@ use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
 use crate::hello::HelloReader;
 use crate::limits::Slot;
-use crate::net::{self, listen::tune};
+use crate::net::listen::tune;
+use crate::net::read::read_until;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::proxy::{self, Header};
@@ -167,37 +168,6 @@ async fn open(
     Ok((client, upstream, received))
 }
 
-/// Reads from `client` into `received` until `parse` finds what it looks for in the bytes
-/// so far (it is asked first about what is already there). Reads go into spare capacity,
-/// so no byte is zeroed or copied twice and the cost of a read does not grow with what is
-/// buffered; the buffer never holds more than `limit` bytes (one more, at 0 room, for a
-/// parser to refuse).
-async fn read_until<T>(
-    client: &TcpStream,
-    received: &mut Vec<u8>,
-    limit: usize,
-    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, Rejection>,
-) -> Result<T, Rejection> {
-    loop {
-        if let Some(found) = parse(received)? {
-            return Ok(found);
-        }
-        // Exact, so a read never takes the buffer past `limit` (plain `reserve` may double
-        // the capacity, and a read fills whatever is spare); growth stays geometric.
-        let room = limit.saturating_sub(received.len()).max(1);
-        received.reserve_exact(room.min(received.len().max(4096)));
-        loop {
-            client.readable().await.map_err(Rejection::ClientError)?;
-            match net::read::read_buf(client, received) {
-                Ok(0) => return Err(Rejection::ClientClosed),
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Rejection::ClientError(e)),
-            }
-        }
-    }
-}
-
 /// Tells a TLS client its name is not served, so its error says so, then closes cleanly.
 async fn refuse_with_alert(client: TcpStream) {
     let _ = client.try_write(&UNRECOGNIZED_NAME_ALERT);
@@ -244,30 +214,6 @@ mod tests {
             .unwrap();
         let (far, _) = listener.accept().await.unwrap();
         (near, far)
-    }
-
-    #[tokio::test]
-    async fn reading_never_takes_the_buffer_past_its_limit() {
-        use tokio::io::AsyncWriteExt;
-        let (client, mut peer) = pair().await;
-        peer.write_all(&[0x16; 10_000]).await.unwrap();
-        let limit = 5_000;
-        let mut received = Vec::new();
-        let refused = read_until(&client, &mut received, limit, |bytes| {
-            if bytes.len() >= limit {
-                Err(Rejection::HelloTimeout)
-            } else {
-                Ok(None::<()>)
-            }
-        })
-        .await;
-        assert!(refused.is_err());
-        assert_eq!(received.len(), limit);
-        assert!(
-            received.capacity() <= limit,
-            "capacity {}",
-            received.capacity()
-        );
     }
 
     #[tokio::test]
