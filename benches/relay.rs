@@ -20,6 +20,9 @@
 //! traffic of HTTP/2 and gRPC API calls). Relay CPU time comes
 //! from /proc (utime + stime of the relay's processes), the least noisy figure here.
 
+#[path = "../tests/common/dnsmasq.rs"]
+mod dnsmasq;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -405,25 +408,12 @@ async fn wait_listening(addr: SocketAddr) -> bool {
 /// dnsmasq on loopback answering NAME with 127.0.0.1 (TTL 300 s), or `None` without it.
 async fn dns_server() -> Option<(Child, SocketAddr)> {
     let port = free_port();
-    let child = Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--listen-address=127.0.0.1",
-            "--local-ttl=300",
-        ])
-        .arg(format!("--port={port}"))
+    let child = dnsmasq::dnsmasq("127.0.0.1", port)
+        .args(["--conf-file=/dev/null", "--pid-file=", "--local-ttl=300"])
         // The name is local: an A record, and for AAAA an empty answer, not REFUSED
         // (which nginx's resolver takes as failure).
         .arg(format!("--host-record={NAME},127.0.0.1"))
         .arg(format!("--local=/{NAME}/"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .ok()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -17,10 +17,7 @@ async fn start(upstream: &Upstream, tweak: impl FnOnce(&mut Value)) -> (RelayPro
     config["admin"] = "127.0.0.1:0".into();
     tweak(&mut config);
     let mut relay = RelayProcess::start(config).await;
-    let admin = relay.next_message("admin listening").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = relay.admin_addr().await;
     (relay, admin)
 }
 

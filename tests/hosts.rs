@@ -7,7 +7,7 @@ mod common;
 use common::{Group, dns_query, fresh_loopback, recording_dns_server, within};
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Exact names, a wildcard, a wildcard inside it, a name under a wildcard, and a name that
 /// is a wildcard's parent.
@@ -136,22 +136,11 @@ async fn dnsmasq_answers_both_families_itself_and_leaves_a_wildcards_parent_alon
         let (upstream, asked) =
             recording_dns_server(vec![("example.org", vec!["192.0.2.80".parse().unwrap()])]).await;
         let (ip, ports) = fresh_loopback(104, 1);
-        let mut dnsmasq = Command::new("dnsmasq");
+        let mut dnsmasq = common::dnsmasq::dnsmasq(&ip, ports[0]);
         dnsmasq
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--user=root",
-            ])
-            .arg(format!("--listen-address={ip}"))
-            .arg(format!("--port={}", ports[0]))
             .arg(format!("--server=127.0.0.1#{}", upstream.port()))
             .arg(format!("--conf-file={}", conf.display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()));
         let _dnsmasq = Group(Group::lead(&mut dnsmasq).spawn().unwrap());
         let server = format!("{ip}:{}", ports[0]).parse().unwrap();
         // dnsmasq says nothing when it is ready: ask until it answers.

@@ -222,10 +222,7 @@ async fn metrics_health_and_readiness_are_served_and_valid() {
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
         let mut relay = relay_with(&upstream, |c| c["admin"] = "127.0.0.1:0".into()).await;
-        let admin = relay.next_message("admin listening").await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let admin = relay.admin_addr().await;
 
         // Before any event, every series with a known label set is there, at 0.
         let (_, fresh) = http_get(&admin, "/metrics").await;
@@ -309,10 +306,7 @@ async fn reloads_are_counted_by_result() {
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
         let mut relay = relay_with(&upstream, |c| c["admin"] = "127.0.0.1:0".into()).await;
-        let admin = relay.next_message("admin listening").await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let admin = relay.admin_addr().await;
         std::fs::write(relay.config_path(), "{ not json").unwrap();
         relay.signal("HUP");
         relay
@@ -347,10 +341,7 @@ async fn a_second_connection_to_a_name_is_a_resolver_cache_hit() {
             "admin": "127.0.0.1:0",
         });
         let mut relay = RelayProcess::start(config).await;
-        let admin = relay.next_message("admin listening").await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let admin = relay.admin_addr().await;
         for _ in 0..2 {
             let mut client =
                 common::send_and_close(relay.addr(), &hello_for("cached.relay.test")).await;

@@ -302,10 +302,7 @@ mod relay {
         config["admin"] = "127.0.0.1:0".into();
         tweak(&mut config);
         let mut relay = RelayProcess::start_with(config, &[]).await;
-        let admin = relay.next_message("admin listening").await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let admin = relay.admin_addr().await;
         (relay, admin)
     }
 

@@ -682,10 +682,7 @@ async fn monitor_mode_forwards_unlisted_names_and_says_so() {
         let mut relay = RelayProcess::start_with(config.take(), &[]).await;
         // The monitoring listener (127.0.0.1) first, whichever said "listening" first.
         relay.addrs.sort();
-        let admin = relay.next_message("admin listening").await["addr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let admin = relay.admin_addr().await;
         let (status, body) = common::http_get(&admin, "/readyz").await;
         assert_eq!(status, 200);
         assert!(body.starts_with("ready (monitor mode"), "{body}");

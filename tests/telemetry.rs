@@ -24,10 +24,7 @@ async fn scrape(admin: &str, name: &str) -> f64 {
 
 async fn relay_with_admin(config: serde_json::Value) -> (RelayProcess, String) {
     let mut relay = RelayProcess::start(config).await;
-    let admin = relay.next_message("admin listening").await["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = relay.admin_addr().await;
     (relay, admin)
 }
 

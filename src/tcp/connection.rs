@@ -194,8 +194,8 @@ async fn refuse_with_alert(client: TcpStream) {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::net::read::tests::pair;
     use std::path::Path;
-    use tokio::net::TcpListener;
 
     /// Budgets, in bytes, for what one connection's task holds, as measured on the pinned
     /// toolchain. The connection future is what an idle forwarded connection keeps for
@@ -206,15 +206,6 @@ mod tests {
     const CONNECTION_FUTURE_BUDGET: usize = 920;
     const RELAY_FUTURE_BUDGET: usize = 488;
     const OPEN_FUTURE_BUDGET: usize = 448;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = listener.accept().await.unwrap();
-        (near, far)
-    }
 
     #[tokio::test]
     async fn a_connection_task_stays_within_its_memory_budget() {

@@ -1,6 +1,7 @@
 //! Shared test support. Each test crate uses a different part of it.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod hellogen;
 pub mod traffic;
 
@@ -215,6 +216,14 @@ impl RelayProcess {
             seen += count;
         }
         reasons
+    }
+
+    /// The admin listener's address, from its start-up line.
+    pub async fn admin_addr(&mut self) -> String {
+        self.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// The next log line whose message is `message`.
