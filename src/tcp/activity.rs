@@ -4,7 +4,7 @@
 //! One `Sleep` serves both, re-armed only when it fires (or when a pipe first needs an
 //! earlier wake-up), so moving bytes costs a clock read and a store, never a timer update.
 
-use crate::telemetry::metrics::{ByteCounters, Way};
+use crate::telemetry::bytes::{ByteCounters, Way};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

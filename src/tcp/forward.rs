@@ -8,7 +8,7 @@
 use crate::net;
 use crate::outcome::End;
 use crate::tcp::activity::{Activity, Quiet};
-use crate::telemetry::metrics::{ByteCounters, Way};
+use crate::telemetry::bytes::{ByteCounters, Way};
 use socket2::SockRef;
 use std::future::Future;
 use std::io;

@@ -3,14 +3,14 @@
 //! never the client's SNI, so cardinality is bounded by the allowlist.
 
 use crate::limits::Counters;
+use crate::telemetry::bytes::{ByRule, ByteCounters};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing_appender::non_blocking::ErrorCounter;
 
@@ -47,7 +47,7 @@ struct Result_ {
 }
 
 /// What one finished connection contributes. Its bytes are not here: they were counted
-/// as they moved ([`ByteCounters`]).
+/// as they moved (`telemetry::bytes`).
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionRecord<'a> {
     /// `forwarded` or `rejected`.
@@ -88,42 +88,7 @@ pub struct Metrics {
     log_suppressed: Family<Reason, Counter>,
     log_dropped: Counter,
     /// Byte counters by rule, taken by each forwarded connection.
-    by_rule: RwLock<HashMap<Box<str>, Arc<ByteCounters>>>,
-}
-
-/// The counters a forwarded connection adds its bytes to as they move, so a connection
-/// open for hours shows its traffic as it goes, not in one spike at its end. One set per
-/// rule, shared by its connections: adding is an atomic add, no lookup.
-pub struct ByteCounters {
-    /// Up and down, over all connections.
-    all: [Counter; 2],
-    /// Up and down, for the rule.
-    rule: Option<[Counter; 2]>,
-    spliced: Counter,
-}
-
-/// Which way bytes moved: index into [`ByteCounters`]' pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
-    /// Client to upstream.
-    Up = 0,
-    /// Upstream to client.
-    Down = 1,
-}
-
-impl ByteCounters {
-    /// `n` bytes moved `way`.
-    pub fn moved(&self, way: Way, n: u64) {
-        self.all[way as usize].inc_by(n);
-        if let Some(rule) = &self.rule {
-            rule[way as usize].inc_by(n);
-        }
-    }
-
-    /// Of the bytes moved, `n` went by splice(2).
-    pub fn spliced(&self, n: u64) {
-        self.spliced.inc_by(n);
-    }
+    by_rule: ByRule,
 }
 
 /// Lines the log writer dropped because its queue was full, as the writer counts them.
@@ -154,7 +119,7 @@ impl Default for Metrics {
             splice_pipes: Gauge::default(),
             log_suppressed: Family::default(),
             log_dropped: Counter::default(),
-            by_rule: RwLock::default(),
+            by_rule: ByRule::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -263,22 +228,13 @@ impl Default for Metrics {
 impl Metrics {
     /// The counters for a connection forwarded by `rule` (as written).
     pub fn byte_counters(&self, rule: Option<&str>) -> Arc<ByteCounters> {
-        let key = rule.unwrap_or_default();
-        if let Some(counters) = self
-            .by_rule
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
-            return counters.clone();
-        }
         fn pair<L: Clone + std::hash::Hash + Eq>(
             family: &Family<L, Counter>,
             labels: [L; 2],
         ) -> [Counter; 2] {
             labels.map(|l| family.get_or_create(&l).clone())
         }
-        let counters = Arc::new(ByteCounters {
+        self.by_rule.get(rule, || ByteCounters {
             all: pair(
                 &self.bytes,
                 ["up", "down"].map(|direction| Direction { direction }),
@@ -293,13 +249,7 @@ impl Metrics {
                 )
             }),
             spliced: self.spliced.clone(),
-        });
-        self.by_rule
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.into())
-            .or_insert(counters)
-            .clone()
+        })
     }
 
     /// Records one finished connection.

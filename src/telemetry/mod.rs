@@ -1,6 +1,8 @@
 //! What the relay tells its operator: one log line per connection and Prometheus metrics,
-//! both from the same record, with rejection lines rate-limited per reason.
+//! both from the same record (bytes counted as they flow), with rejection lines
+//! rate-limited per reason.
 
+pub mod bytes;
 pub mod log;
 pub mod metrics;
 pub mod quota;
