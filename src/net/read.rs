@@ -17,10 +17,23 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Reads into the spare capacity of `buf`, which grows by what was read; `Ok(0)` is end
-/// of stream (or no spare capacity).
+/// of stream (or no spare capacity). tokio clears readiness only when the function it runs
+/// says `WouldBlock`, so a short read says that, and its count is handed back beside it.
 pub fn read_buf(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let room = buf.capacity() - buf.len();
-    draining(stream, room, || stream.try_read_buf(buf))
+    let mut short = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => result,
+    }
 }
 
 /// Reads from `client` into `received` until `parse` finds what it looks for in the bytes
@@ -51,29 +64,6 @@ pub async fn read_until<T>(
                 Err(e) => return Err(Rejection::ClientError(e)),
             }
         }
-    }
-}
-
-/// Runs `read`, which had room for `room` bytes, and clears the readiness when it came back
-/// short. tokio clears readiness only when the function it runs says `WouldBlock`, so a short
-/// read says that, and its count is handed back beside it.
-fn draining(
-    stream: &TcpStream,
-    room: usize,
-    read: impl FnOnce() -> io::Result<usize>,
-) -> io::Result<usize> {
-    let mut short = None;
-    let result = stream.try_io(Interest::READABLE, || {
-        let n = read()?;
-        if n > 0 && n < room {
-            short = Some(n);
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match short {
-        Some(n) => Ok(n),
-        None => result,
     }
 }
 

@@ -39,8 +39,8 @@ pub fn open_pipes() -> usize {
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
-    /// Bytes it can hold, and bytes spliced in and not yet out: `u32`, so an idle
-    /// connection's two `Option<Pipe>`s take 16 bytes each (a pipe holds at most 1 MiB).
+    /// Bytes it can hold. This and `pending` are `u32`, so an idle connection's two
+    /// `Option<Pipe>`s take 16 bytes each (a pipe holds at most 1 MiB).
     capacity: u32,
     /// Bytes spliced in and not yet out.
     pub pending: u32,
@@ -52,12 +52,12 @@ impl Pipe {
     /// passes through.
     pub fn new() -> io::Result<Pipe> {
         let (read, write) = pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        let big = OPEN_PIPE_BYTES.load(Ordering::Relaxed) + BIG_PIPE <= BIG_PIPES;
-        let capacity = match big {
+        let capacity = if OPEN_PIPE_BYTES.load(Ordering::Relaxed) + BIG_PIPE <= BIG_PIPES {
             // Refused past the user's pipe budget (fs.pipe-user-pages-soft): keep the default.
-            true => pipe::fcntl_setpipe_size(&write, BIG_PIPE)
-                .or_else(|_| pipe::fcntl_getpipe_size(&write))?,
-            false => pipe::fcntl_getpipe_size(&write)?,
+            pipe::fcntl_setpipe_size(&write, BIG_PIPE)
+                .or_else(|_| pipe::fcntl_getpipe_size(&write))?
+        } else {
+            pipe::fcntl_getpipe_size(&write)?
         };
         OPEN_PIPES.fetch_add(1, Ordering::Relaxed);
         OPEN_PIPE_BYTES.fetch_add(capacity, Ordering::Relaxed);

@@ -70,8 +70,9 @@ impl Activity {
         idle: Duration,
         pipes: bool,
     ) -> Poll<Quiet> {
-        if pipes && self.last() + PIPE_IDLE < timer.deadline() {
-            timer.as_mut().reset(self.last() + PIPE_IDLE);
+        let release = self.last() + PIPE_IDLE;
+        if pipes && release < timer.deadline() {
+            timer.as_mut().reset(release);
         }
         loop {
             ready!(timer.as_mut().poll(cx));
