@@ -170,6 +170,19 @@ impl HelloReader {
         Ok(None)
     }
 
+    /// After `advance(received)` said "read more": the fewest further bytes after which
+    /// the answer can change. Inside a record body that is the rest of the record, since a
+    /// body is judged only once complete; elsewhere 1, since a header can be refused from
+    /// its first byte.
+    pub fn missing(&self, received: &[u8]) -> usize {
+        let rest = &received[self.scanned.min(received.len())..];
+        if rest.len() < RECORD_HEADER {
+            return 1;
+        }
+        let body_len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        (RECORD_HEADER + body_len).saturating_sub(rest.len()).max(1)
+    }
+
     fn complete_message(&self) -> Result<Option<ClientHello>, HelloError> {
         let hs = &self.handshake;
         if hs[0] != HANDSHAKE_CLIENT_HELLO {

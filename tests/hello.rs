@@ -36,9 +36,51 @@ fn assert_prefix_property(bytes: &[u8], trailing: &[u8]) -> ClientHello {
     let mut reader = HelloReader::new(LIMIT);
     for k in 0..bytes.len() {
         assert_eq!(reader.advance(&bytes[..k]), Ok(None));
+        // The relay waits for this many bytes before it looks again: never past the hello.
+        let missing = reader.missing(&bytes[..k]);
+        assert!(
+            missing >= 1 && k + missing <= bytes.len(),
+            "{missing} missing after {k} of {} bytes",
+            bytes.len()
+        );
     }
     assert_eq!(reader.advance(bytes), Ok(Some(whole.clone())));
     whole
+}
+
+/// How many times a reader that waits for what `missing` asks looks at `bytes`, as the
+/// relay does when a hello arrives a byte per segment.
+fn looks_when_waiting_for_what_is_missing(bytes: &[u8]) -> usize {
+    let mut reader = HelloReader::new(LIMIT);
+    let mut end = 0;
+    let mut looks = 0;
+    loop {
+        looks += 1;
+        match reader.advance(&bytes[..end]) {
+            Ok(None) => end += reader.missing(&bytes[..end]),
+            answer => {
+                assert_eq!(answer, parse(bytes, LIMIT));
+                return looks;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hello_trickling_in_is_looked_at_once_per_header_byte_and_once_per_record_body() {
+    // The first look is at no bytes; then five header bytes one at a time (a header can be
+    // refused from its first byte), then the body in one.
+    for fixture in real_hellos() {
+        assert_eq!(
+            looks_when_waiting_for_what_is_missing(&fixture.bytes),
+            1 + 6,
+            "{}",
+            fixture.name
+        );
+    }
+    let body = client_hello_body(&[sni("translate.googleapis.com")]);
+    let three = records(&handshake(1, &body), &[40, 40, 10_000]);
+    assert_eq!(looks_when_waiting_for_what_is_missing(&three), 1 + 3 * 6);
 }
 
 #[test]

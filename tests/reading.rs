@@ -2,7 +2,7 @@
 //! not what is already buffered. A test binary of its own, so its counting allocator sees
 //! only this test.
 
-use snirelay::net::read::read_until;
+use snirelay::net::read::{Parsed, read_until};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use tokio::io::AsyncWriteExt;
@@ -55,7 +55,7 @@ async fn the_work_of_a_read_does_not_grow_with_the_bytes_buffered() {
         let target = received.len() + bytes.len();
         let before = allocated();
         read_until(&client, received, limit, |got| {
-            Ok((got.len() >= target).then_some(()))
+            Ok(Parsed::from((got.len() >= target).then_some(())))
         })
         .await
         .unwrap();

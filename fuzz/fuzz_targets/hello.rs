@@ -1,5 +1,6 @@
-//! The ClientHello reader on arbitrary bytes: it must never panic, and its answer must not
-//! depend on how the bytes were split into reads. The input is used as it is, so the real
+//! The ClientHello reader on arbitrary bytes: it must never panic, its answer must not
+//! depend on how the bytes were split into reads, and no answer comes sooner than
+//! `missing` says. The input is used as it is, so the real
 //! captured hellos seed it directly.
 #![no_main]
 
@@ -22,6 +23,22 @@ fuzz_target!(|data: &[u8]| {
         };
         assert_eq!(whole, chunked, "answer depends on the split (step {step})");
     }
+    // Waiting for what `missing` asks is safe: no answer comes sooner than it says.
+    let mut reader = HelloReader::new(LIMIT);
+    let mut end = 0;
+    let waited = loop {
+        match reader.advance(&data[..end]) {
+            Ok(None) if end < data.len() => {
+                let missing = reader.missing(&data[..end]);
+                assert!(missing >= 1);
+                let sooner = (end + missing - 1).min(data.len());
+                assert_eq!(parse(&data[..sooner], LIMIT), Ok(None), "an answer came before {missing} more bytes");
+                end = (end + missing).min(data.len());
+            }
+            answer => break answer,
+        }
+    };
+    assert_eq!(whole, waited, "answer depends on waiting for what is missing");
     if let Ok(Some(hello)) = &whole {
         assert!(hello.len <= data.len() && hello.len <= LIMIT);
         assert_eq!(&parse(&data[..hello.len], LIMIT), &whole, "bytes after the hello changed the answer");

@@ -9,8 +9,10 @@
 //! (readiness carries a tick), so an event that arrives meanwhile is kept, not lost.
 //!
 //! And reading a preamble (the PROXY header, the hello) until a parser is satisfied, with
-//! work per read that does not grow with what is already buffered.
+//! work per read that does not grow with what is already buffered, and without a wake-up
+//! per TCP segment when the parser knows how many bytes it still needs.
 
+use crate::net::sys::set_receive_low_water;
 use crate::outcome::Rejection;
 use std::io;
 use tokio::io::Interest;
@@ -36,25 +38,60 @@ pub fn read_buf(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
+/// What a preamble parser makes of the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<T> {
+    /// What it looked for.
+    Found(T),
+    /// Not yet, and the answer cannot change before this many more bytes arrive (at least 1).
+    Missing(usize),
+}
+
+/// A parser that cannot say how much it needs needs one more byte.
+impl<T> From<Option<T>> for Parsed<T> {
+    fn from(found: Option<T>) -> Self {
+        found.map_or(Parsed::Missing(1), Parsed::Found)
+    }
+}
+
 /// Reads from `client` into `received` until `parse` finds what it looks for in the bytes
 /// so far (it is asked first about what is already there). Reads go into spare capacity,
 /// so no byte is zeroed or copied twice and the cost of a read does not grow with what is
 /// buffered; the buffer never holds more than `limit` bytes (one more, at 0 room, for a
 /// parser to refuse).
+///
+/// When the parser says more than one byte is missing, the socket's low-water mark is set
+/// to that, so a peer sending its hello a byte per segment wakes the relay once per record,
+/// not once per byte; it is back at 1 when this returns what it found. The caller's
+/// deadline still applies, and the end of stream or an error still wakes the reader.
 pub async fn read_until<T>(
     client: &TcpStream,
     received: &mut Vec<u8>,
     limit: usize,
-    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, Rejection>,
+    mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, Rejection>,
 ) -> Result<T, Rejection> {
+    let mut low_water = 1;
     loop {
-        if let Some(found) = parse(received)? {
-            return Ok(found);
-        }
+        let missing = match parse(received)? {
+            Parsed::Found(found) => {
+                if low_water != 1 {
+                    set_receive_low_water(client, 1).map_err(Rejection::ClientError)?;
+                }
+                return Ok(found);
+            }
+            Parsed::Missing(missing) => missing.max(1),
+        };
         // Exact, so a read never takes the buffer past `limit` (plain `reserve` may double
-        // the capacity, and a read fills whatever is spare); growth stays geometric.
+        // the capacity, and a read fills whatever is spare); growth stays geometric, and
+        // one read can take all that is missing.
         let room = limit.saturating_sub(received.len()).max(1);
-        received.reserve_exact(room.min(received.len().max(4096)));
+        received.reserve_exact(room.min(received.len().max(4096).max(missing)));
+        let wanted = missing.min(room);
+        // Best effort: if the kernel refuses, the reader wakes per segment, as it would
+        // without.
+        if wanted != low_water && set_receive_low_water(client, wanted).is_ok() {
+            low_water = wanted;
+        }
         loop {
             client.readable().await.map_err(Rejection::ClientError)?;
             match read_buf(client, received) {
@@ -72,6 +109,7 @@ pub(crate) mod tests {
     use super::*;
     use std::future::poll_fn;
     use std::task::Poll;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -130,6 +168,58 @@ pub(crate) mod tests {
         }
     }
 
+    /// A real hello sent a byte per segment: with the low-water mark at what the record
+    /// still needs, the reader wakes for the header and once more for the whole body, not
+    /// once per byte; afterwards a single byte wakes it again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hello_in_pieces_wakes_the_reader_once_its_record_is_complete() {
+        let hello = include_bytes!("../../tests/fixtures/hellos/real_chromium.bin");
+        let (mut sender, reader) = pair().await;
+        sender.set_nodelay(true).unwrap();
+        sender.write_all(&hello[..8]).await.unwrap();
+        let task = tokio::spawn(async move {
+            let mut hellos = crate::hello::HelloReader::new(1 << 16);
+            let mut looks = 0;
+            let mut received = Vec::new();
+            let found = read_until(&reader, &mut received, 1 << 16, |bytes| {
+                looks += 1;
+                Ok(match hellos.advance(bytes)? {
+                    Some(hello) => Parsed::Found(hello.len),
+                    None => Parsed::Missing(hellos.missing(bytes)),
+                })
+            })
+            .await;
+            (found.ok(), looks, reader)
+        });
+        for byte in &hello[8..] {
+            sender.write_all(std::slice::from_ref(byte)).await.unwrap();
+            // Lets the runtime poll for IO, so a reader woken by this byte runs now.
+            tokio::task::yield_now().await;
+        }
+        let (found, looks, reader) = task.await.unwrap();
+        assert_eq!(found, Some(hello.len()));
+        assert!(
+            looks <= 4,
+            "looked {looks} times at a hello sent in {} pieces",
+            hello.len() - 7
+        );
+        sender.write_all(b"x").await.unwrap();
+        let mut next = Vec::with_capacity(16);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                reader.readable().await.unwrap();
+                if read_buf(&reader, &mut next).is_ok() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect(
+            "one byte wakes the reader once the hello is read: the low-water mark is back at 1",
+        );
+        assert_eq!(next, b"x");
+    }
+
     #[tokio::test]
     async fn reading_never_takes_the_buffer_past_its_limit() {
         let (client, mut peer) = pair().await;
@@ -140,7 +230,7 @@ pub(crate) mod tests {
             if bytes.len() >= limit {
                 Err(Rejection::HelloTimeout)
             } else {
-                Ok(None::<()>)
+                Ok(Parsed::<()>::Missing(1))
             }
         })
         .await;

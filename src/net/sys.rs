@@ -1,12 +1,13 @@
 //! The system calls tokio and socket2 do not make for us: splice(2) for zero-copy
 //! forwarding (bytes move from one socket into a pipe and on into the other without passing
 //! through user space, through rustix's safe calls), and taking ownership of the listening
-//! sockets systemd hands over. This is the only module with `unsafe`: the adoption of
-//! descriptors this process was given.
+//! sockets systemd hands over, and SO_RCVLOWAT, which neither socket2 nor rustix sets.
+//! This is the only module with `unsafe`: the adoption of descriptors this process was
+//! given, and that one `setsockopt`.
 
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The descriptors systemd passed (`LISTEN_FDS`, from fd 3), each with its
@@ -23,6 +24,29 @@ pub fn take_listen_fds() -> io::Result<Vec<(OwnedFd, String)>> {
         // makes this the only place that takes ownership, once.
         .map(|(fd, name)| (unsafe { OwnedFd::from_raw_fd(fd) }, name))
         .collect())
+}
+
+/// Sets SO_RCVLOWAT: the socket turns readable, and wakes its reader, only once `bytes` are
+/// queued (or at end of stream, or on an error). Linux caps it at half the largest receive
+/// buffer and grows the buffer to fit; 1 is the default.
+pub fn set_receive_low_water(socket: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes at the pointer, which points at
+    // `value`, alive for the whole call; the descriptor is borrowed, so it stays open.
+    let status = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Pipes open now, for `/metrics`, and the bytes they can hold in all.

@@ -7,7 +7,7 @@ use crate::decide::{Decision, decide};
 use crate::hello::HelloReader;
 use crate::limits::Slot;
 use crate::net::listen::tune;
-use crate::net::read::read_until;
+use crate::net::read::{Parsed, read_until};
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::proxy::{self, Header};
@@ -95,7 +95,7 @@ async fn open(
         let header = timeout_at(
             hello_deadline,
             Box::pin(read_until(&client, &mut received, proxy::V2_MAX, |bytes| {
-                Ok(proxy::parse(bytes, proxy.accept)?)
+                Ok(proxy::parse(bytes, proxy.accept)?.into())
             })),
         )
         .await
@@ -122,7 +122,10 @@ async fn open(
             &client,
             &mut received,
             config.max_hello_bytes,
-            move |bytes| Ok(reader.advance(bytes)?),
+            move |bytes| match reader.advance(bytes)? {
+                Some(hello) => Ok(Parsed::Found(hello)),
+                None => Ok(Parsed::Missing(reader.missing(bytes))),
+            },
         )),
     )
     .await
