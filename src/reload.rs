@@ -245,10 +245,12 @@ fn watch_directory(
         let Ok(event) = event else {
             return;
         };
+        // Reads (the relay's own included) say nothing changed: no syscall for them.
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
         let link = std::fs::read_link(&config).ok();
-        if !matches!(event.kind, EventKind::Access(_))
-            && concerns(&event.paths, &config, link.as_deref())
-        {
+        if concerns(&event.paths, &config, link.as_deref()) {
             let _ = changes.send(());
         }
     })?;

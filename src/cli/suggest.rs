@@ -129,10 +129,8 @@ pub fn propose(seen: &Seen, rules: Option<&Rules>) -> Vec<String> {
             .filter(|n| !covered.contains(*n))
             .map(|n| (*n).to_owned()),
     );
-    proposed.sort_by(|a, b| {
-        let key = |p: &str| (domain(p.trim_start_matches("*.")).to_owned(), p.to_owned());
-        key(a).cmp(&key(b))
-    });
+    // The Public Suffix lookup runs once per name, not once per comparison.
+    proposed.sort_by_cached_key(|p| (domain(p.trim_start_matches("*.")).to_owned(), p.clone()));
     proposed
 }
 
