@@ -6,7 +6,9 @@ Usage: benches/slow_hello.py BINARY SEGMENT_BYTES CONNECTIONS PAUSE_US
 CONNECTIONS clients (ten at a time) each send the real Chromium hello from the fixtures in
 SEGMENT_BYTES-byte segments (TCP_NODELAY), PAUSE_US apart, to BINARY relaying to a local
 upstream; prints the relay's CPU per connection (from /proc, in 10 ms ticks: use enough
-connections) and its recvfrom, setsockopt and epoll_wait calls per connection (`perf stat`).
+connections) and its recvfrom, setsockopt and epoll_wait calls per connection (`perf stat`;
+EVENTS=a,b,... counts other events, say uprobes on malloc). The relay must log at info for
+its "listening" line (the default).
 Loopback only; needs `perf` (Debian `linux-perf`).
 """
 import os, re, socket, subprocess, sys, threading, time
@@ -37,7 +39,7 @@ threading.Thread(target=lambda: [None for _ in relay.stderr], daemon=True).start
 def cpu():
     f = open(f'/proc/{relay.pid}/stat').read().rsplit(')', 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')
-perf = subprocess.Popen(['perf', 'stat', '-x,', '-e', 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_setsockopt,syscalls:sys_enter_epoll_wait', '-p', str(relay.pid)], stderr=subprocess.PIPE, text=True)
+perf = subprocess.Popen(['perf', 'stat', '-x,', '-e', os.environ.get('EVENTS', 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_setsockopt,syscalls:sys_enter_epoll_wait'), '-p', str(relay.pid)], stderr=subprocess.PIPE, text=True)
 time.sleep(0.5)
 before = cpu()
 def client(k):
