@@ -197,7 +197,7 @@ mod haproxy {
             let (ip1, ports1) = common::fresh_loopback(101, 2);
             let (ip2, ports2) = common::fresh_loopback(102, 2);
             let (front_ip, front_ports) = common::fresh_loopback(103, 1);
-            let mut relays = [
+            let mut relays = vec![
                 relay(&ip1, &ports1, upstream_addr).await,
                 relay(&ip2, &ports2, upstream_addr).await,
             ];
@@ -242,8 +242,10 @@ mod haproxy {
                 wait_forwarded(&mut relays[i]).await;
                 relays[i].signal("TERM");
                 relays[i].next_message("stopped").await;
-                let old = std::mem::replace(&mut relays[i], relay(ip, ports, upstream_addr).await);
-                assert!(old.wait().await.success());
+                // Started again once the old process has exited, as systemd restarts a unit:
+                // until then its admin endpoint may still hold the port.
+                assert!(relays.remove(i).wait().await.success());
+                relays.insert(i, relay(ip, ports, upstream_addr).await);
                 wait_forwarded(&mut relays[i]).await;
             }
             let mut intact = 0;
