@@ -143,7 +143,7 @@ impl HelloReader {
             if rest.len() < RECORD_HEADER {
                 break;
             }
-            let body_len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+            let body_len = record_body_len(rest);
             if body_len == 0 {
                 return Err(HelloError::EmptyRecord);
             }
@@ -179,8 +179,9 @@ impl HelloReader {
         if rest.len() < RECORD_HEADER {
             return 1;
         }
-        let body_len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
-        (RECORD_HEADER + body_len).saturating_sub(rest.len()).max(1)
+        (RECORD_HEADER + record_body_len(rest))
+            .saturating_sub(rest.len())
+            .max(1)
     }
 
     fn complete_message(&self) -> Result<Option<ClientHello>, HelloError> {
@@ -204,6 +205,11 @@ impl HelloReader {
             }
         }
     }
+}
+
+/// The body length a complete record header announces.
+fn record_body_len(header: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([header[3], header[4]]))
 }
 
 /// One-shot form of [`HelloReader`] for a buffer that is all there is so far.

@@ -5,9 +5,8 @@ use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-/// The counters a forwarded connection adds its bytes to as they move, so a connection
-/// open for hours shows its traffic as it goes, not in one spike at its end. One set per
-/// rule, shared by its connections: adding is an atomic add, no lookup.
+/// The counters a forwarded connection adds its bytes to as they move. One set per rule,
+/// shared by its connections: adding is an atomic add, no lookup.
 pub struct ByteCounters {
     /// Up and down, over all connections.
     pub all: [Counter; 2],
