@@ -132,8 +132,13 @@ impl Resolver {
                     provider,
                 )
             }
-            None => TokioResolver::builder(provider)
-                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+            None => TokioResolver::builder(provider).map_err(|e| {
+                format!(
+                    "cannot read /etc/resolv.conf, the system resolver configuration: {e}; \
+                     name the nameservers in rules.json instead: \
+                     \"resolver\": {{\"nameservers\": [\"10.0.0.2:53\"]}}"
+                )
+            })?,
         };
         let dns = builder
             .build()

@@ -455,10 +455,19 @@ async fn shutdown_drains_live_connections_then_ends_the_rest() {
 }
 
 /// Runs `systemd-analyze verify` on deploy files, copied with ExecStart's binary pointed at
-/// the one just built (verify insists it exists). Unknown keys are only warnings, so any
-/// output fails.
-fn verify_units(files: &[&str]) {
+/// the one just built (verify insists it exists), and with `dropin`, if any, as a drop-in of
+/// snirelay.service. Unknown keys are only warnings, so any output fails.
+fn verify_units(files: &[&str], dropin: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
+    if let Some(dropin) = dropin {
+        let dropins = dir.path().join("snirelay.service.d");
+        std::fs::create_dir(&dropins).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(dropin),
+            dropins.join("before-235.conf"),
+        )
+        .unwrap();
+    }
     let mut copies = Vec::new();
     for file in files {
         let unit =
@@ -509,7 +518,7 @@ fn the_systemd_units_verify_cleanly() {
             "DynamicUser=yes",
         ],
     );
-    verify_units(&["deploy/snirelay.service"]);
+    verify_units(&["deploy/snirelay.service"], None);
     // Socket activation: systemd holds the port, the service holds no capability.
     has_lines(
         "deploy/socket-activated/snirelay.socket",
@@ -533,10 +542,30 @@ fn the_systemd_units_verify_cleanly() {
     )
     .unwrap();
     assert!(!service.contains("AmbientCapabilities"));
-    verify_units(&[
-        "deploy/socket-activated/snirelay.socket",
-        "deploy/socket-activated/snirelay.service",
-    ]);
+    verify_units(
+        &[
+            "deploy/socket-activated/snirelay.socket",
+            "deploy/socket-activated/snirelay.service",
+        ],
+        None,
+    );
+    // systemd before 235: the packages add this drop-in (and a user), which takes the port
+    // from the socket unit and replaces the filter's group with names 219 knows.
+    has_lines(
+        "deploy/systemd-before-235.conf",
+        &[
+            "Requires=snirelay.socket",
+            "SystemCallFilter=",
+            "ProtectSystem=full",
+        ],
+    );
+    verify_units(
+        &[
+            "deploy/snirelay.service",
+            "deploy/socket-activated/snirelay.socket",
+        ],
+        Some("deploy/systemd-before-235.conf"),
+    );
 }
 
 #[tokio::test]
