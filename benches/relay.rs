@@ -2,9 +2,11 @@
 //! against no relay at all, on loopback, interleaved round by round.
 //!
 //! `cargo bench --bench relay -- [--rounds 3] [--mib 1024] [--chunk-kib 1024] [--conns 5000]
-//! [--idle 2000,7500] [--only snirelay] [--snirelay PATH] [--exchange-s 5] [--no-dns]`
+//! [--idle 2000,7500] [--only snirelay] [--snirelay PATH]... [--exchange-s 5] [--no-dns]`
 //!
-//! `--snirelay` runs another build (say, the previous commit's) in place of this one.
+//! `--snirelay` runs another build (say, the previous commit's) in place of this one; given
+//! twice or more, every build runs, interleaved with the others round by round, in columns
+//! `snirelay`, `snirelay 2`, ..., each also as a multiple of the first.
 //! `--chunk-kib` is the size of the upstream's writes in a download.
 //!
 //! The DNS path: with dnsmasq installed, each relay also runs a second time resolving the
@@ -39,7 +41,8 @@ const CHUNK: usize = 256 * 1024;
 
 struct Options {
     only: Option<String>,
-    binary: String,
+    /// The snirelay builds, each a column.
+    binaries: Vec<String>,
     rounds: usize,
     mib: u64,
     conns: usize,
@@ -52,7 +55,7 @@ struct Options {
 fn options() -> Options {
     let mut o = Options {
         only: None,
-        binary: env!("CARGO_BIN_EXE_snirelay").to_owned(),
+        binaries: vec![env!("CARGO_BIN_EXE_snirelay").to_owned()],
         rounds: 3,
         mib: 1024,
         conns: 5000,
@@ -76,7 +79,14 @@ fn options() -> Options {
             .cloned()
     };
     o.only = text("--only");
-    o.binary = text("--snirelay").unwrap_or(o.binary);
+    let builds: Vec<String> = args
+        .windows(2)
+        .filter(|pair| pair[0] == "--snirelay")
+        .map(|pair| pair[1].clone())
+        .collect();
+    if !builds.is_empty() {
+        o.binaries = builds;
+    }
     o.mib = value("--mib").unwrap_or(o.mib as usize) as u64;
     o.conns = value("--conns").unwrap_or(o.conns);
     o.exchange_s = value("--exchange-s").map_or(o.exchange_s, |s: usize| s as u64);
@@ -365,8 +375,8 @@ async fn idle_cost(at: SocketAddr, pid: Option<u32>, held: &AtomicUsize, n: usiz
 }
 
 struct Target {
-    /// The relay, and whether this instance resolves the name through DNS.
-    name: &'static str,
+    /// The relay's column, and whether this instance resolves the name through DNS.
+    name: String,
     dns: bool,
     addr: SocketAddr,
     child: Option<Child>,
@@ -438,9 +448,9 @@ async fn dns_server() -> Option<(Child, SocketAddr)> {
 }
 
 async fn start(
-    name: &'static str,
+    name: &str,
     upstream: SocketAddr,
-    binary: &str,
+    binaries: &[String],
     dns: Option<SocketAddr>,
 ) -> Option<Target> {
     let dir = tempfile::tempdir().unwrap();
@@ -448,7 +458,7 @@ async fn start(
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let up_port = upstream.port();
-    let mut cmd = match name {
+    let mut cmd = match kind(name) {
         "snirelay" => {
             let destination = match dns {
                 None => format!(r#"{{"name": "{NAME}", "upstream": "{upstream}"}}"#),
@@ -462,7 +472,7 @@ async fn start(
                 "max_connections_per_client": 200000, "max_pending_hellos": 200000}}"#
             );
             std::fs::write(dir.path().join("rules.json"), config).unwrap();
-            let mut cmd = Command::new(binary);
+            let mut cmd = Command::new(&binaries[build(name)]);
             cmd.args(["run", "--listen", &addr.to_string(), "--config"])
                 .arg(dir.path().join("rules.json"));
             cmd.env("RUST_LOG", "warn");
@@ -530,7 +540,7 @@ async fn start(
         }
         _ => {
             return Some(Target {
-                name,
+                name: name.to_owned(),
                 dns: false,
                 addr: upstream,
                 child: None,
@@ -546,7 +556,7 @@ async fn start(
         .spawn()
         .ok()?;
     let target = Target {
-        name,
+        name: name.to_owned(),
         dns: dns.is_some(),
         addr,
         child: Some(child),
@@ -573,7 +583,29 @@ fn higher_is_better(key: &str) -> bool {
     key.contains("/s")
 }
 
-const RELAYS: [&str; 4] = ["no relay", "snirelay", "nginx", "haproxy"];
+/// The columns, in order: no relay, each snirelay build, the peers.
+fn relays(builds: usize) -> Vec<String> {
+    let mut names = vec!["no relay".to_owned(), "snirelay".to_owned()];
+    names.extend((2..=builds).map(|i| format!("snirelay {i}")));
+    names.extend(["nginx", "haproxy"].map(String::from));
+    names
+}
+
+/// What runs in a column: `snirelay 2` is a snirelay.
+fn kind(name: &str) -> &str {
+    if name.starts_with("snirelay") {
+        "snirelay"
+    } else {
+        name
+    }
+}
+
+/// Which `--snirelay` build a snirelay column runs, from 0.
+fn build(name: &str) -> usize {
+    name.strip_prefix("snirelay ")
+        .and_then(|i| i.parse::<usize>().ok())
+        .map_or(0, |i| i - 1)
+}
 /// Prefix of the figures measured with the name resolved through DNS.
 const DNS: &str = "DNS path: ";
 
@@ -615,18 +647,19 @@ async fn main() {
     }
     let mut targets = Vec::new();
     let mut holds = Vec::new();
+    let relays = relays(o.binaries.len());
     let chosen =
-        |name: &str| name == "no relay" || o.only.as_deref().is_none_or(|only| name == only);
-    let plan = RELAYS.iter().map(|name| (*name, None)).chain(
-        RELAYS[1..]
+        |name: &str| name == "no relay" || o.only.as_deref().is_none_or(|only| kind(name) == only);
+    let plan = relays.iter().map(|name| (name, None)).chain(
+        relays[1..]
             .iter()
-            .filter_map(|name| resolver.map(|dns| (*name, Some(dns)))),
+            .filter_map(|name| resolver.map(|dns| (name, Some(dns)))),
     );
     for (name, dns) in plan.filter(|(name, _)| chosen(name)) {
         // Each target gets its own upstream port, so TIME_WAIT tuples never collide.
         let held = Arc::new(AtomicUsize::new(0));
         let up = upstream(held.clone(), o.chunk).await;
-        match start(name, up, &o.binary, dns).await {
+        match start(name, up, &o.binaries, dns).await {
             Some(t) => {
                 targets.push(t);
                 holds.push(held);
@@ -638,7 +671,7 @@ async fn main() {
     for round in 0..o.rounds {
         for (i, t) in targets.iter().enumerate() {
             let pid = t.child.as_ref().map(|c| c.id());
-            let r = results.entry(t.name).or_default();
+            let r = results.entry(&t.name).or_default();
             let mut push = |k: String, v: f64| r.entry(k).or_default().push(v);
             if t.dns {
                 connection_figures(t.addr, pid, o.conns, DNS, &mut push).await;
@@ -701,12 +734,12 @@ async fn main() {
         }
     }
     drop(dns_server.map(|(mut child, _)| child.kill()));
-    print_table(&o, &results);
+    print_table(&o, &relays, &results);
 }
 
-/// The medians, each rate and latency also as a multiple of no relay's, and snirelay's
-/// figure as a multiple of the best peer's.
-fn print_table(o: &Options, results: &BTreeMap<&str, Figures>) {
+/// The medians, each rate and latency also as a multiple of no relay's, snirelay's figure as
+/// a multiple of the best peer's, and each further build's as a multiple of the first's.
+fn print_table(o: &Options, relays: &[String], results: &BTreeMap<&str, Figures>) {
     println!(
         "\nmedians of {} interleaved rounds; {} MiB per transfer in {} KiB upstream writes, {} connections, {} idle\n",
         o.rounds,
@@ -719,18 +752,25 @@ fn print_table(o: &Options, results: &BTreeMap<&str, Figures>) {
             .collect::<Vec<_>>()
             .join(" and ")
     );
-    let columns: Vec<&str> = RELAYS
-        .into_iter()
+    let columns: Vec<&str> = relays
+        .iter()
+        .map(String::as_str)
         .filter(|r| results.contains_key(r))
+        .collect();
+    let builds: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| c.starts_with("snirelay "))
         .collect();
     print!("| figure |");
     for c in &columns {
         print!(" {c} |");
     }
-    println!(
-        " snirelay ÷ best peer |\n|---|{}---|",
-        "---|".repeat(columns.len())
-    );
+    print!(" snirelay ÷ best peer |");
+    for b in &builds {
+        print!(" {b} ÷ snirelay |");
+    }
+    println!("\n|---|{}---|", "---|".repeat(columns.len() + builds.len()));
     let keys: std::collections::BTreeSet<&String> =
         results.values().flat_map(|f| f.keys()).collect();
     let value = |relay: &str, key: &str| results.get(relay)?.get(key).map(|v| median(v));
@@ -762,10 +802,15 @@ fn print_table(o: &Options, results: &BTreeMap<&str, Figures>) {
                 a.min(b)
             }
         });
-        match (value("snirelay", key), best) {
-            (Some(ours), Some(best)) if best != 0.0 => println!(" {:.2}x |", ours / best),
-            _ => println!(" - |"),
+        let ratio = |ours: Option<f64>, other: Option<f64>| match (ours, other) {
+            (Some(ours), Some(other)) if other != 0.0 => format!(" {:.2}x |", ours / other),
+            _ => " - |".to_owned(),
+        };
+        print!("{}", ratio(value("snirelay", key), best));
+        for b in &builds {
+            print!("{}", ratio(value(b, key), value("snirelay", key)));
         }
+        println!();
     }
     // The DNS path's cost over the pinned upstream, per relay.
     let key = "relay CPU ms per 1,000 conns";
@@ -776,5 +821,5 @@ fn print_table(o: &Options, results: &BTreeMap<&str, Figures>) {
             _ => print!(" - |"),
         }
     }
-    println!(" - |");
+    println!("{}", " - |".repeat(1 + builds.len()));
 }
