@@ -8,12 +8,14 @@ use crate::resolve::Source;
 use crate::tcp::forward::Transfer;
 use crate::telemetry::metrics::{ConnectionRecord, Metrics};
 use crate::telemetry::quota::REJECTIONS;
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// What the log line says of the hello, formatted once it is read: a few strings are
-/// cheaper to keep through a long-lived connection than the parsed lists.
+/// cheaper to keep through a long-lived connection than the parsed lists. The strings stay
+/// empty when the line cannot be written.
 struct HelloFields {
     sni: Box<str>,
     alpn: Box<str>,
@@ -79,13 +81,25 @@ impl ConnectionLog {
         self.client
     }
 
-    /// The hello is complete.
+    /// The hello is complete. Its names are copied for the line only when the line can be
+    /// written (`snirelay::connection` at info): three allocations per connection otherwise
+    /// spent for nothing (`tests/allocations.rs` counts them).
     pub fn hello(&mut self, hello: &ClientHello) {
         self.hello_done = Some(self.started.elapsed());
+        let (sni, alpn, tls) = if tracing::enabled!(target: "snirelay::connection", tracing::Level::INFO)
+        {
+            (
+                hello.sni.as_str().into(),
+                hello.alpn.join(",").into(),
+                versions(&hello.versions).into(),
+            )
+        } else {
+            Default::default()
+        };
         self.hello = Some(HelloFields {
-            sni: hello.sni.as_str().into(),
-            alpn: hello.alpn.join(",").into(),
-            tls: versions(&hello.versions).into(),
+            sni,
+            alpn,
+            tls,
             ech: hello.ech,
             len: hello.len,
         });
@@ -205,17 +219,49 @@ impl ConnectionLog {
     }
 }
 
-/// The offered TLS versions as the log shows them: `1.3,1.2`.
+/// The offered TLS versions as the log shows them: `1.3,1.2`, or `0x7f1c` for a version
+/// without a name. One allocation, of the exact size.
 fn versions(offered: &[u16]) -> String {
-    offered
-        .iter()
-        .map(|v| match v {
-            0x0304 => "1.3".to_owned(),
-            0x0303 => "1.2".to_owned(),
-            0x0302 => "1.1".to_owned(),
-            0x0301 => "1.0".to_owned(),
-            other => format!("0x{other:04x}"),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let name = |v: u16| match v {
+        0x0304 => Some("1.3"),
+        0x0303 => Some("1.2"),
+        0x0302 => Some("1.1"),
+        0x0301 => Some("1.0"),
+        _ => None,
+    };
+    let len: usize = offered.iter().map(|&v| name(v).map_or(6, str::len)).sum();
+    let mut out = String::with_capacity(len + offered.len().saturating_sub(1));
+    for (i, &v) in offered.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match name(v) {
+            Some(name) => out.push_str(name),
+            None => {
+                let _ = write!(out, "0x{v:04x}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versions;
+
+    #[test]
+    fn versions_are_named_or_in_hex_in_a_string_of_the_exact_size() {
+        for (offered, shown) in [
+            (&[][..], ""),
+            (&[0x0304][..], "1.3"),
+            (
+                &[0x7a7a, 0x0304, 0x0303, 0x0302, 0x0301][..],
+                "0x7a7a,1.3,1.2,1.1,1.0",
+            ),
+        ] {
+            let text = versions(offered);
+            assert_eq!(text, shown);
+            assert_eq!(text.capacity(), text.len(), "{shown}");
+        }
+    }
 }

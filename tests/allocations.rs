@@ -1,0 +1,41 @@
+//! Allocations on the connection path that are there only when they are needed, counted by
+//! dhat's allocator (this test binary's global allocator; the relay's is untouched). dhat
+//! counts every thread, and one profiler runs at a time, so this file has one test.
+
+use snirelay::hello::parse;
+use snirelay::telemetry::log::ConnectionLog;
+use std::net::SocketAddr;
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+const HELLO: &[u8] = include_bytes!("fixtures/hellos/real_chromium.bin");
+
+/// How many blocks `f` allocates (a realloc counts as one).
+fn allocations(f: impl FnOnce()) -> u64 {
+    let before = dhat::HeapStats::get().total_blocks;
+    f();
+    dhat::HeapStats::get().total_blocks - before
+}
+
+#[test]
+fn the_log_copies_the_hello_only_when_its_line_can_be_written() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let hello = parse(HELLO, 65536).unwrap().unwrap();
+    assert!(!hello.alpn.is_empty() && hello.versions.len() > 1);
+    let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+    let hello_logged = |expected: u64| {
+        // The first look at the log's level registers its callsite, which allocates once.
+        ConnectionLog::new(addr, addr).hello(&hello);
+        let mut log = ConnectionLog::new(addr, addr);
+        assert_eq!(allocations(|| log.hello(&hello)), expected);
+    };
+    // No subscriber, as when the relay logs at warn: nothing is copied.
+    hello_logged(0);
+    // At info: the name, the ALPN list and the versions, a string each.
+    let info = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(info, || hello_logged(3));
+}
