@@ -58,10 +58,12 @@ mod tests {
     fn rules(list: &[(&str, Option<&str>)]) -> Rules {
         Rules::new(
             list.iter()
-                .map(|(pattern, upstream)| Rule {
-                    pattern: pattern.parse::<Pattern>().unwrap(),
-                    upstream: upstream.map(|u| u.parse().unwrap()),
-                    send_proxy: None,
+                .map(|(pattern, upstream)| {
+                    Rule::new(
+                        pattern.parse::<Pattern>().unwrap(),
+                        upstream.map(|u| u.parse().unwrap()),
+                        None,
+                    )
                 })
                 .collect(),
         )

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A rule's name: exact, or `*.suffix` (any depth below `suffix`, not `suffix` itself).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -104,6 +105,25 @@ pub struct Rule {
     pub upstream: Option<Upstream>,
     /// A PROXY protocol header to send ahead of the connection, naming the real client.
     pub send_proxy: Option<crate::proxy::Version>,
+    /// The pattern as written, made once by [`Rule::new`]: each connection the rule allows
+    /// shares it (in its log line and metrics labels) instead of formatting its own.
+    pub label: Arc<str>,
+}
+
+impl Rule {
+    /// The rule for `pattern`.
+    pub fn new(
+        pattern: Pattern,
+        upstream: Option<Upstream>,
+        send_proxy: Option<crate::proxy::Version>,
+    ) -> Rule {
+        Rule {
+            label: pattern.to_string().into(),
+            pattern,
+            upstream,
+            send_proxy,
+        }
+    }
 }
 
 /// The same pattern listed twice.
@@ -242,11 +262,7 @@ mod tests {
     use super::*;
 
     fn rule(pattern: &str) -> Rule {
-        Rule {
-            pattern: pattern.parse().unwrap(),
-            upstream: None,
-            send_proxy: None,
-        }
+        Rule::new(pattern.parse().unwrap(), None, None)
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! counts every thread, and one profiler runs at a time, so this file has one test.
 
 use snirelay::hello::parse;
+use snirelay::outcome::End;
+use snirelay::rules::Rule;
+use snirelay::tcp::forward::Transfer;
 use snirelay::telemetry::log::ConnectionLog;
+use snirelay::telemetry::metrics::Metrics;
 use std::net::SocketAddr;
 
 #[global_allocator]
@@ -19,7 +23,7 @@ fn allocations(f: impl FnOnce()) -> u64 {
 }
 
 #[test]
-fn the_log_copies_the_hello_only_when_its_line_can_be_written() {
+fn a_forwarded_connection_is_logged_and_counted_without_allocating_for_it() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let hello = parse(HELLO, 65536).unwrap().unwrap();
     assert!(!hello.alpn.is_empty() && hello.versions.len() > 1);
@@ -38,4 +42,27 @@ fn the_log_copies_the_hello_only_when_its_line_can_be_written() {
         .with_writer(std::io::sink)
         .finish();
     tracing::subscriber::with_default(info, || hello_logged(3));
+
+    // Once the rule's counters and labels exist (its first connection), the next
+    // connection's rule label, byte counters and metrics record reuse them: the label is
+    // the rule's own, shared, not formatted per connection.
+    let metrics = Metrics::default();
+    let rule = Rule::new("translate.googleapis.com".parse().unwrap(), None, None);
+    let transfer = Transfer {
+        up: 2000,
+        down: 9000,
+        spliced: 0,
+        end: End::Closed,
+    };
+    let forwarded = || {
+        let mut log = ConnectionLog::new(addr, addr);
+        log.hello(&hello);
+        log.rule(rule.label.clone());
+        log.connected(addr);
+        let counters = metrics.byte_counters(log.rule_label());
+        counters.moved(snirelay::telemetry::bytes::Way::Up, 2000);
+        log.emit(Ok(transfer), &metrics);
+    };
+    forwarded();
+    assert_eq!(allocations(forwarded), 0);
 }

@@ -56,11 +56,7 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
         let pattern = parse_pattern(text).map_err(E::custom)?;
         self.0
-            .push(Rule {
-                pattern,
-                upstream: None,
-                send_proxy: None,
-            })
+            .push(Rule::new(pattern, None, None))
             .map_err(E::custom)
     }
 
@@ -77,11 +73,7 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
         self.0
-            .push(Rule {
-                pattern: obj.name,
-                upstream: obj.upstream,
-                send_proxy: obj.send_proxy,
-            })
+            .push(Rule::new(obj.name, obj.upstream, obj.send_proxy))
             .map_err(de::Error::custom)
     }
 }

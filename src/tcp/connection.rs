@@ -145,7 +145,7 @@ async fn open(
         }
     };
     if let Some(rule) = route.rule {
-        log.rule(rule.pattern.to_string());
+        log.rule(rule.label.clone());
     }
 
     let deadline = Instant::now() + config.timeouts.connect;

@@ -10,6 +10,7 @@ use crate::telemetry::metrics::{ConnectionRecord, Metrics};
 use crate::telemetry::quota::REJECTIONS;
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -34,7 +35,7 @@ pub struct ConnectionLog {
     listener: SocketAddr,
     hello: Option<HelloFields>,
     hello_done: Option<Duration>,
-    rule: Option<Box<str>>,
+    rule: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     dns: Option<Source>,
     /// Forwarded by monitor mode although no rule allows it.
@@ -105,9 +106,9 @@ impl ConnectionLog {
         });
     }
 
-    /// The rule that allowed the connection, as written.
-    pub fn rule(&mut self, rule: String) {
-        self.rule = Some(rule.into());
+    /// The rule that allowed the connection, as written ([`crate::rules::Rule::label`]).
+    pub fn rule(&mut self, rule: Arc<str>) {
+        self.rule = Some(rule);
     }
 
     /// No rule allows the name; monitor mode forwards it anyway. A forwarded connection is
@@ -165,7 +166,7 @@ impl ConnectionLog {
         metrics.connection(&ConnectionRecord {
             outcome,
             reason,
-            rule: self.rule.as_deref(),
+            rule: self.rule.as_ref(),
             hello_bytes: hello.map(|h| h.len),
             hello: self.hello_done,
             connect,
@@ -201,7 +202,7 @@ impl ConnectionLog {
             alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
             tls = hello.map(|h| &*h.tls),
             ech = hello.map(|h| h.ech),
-            rule = self.rule,
+            rule = self.rule.as_deref(),
             upstream = self.upstream.map(|a| a.to_string()),
             outcome,
             reason,

@@ -27,7 +27,7 @@ struct Direction {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabel {
-    rule: String,
+    rule: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,7 +55,7 @@ pub struct ConnectionRecord<'a> {
     /// The stable reason word.
     pub reason: &'static str,
     /// The rule that matched, as written.
-    pub rule: Option<&'a str>,
+    pub rule: Option<&'a Arc<str>>,
     /// Size of the ClientHello records, when one was read.
     pub hello_bytes: Option<usize>,
     /// Time to a complete hello.
@@ -276,9 +276,7 @@ impl Metrics {
         }
         if let Some(rule) = record.rule {
             self.rule_connections
-                .get_or_create(&RuleLabel {
-                    rule: rule.to_owned(),
-                })
+                .get_or_create(&RuleLabel { rule: rule.clone() })
                 .inc();
         }
     }
