@@ -157,11 +157,22 @@ impl HelloReader {
             if received.len() < record_end {
                 break;
             }
-            self.handshake
-                .extend_from_slice(&received[self.scanned + RECORD_HEADER..record_end]);
+            let body = &received[self.scanned + RECORD_HEADER..record_end];
             self.scanned = record_end;
-            if let Some(hello) = self.complete_message()? {
-                return Ok(Some(hello));
+            // A hello in one record (nearly all of them) is read where it lies; only one
+            // spread over records is put together first.
+            let found = if self.handshake.is_empty() {
+                let found = complete_message(body, self.scanned, self.limit)?;
+                if found.is_none() {
+                    self.handshake.extend_from_slice(body);
+                }
+                found
+            } else {
+                self.handshake.extend_from_slice(body);
+                complete_message(&self.handshake, self.scanned, self.limit)?
+            };
+            if found.is_some() {
+                return Ok(found);
             }
         }
         if received.len() >= self.limit {
@@ -183,27 +194,30 @@ impl HelloReader {
             .saturating_sub(rest.len())
             .max(1)
     }
+}
 
-    fn complete_message(&self) -> Result<Option<ClientHello>, HelloError> {
-        let hs = &self.handshake;
-        if hs[0] != HANDSHAKE_CLIENT_HELLO {
-            return Err(HelloError::NotClientHello(hs[0]));
-        }
-        if hs.len() < HANDSHAKE_HEADER {
-            return Ok(None);
-        }
-        let body_len = usize::from(hs[1]) << 16 | usize::from(hs[2]) << 8 | usize::from(hs[3]);
-        if RECORD_HEADER + HANDSHAKE_HEADER + body_len > self.limit {
-            return Err(HelloError::TooLarge(self.limit));
-        }
-        let end = HANDSHAKE_HEADER + body_len;
-        match hs.len().cmp(&end) {
-            std::cmp::Ordering::Less => Ok(None),
-            std::cmp::Ordering::Greater => Err(HelloError::TrailingHandshake),
-            std::cmp::Ordering::Equal => {
-                parse_body(&hs[HANDSHAKE_HEADER..], self.scanned).map(Some)
-            }
-        }
+/// The hello, once `hs` (the handshake bytes of the records read so far, which end at
+/// `scanned`) holds the whole message.
+fn complete_message(
+    hs: &[u8],
+    scanned: usize,
+    limit: usize,
+) -> Result<Option<ClientHello>, HelloError> {
+    if hs[0] != HANDSHAKE_CLIENT_HELLO {
+        return Err(HelloError::NotClientHello(hs[0]));
+    }
+    if hs.len() < HANDSHAKE_HEADER {
+        return Ok(None);
+    }
+    let body_len = usize::from(hs[1]) << 16 | usize::from(hs[2]) << 8 | usize::from(hs[3]);
+    if RECORD_HEADER + HANDSHAKE_HEADER + body_len > limit {
+        return Err(HelloError::TooLarge(limit));
+    }
+    let end = HANDSHAKE_HEADER + body_len;
+    match hs.len().cmp(&end) {
+        std::cmp::Ordering::Less => Ok(None),
+        std::cmp::Ordering::Greater => Err(HelloError::TrailingHandshake),
+        std::cmp::Ordering::Equal => parse_body(&hs[HANDSHAKE_HEADER..], scanned).map(Some),
     }
 }
 
