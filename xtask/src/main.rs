@@ -4,10 +4,10 @@
 //! and a gzip-compressed .rpm (cargo-generate-rpm), then `SHA256SUMS` over all of them.
 //! Builds use `--locked`, `SOURCE_DATE_EPOCH` from the commit and remapped source paths, so
 //! two builds of one commit give the same bytes: `--twice` builds each binary a second time
-//! in a target directory of its own and fails unless the bytes match. Needs: the rustup targets
-//! `x86_64-unknown-linux-musl` and `aarch64-unknown-linux-musl`, Debian's `musl-tools` and
-//! `gcc-aarch64-linux-gnu`, `cargo install cargo-deb cargo-generate-rpm` (`.ci/run`
-//! installs all of them).
+//! in a target directory of its own, packages it a second time, and fails unless the bytes
+//! match. Needs: the rustup targets `x86_64-unknown-linux-musl` and
+//! `aarch64-unknown-linux-musl`, Debian's `musl-tools` and `gcc-aarch64-linux-gnu`, and
+//! `cargo install cargo-deb cargo-generate-rpm` (`.ci/run` installs all of them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -139,33 +139,23 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
             eprintln!("{}: two builds, same bytes", arch.target);
         }
 
-        let mut deb = Command::new("cargo");
-        deb.args([
-            "deb",
-            "--no-build",
-            "--no-strip",
-            "--package",
-            "snirelay",
-            "--profile",
-            "dist",
-        ]);
-        deb.args(["--target", arch.target, "--output"]).arg(&dist);
-        env(&mut deb);
-        made.push(PathBuf::from(run(&mut deb)?));
-
-        let mut rpm = Command::new("cargo");
-        rpm.args(["generate-rpm", "--profile", "dist"]);
-        rpm.args([
-            "--target",
-            arch.target,
-            "--payload-compress",
-            "gzip",
-            "--output",
-        ]);
-        rpm.arg(&dist);
-        env(&mut rpm);
-        run(&mut rpm)?;
-        made.push(newest(&dist, &format!(".{}.rpm", arch.name))?);
+        let packages = package(arch, &dist, &env)?;
+        if twice {
+            let again = root.join("target/reproducible/dist");
+            let _ = std::fs::remove_dir_all(&again);
+            std::fs::create_dir_all(&again).map_err(|e| e.to_string())?;
+            for (first, second) in packages.iter().zip(package(arch, &again, &env)?) {
+                if std::fs::read(first).ok() != std::fs::read(&second).ok() {
+                    return Err(format!(
+                        "two packagings differ: {} and {}",
+                        first.display(),
+                        second.display()
+                    ));
+                }
+            }
+            eprintln!("{}: packages made twice, same bytes", arch.name);
+        }
+        made.extend(packages);
         eprintln!("packaged {} ({})", arch.name, arch.deb);
     }
     let mut names: Vec<String> = std::fs::read_dir(&dist)
@@ -180,6 +170,38 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
         println!("{}", file.display());
     }
     Ok(())
+}
+
+/// The .deb (cargo-deb) and the gzip .rpm (cargo-generate-rpm) of the binary just built for
+/// `arch`, written into `out`.
+fn package(arch: &Arch, out: &Path, env: &dyn Fn(&mut Command)) -> Result<[PathBuf; 2], String> {
+    let mut deb = Command::new("cargo");
+    deb.args([
+        "deb",
+        "--no-build",
+        "--no-strip",
+        "--package",
+        "snirelay",
+        "--profile",
+        "dist",
+    ]);
+    deb.args(["--target", arch.target, "--output"]).arg(out);
+    env(&mut deb);
+    let deb = PathBuf::from(run(&mut deb)?);
+
+    let mut rpm = Command::new("cargo");
+    rpm.args(["generate-rpm", "--profile", "dist"]);
+    rpm.args([
+        "--target",
+        arch.target,
+        "--payload-compress",
+        "gzip",
+        "--output",
+    ]);
+    rpm.arg(out);
+    env(&mut rpm);
+    run(&mut rpm)?;
+    Ok([deb, newest(out, &format!(".{}.rpm", arch.name))?])
 }
 
 /// The systemd units as the packages install them: the binary at /usr/bin.
