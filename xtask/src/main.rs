@@ -126,16 +126,10 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
             let _ = std::fs::remove_dir_all(&again);
             eprintln!("building {} again, from scratch", arch.target);
             run(build.env("CARGO_TARGET_DIR", &again))?;
-            let second = again.join(format!("{}/dist/snirelay", arch.target));
-            let same = std::fs::read(&built).ok() == std::fs::read(&second).ok();
-            if !same {
-                return Err(format!(
-                    "two builds of {} differ: {} and {}",
-                    arch.target,
-                    built.display(),
-                    second.display()
-                ));
-            }
+            same_bytes(
+                &built,
+                &again.join(format!("{}/dist/snirelay", arch.target)),
+            )?;
             eprintln!("{}: two builds, same bytes", arch.target);
         }
 
@@ -145,13 +139,7 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
             let _ = std::fs::remove_dir_all(&again);
             std::fs::create_dir_all(&again).map_err(|e| e.to_string())?;
             for (first, second) in packages.iter().zip(package(arch, &again, &env)?) {
-                if std::fs::read(first).ok() != std::fs::read(&second).ok() {
-                    return Err(format!(
-                        "two packagings differ: {} and {}",
-                        first.display(),
-                        second.display()
-                    ));
-                }
+                same_bytes(first, &second)?;
             }
             eprintln!("{}: packages made twice, same bytes", arch.name);
         }
@@ -170,6 +158,19 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
         println!("{}", file.display());
     }
     Ok(())
+}
+
+/// Fails unless the two files (two builds of the same thing) hold the same bytes.
+fn same_bytes(first: &Path, second: &Path) -> Result<(), String> {
+    if std::fs::read(first).ok() == std::fs::read(second).ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "two builds differ: {} and {}",
+            first.display(),
+            second.display()
+        ))
+    }
 }
 
 /// The .deb (cargo-deb) and the gzip .rpm (cargo-generate-rpm) of the binary just built for
