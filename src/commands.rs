@@ -61,7 +61,7 @@ pub fn suggest(logs: &[PathBuf], merge: Option<&Path>) -> ExitCode {
 }
 
 pub fn hosts(relay: &[IpAddr], path: &Path, format: cli::hosts::Format) -> ExitCode {
-    let relay = match cli::hosts::RelayAddrs::from_given(relay) {
+    let relay = match cli::targets::RelayAddrs::from_given(relay) {
         Ok(relay) => relay,
         Err(e) => {
             eprintln!("{e}");

@@ -4,8 +4,9 @@
 //! admits (`policy`, `limits`); `tcp::connection` reads the ClientHello (`hello`,
 //! `hostname`), asks `decide` (over `rules` from `config`), resolves (`resolve`) and
 //! connects (`connect`), then `tcp::forward` copies both ways; `outcome` names how it ended
-//! and `telemetry` logs and counts it. Around that: `state` (the running relay, swapped
-//! whole by `reload`), `admin` (metrics and health) and `cli` (the operator's commands).
+//! and `telemetry` logs and counts it. Around that: `lifecycle` (start-up, shutdown and
+//! upgrades), `state` (the running relay, swapped whole by `reload`), `admin` (metrics and
+//! health) and `cli` (the operator's commands).
 // Nothing from the network or a config file may panic the relay: outside tests, failures are
 // values with a reason, and clippy holds every commit to that.
 #![cfg_attr(
@@ -19,6 +20,7 @@ pub mod connect;
 pub mod decide;
 pub mod hello;
 pub mod hostname;
+pub mod lifecycle;
 pub mod limits;
 pub mod net;
 pub mod outcome;
@@ -31,4 +33,3 @@ pub mod state;
 pub mod systemd;
 pub mod tcp;
 pub mod telemetry;
-pub mod upgrade;

@@ -1,5 +1,6 @@
-//! The `snirelay` command: argument parsing, logging, signals and exit codes. Everything
-//! else lives in the library.
+//! The `snirelay` command: argument parsing, logging and exit codes. The relay's life
+//! (start-up, signals, shutdown, upgrades) is the library's `lifecycle`; the operator's
+//! commands are `commands` over the library's `cli`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use anyhow::Context;
@@ -8,21 +9,13 @@ use snirelay::cli;
 
 mod commands;
 use snirelay::config::{Config, Listener};
-use snirelay::net::handover::Role;
-use snirelay::net::listen;
-use snirelay::reload::{Fixed, Reloader};
-use snirelay::resolve::Pin;
-use snirelay::state::{Relay, Settings};
-use snirelay::tcp::server::{self, Stop};
-use snirelay::upgrade;
+use snirelay::lifecycle::{self, Options};
+use snirelay::reload::Fixed;
+use snirelay::resolve::Override;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -74,7 +67,7 @@ enum Command {
         admin: Option<SocketAddr>,
         /// Use this address for NAME instead of DNS, like curl's --resolve (repeatable).
         #[arg(long = "resolve", value_name = "NAME=IP[:PORT]")]
-        resolve: Vec<Pin>,
+        resolve: Vec<Override>,
         /// Log line format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -244,13 +237,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 /// Log lines the writer queue holds before it drops (and counts) new ones.
 const LOG_QUEUE_LINES: usize = 16 * 1024;
 
-/// Runs the relay on `config`, parsed from `text`, read from `path`.
+/// Runs the relay on `config`, parsed from `text`, read from `path`, with the command
+/// line's `overrides` put in.
 fn run(
     mut config: Config,
     text: String,
     path: PathBuf,
     overrides: Overrides,
-    pins: Vec<Pin>,
+    resolve: Vec<Override>,
     upgrade_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let fixed = Fixed {
@@ -267,119 +261,13 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let mut inherited = match &upgrade_socket {
-            Some(path) => upgrade::inherit(path)?,
-            None => upgrade::Inherited::default(),
-        };
-        let mut handed = listen::activated()?;
-        handed.append(&mut inherited.listeners);
-        let listeners = listen::open(&config.listen, handed)?;
-        let admin = match config.admin {
-            Some(addr) => Some(upgrade::admin(addr, inherited.admin.take())?),
-            None => None,
-        };
-        let offered = match upgrade_socket {
-            Some(_) => offered(&listeners, config.admin.zip(admin.as_ref()))?,
-            None => Vec::new(),
-        };
-        // Said once the sockets are open: a relay that cannot bind says only why.
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %path.display(),
-            rules = config.rules.len(),
-            mode = config.mode.word(),
-            admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-            "snirelay starting"
-        );
-        for pin in &pins {
-            if config
-                .rules
-                .route(&pin.name, config.upstream_port)
-                .is_none()
-            {
-                tracing::warn!(
-                    name = %pin.name,
-                    "--resolve names a name no rule allows; connections for it are refused, so it is never used"
-                );
-            }
-        }
-        let bound: Vec<SocketAddr> = listeners
-            .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
-            .collect();
-        let settings = Settings::new(config, &bound, &pins, None).map_err(anyhow::Error::msg)?;
-        let relay = Arc::new(Relay::new(settings, pins, bound));
-        tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), fixed).run());
-        let admin_handed_over = CancellationToken::new();
-        if let Some(admin) = admin {
-            tokio::spawn(snirelay::admin::serve(
-                admin,
-                relay.clone(),
-                admin_handed_over.clone(),
-            ));
-        }
-        if let Some(period) = sd_notify::watchdog_enabled() {
-            tokio::spawn(snirelay::systemd::watchdog(relay.clone(), period));
-        }
-        let signalled = CancellationToken::new();
-        let (stop, stops) = stop_signals(signalled.clone())?;
-        if let Some(path) = upgrade_socket {
-            let stopping = upgrade::Stopping {
-                stops: stop,
-                signalled,
-                admin: admin_handed_over,
-            };
-            tokio::spawn(upgrade::offer(path, inherited, offered, stopping));
-        }
-        server::serve(listeners, relay, stops).await;
-        Ok(())
-    })
-}
-
-/// What the relay offers the next one at its upgrade socket: copies of its listening sockets,
-/// each with the listen entry it serves.
-fn offered(
-    listeners: &[(tokio::net::TcpListener, Listener)],
-    admin: Option<(SocketAddr, &tokio::net::TcpListener)>,
-) -> anyhow::Result<Vec<(Role, OwnedFd)>> {
-    let mut offered = Vec::with_capacity(listeners.len() + 1);
-    for (socket, entry) in listeners {
-        let role = Role::Listen {
-            addr: entry.addr,
-            name: entry.name.clone().unwrap_or_default(),
-        };
-        offered.push((role, socket.as_fd().try_clone_to_owned()?));
-    }
-    if let Some((addr, admin)) = admin {
-        offered.push((Role::Admin { addr }, admin.as_fd().try_clone_to_owned()?));
-    }
-    Ok(offered)
-}
-
-/// Registers the SIGTERM and SIGINT handlers now, before the relay says it is listening
-/// (a signal before registration would end the process with the default action), and
-/// passes on every one of them, by name, for as long as the process runs; `signalled` is
-/// cancelled at the first. The sender is for the other reason to stop: a handover.
-fn stop_signals(
-    signalled: CancellationToken,
-) -> anyhow::Result<(mpsc::UnboundedSender<Stop>, mpsc::UnboundedReceiver<Stop>)> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let signals = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            signalled.cancel();
-            if signals.send(Stop::Signal(name)).is_err() {
-                return;
-            }
-        }
-    });
-    Ok((tx, rx))
+    let options = Options {
+        config,
+        text,
+        path,
+        fixed,
+        overrides: resolve,
+        upgrade_socket,
+    };
+    Ok(runtime.block_on(lifecycle::run(options))?)
 }

@@ -5,6 +5,7 @@
 use crate::connect::ConnectError;
 use crate::hello::HelloError;
 use crate::limits::LimitExceeded;
+use crate::net::read::ReadError;
 use crate::proxy::ProxyError;
 use crate::resolve::ResolveError;
 use std::io;
@@ -91,7 +92,7 @@ impl Rejection {
             Self::ClientClosed => "client_closed",
             Self::ClientError(_) => "client_error",
             Self::Hello(e) => e.reason(),
-            Self::NotAllowed => "not_allowed",
+            Self::NotAllowed => NOT_ALLOWED,
             Self::DnsTimeout => "dns_failed",
             Self::Resolve(e) => e.reason(),
             Self::Connect(_) => "upstream_unreachable",
@@ -103,8 +104,8 @@ impl Rejection {
     /// client.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::ProxyLocal => "health_check",
-            _ => "rejected",
+            Self::ProxyLocal => HEALTH_CHECK,
+            _ => REJECTED,
         }
     }
 
@@ -134,6 +135,18 @@ impl Rejection {
             | Self::NotAllowed => Side::Client,
             Self::DnsTimeout | Self::Resolve(_) | Self::Connect(_) => Side::Upstream,
             Self::Limit(_) | Self::Shutdown => Side::Relay,
+        }
+    }
+}
+
+/// A PROXY header or hello that could not be read: the client closed or failed, or the
+/// parser refused what it sent.
+impl<E: Into<Rejection>> From<ReadError<E>> for Rejection {
+    fn from(e: ReadError<E>) -> Rejection {
+        match e {
+            ReadError::Closed => Rejection::ClientClosed,
+            ReadError::Io(e) => Rejection::ClientError(e),
+            ReadError::Refused(e) => e.into(),
         }
     }
 }
@@ -181,6 +194,74 @@ impl End {
             End::ClientReset => Some(Side::Client),
             End::UpstreamReset => Some(Side::Upstream),
             End::IdleTimeout | End::Shutdown => Some(Side::Relay),
+        }
+    }
+}
+
+/// What moved, and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes from client to upstream, the replayed hello included.
+    pub up: u64,
+    /// Bytes from upstream to client.
+    pub down: u64,
+    /// Of those, bytes moved by splice(2) without passing through user space.
+    pub spliced: u64,
+    /// How it ended.
+    pub end: End,
+}
+
+/// The outcome word of a forwarded connection.
+pub const FORWARDED: &str = "forwarded";
+/// The outcome word of a connection refused before forwarding.
+pub const REJECTED: &str = "rejected";
+/// The outcome word of a balancer's health check (a PROXY protocol `LOCAL` connection).
+pub const HEALTH_CHECK: &str = "health_check";
+/// The reason word of a name no rule allows.
+pub const NOT_ALLOWED: &str = "not_allowed";
+/// The reason word of a connection monitor mode forwarded although no rule allows it.
+pub const WOULD_REFUSE: &str = "would_refuse";
+/// The rule label of connections monitor mode forwarded: one fixed value, never the name
+/// a client sent, so the metrics' label count stays bounded.
+pub const UNLISTED: &str = "(unlisted)";
+
+/// How one connection ended, in the words the log line, the metrics and `snirelay suggest`
+/// share: they format or read this, and never make the words themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// [`FORWARDED`], [`REJECTED`] or [`HEALTH_CHECK`].
+    pub outcome: &'static str,
+    /// The stable reason word.
+    pub reason: &'static str,
+    /// A stable word that narrows the reason down, where there is one.
+    pub detail: Option<&'static str>,
+    /// Who caused it, unless it ended normally.
+    pub side: Option<Side>,
+}
+
+impl Outcome {
+    /// A connection's outcome: forwarded with `Ok`, refused with `Err`. `would_refuse`: no
+    /// rule allows the name and monitor mode forwarded it; how it ended becomes the detail.
+    pub fn of(result: &Result<Transfer, Rejection>, would_refuse: bool) -> Outcome {
+        match result {
+            Ok(t) if would_refuse => Outcome {
+                outcome: FORWARDED,
+                reason: WOULD_REFUSE,
+                detail: Some(t.end.word()),
+                side: t.end.side(),
+            },
+            Ok(t) => Outcome {
+                outcome: FORWARDED,
+                reason: t.end.word(),
+                detail: None,
+                side: t.end.side(),
+            },
+            Err(r) => Outcome {
+                outcome: r.outcome(),
+                reason: r.reason(),
+                detail: r.detail(),
+                side: Some(r.side()),
+            },
         }
     }
 }

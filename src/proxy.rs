@@ -66,7 +66,7 @@ pub struct Tlvs {
 
 /// A complete header and how many bytes it took; what follows is the client's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
+pub struct ParsedHeader {
     /// The header.
     pub header: Header,
     /// Its length in bytes.
@@ -109,7 +109,7 @@ impl ProxyError {
 
 /// Parses the header at the start of `received`. `Ok(None)`: read more. The answer depends
 /// only on the bytes, never on how they were split.
-pub fn parse(received: &[u8], accept: Accept) -> Result<Option<Parsed>, ProxyError> {
+pub fn parse(received: &[u8], accept: Accept) -> Result<Option<ParsedHeader>, ProxyError> {
     let Some(&first) = received.first() else {
         return Ok(None);
     };
@@ -128,7 +128,7 @@ pub fn parse(received: &[u8], accept: Accept) -> Result<Option<Parsed>, ProxyErr
     }
 }
 
-fn parse_v2(received: &[u8]) -> Result<Option<Parsed>, ProxyError> {
+fn parse_v2(received: &[u8]) -> Result<Option<ParsedHeader>, ProxyError> {
     let known = received.len().min(V2_SIGNATURE.len());
     if received[..known] != V2_SIGNATURE[..known] {
         return Err(ProxyError::Missing);
@@ -148,7 +148,7 @@ fn parse_v2(received: &[u8]) -> Result<Option<Parsed>, ProxyError> {
         _ => return Err(ProxyError::Malformed("v2")),
     };
     if header.command == Command::Local {
-        return Ok(Some(Parsed {
+        return Ok(Some(ParsedHeader {
             header: Header::Local,
             len,
         }));
@@ -172,13 +172,13 @@ fn parse_v2(received: &[u8]) -> Result<Option<Parsed>, ProxyError> {
             _ => {}
         }
     }
-    Ok(Some(Parsed {
+    Ok(Some(ParsedHeader {
         header: Header::Proxy { source, tlvs },
         len,
     }))
 }
 
-fn parse_v1(received: &[u8]) -> Result<Option<Parsed>, ProxyError> {
+fn parse_v1(received: &[u8]) -> Result<Option<ParsedHeader>, ProxyError> {
     let known = received.len().min(V1_PREFIX.len());
     if received[..known] != V1_PREFIX[..known] {
         return Err(ProxyError::Missing);
@@ -202,7 +202,7 @@ fn parse_v1(received: &[u8]) -> Result<Option<Parsed>, ProxyError> {
             Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
         }
     };
-    Ok(Some(Parsed {
+    Ok(Some(ParsedHeader {
         header: Header::Proxy {
             source,
             tlvs: Tlvs::default(),

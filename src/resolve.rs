@@ -17,9 +17,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// A `--resolve NAME=IP[:PORT]` pin.
+/// A `--resolve NAME=IP[:PORT]` override: this address for this name, instead of DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pin {
+pub struct Override {
     /// The name it overrides.
     pub name: Hostname,
     /// The address used instead of DNS.
@@ -28,7 +28,7 @@ pub struct Pin {
     pub port: Option<u16>,
 }
 
-impl FromStr for Pin {
+impl FromStr for Override {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -43,7 +43,7 @@ impl FromStr for Pin {
             Ok(sa) => (sa.ip(), Some(sa.port())),
             Err(_) => (addr.parse().map_err(|_| usage())?, None),
         };
-        Ok(Pin { name, ip, port })
+        Ok(Override { name, ip, port })
     }
 }
 
@@ -87,7 +87,7 @@ pub struct Resolver {
     dns: TokioResolver,
     /// Whom it asks, for messages.
     asked: String,
-    pins: HashMap<Hostname, Pin>,
+    pins: HashMap<Hostname, Override>,
     cache: Mutex<HashMap<Hostname, Cached>>,
     /// Which addresses DNS gave are this host's own (for the destination policy).
     local: LocalAddresses,
@@ -110,7 +110,7 @@ pub enum Source {
 impl Resolver {
     /// Uses `nameservers`, or the system configuration when `None`. Answers are cached for
     /// their TTL, so a burst of connections to one name costs one query.
-    pub fn new(nameservers: Option<&[SocketAddr]>, pins: Vec<Pin>) -> Result<Self, String> {
+    pub fn new(nameservers: Option<&[SocketAddr]>, pins: Vec<Override>) -> Result<Self, String> {
         let provider = TokioRuntimeProvider::default();
         let builder = match nameservers {
             Some(servers) => {
@@ -286,14 +286,14 @@ mod tests {
 
     #[test]
     fn pins_parse_like_curl_resolve() {
-        let pin: Pin = "Translation.googleapis.com=127.0.0.1:8443".parse().unwrap();
+        let pin: Override = "Translation.googleapis.com=127.0.0.1:8443".parse().unwrap();
         assert_eq!(
             (pin.name.as_str(), pin.ip.to_string(), pin.port),
             ("translation.googleapis.com", "127.0.0.1".into(), Some(8443))
         );
-        let pin: Pin = "a.example.com=::1".parse().unwrap();
+        let pin: Override = "a.example.com=::1".parse().unwrap();
         assert_eq!((pin.ip.to_string(), pin.port), ("::1".into(), None));
-        let pin: Pin = "a.example.com=[::1]:443".parse().unwrap();
+        let pin: Override = "a.example.com=[::1]:443".parse().unwrap();
         assert_eq!((pin.ip.to_string(), pin.port), ("::1".into(), Some(443)));
         for bad in [
             "a.example.com",
@@ -301,7 +301,7 @@ mod tests {
             "bad_name=1.2.3.4",
             "a.example.com=1.2.3.4:x",
         ] {
-            assert!(bad.parse::<Pin>().is_err(), "{bad}");
+            assert!(bad.parse::<Override>().is_err(), "{bad}");
         }
     }
 

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::limits::Counters;
 use crate::policy::DestinationPolicy;
-use crate::resolve::{Pin, Resolver};
+use crate::resolve::{Override, Resolver};
 use crate::telemetry::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,7 +28,7 @@ impl Settings {
     pub fn new(
         config: Config,
         listeners: &[SocketAddr],
-        pins: &[Pin],
+        pins: &[Override],
         previous: Option<&Settings>,
     ) -> Result<Settings, String> {
         let resolver = match previous {
@@ -53,13 +53,13 @@ pub struct Relay {
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
     phase: AtomicU8,
-    pins: Vec<Pin>,
+    pins: Vec<Override>,
     listeners: Vec<SocketAddr>,
 }
 
 impl Relay {
     /// A relay serving `listeners` with `settings`.
-    pub fn new(settings: Settings, pins: Vec<Pin>, listeners: Vec<SocketAddr>) -> Relay {
+    pub fn new(settings: Settings, pins: Vec<Override>, listeners: Vec<SocketAddr>) -> Relay {
         Relay {
             settings: RwLock::new(Arc::new(settings)),
             counters: Arc::default(),

@@ -3,11 +3,10 @@
 //! counts every thread, and one profiler runs at a time, so this file has one test.
 
 use snirelay::hello::parse;
-use snirelay::outcome::End;
+use snirelay::outcome::{End, Transfer};
 use snirelay::rules::Rule;
-use snirelay::tcp::forward::Transfer;
-use snirelay::telemetry::log::ConnectionLog;
 use snirelay::telemetry::metrics::Metrics;
+use snirelay::telemetry::record::ConnectionRecord;
 use std::net::SocketAddr;
 
 #[global_allocator]
@@ -30,8 +29,8 @@ fn a_forwarded_connection_is_parsed_logged_and_counted_without_needless_allocati
     let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
     let hello_logged = |expected: u64| {
         // The first look at the log's level registers its callsite, which allocates once.
-        ConnectionLog::new(addr, addr).hello(&hello);
-        let mut log = ConnectionLog::new(addr, addr);
+        ConnectionRecord::new(addr, addr).hello(&hello);
+        let mut log = ConnectionRecord::new(addr, addr);
         assert_eq!(allocations(|| log.hello(&hello)), expected);
     };
     // No subscriber, as when the relay logs at warn: nothing is copied.
@@ -55,12 +54,12 @@ fn a_forwarded_connection_is_parsed_logged_and_counted_without_needless_allocati
         end: End::Closed,
     };
     let forwarded = || {
-        let mut log = ConnectionLog::new(addr, addr);
+        let mut log = ConnectionRecord::new(addr, addr);
         log.hello(&hello);
         log.rule(rule.label.clone());
         log.connected(addr);
         let counters = metrics.byte_counters(log.rule_label());
-        counters.moved(snirelay::telemetry::bytes::Way::Up, 2000);
+        counters.moved(snirelay::telemetry::bytes::Direction::Up, 2000);
         log.emit(Ok(transfer), &metrics);
     };
     forwarded();

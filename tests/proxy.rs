@@ -8,7 +8,7 @@ use ppp::v2::{self, Command, Protocol};
 use proptest::prelude::*;
 use serde_json::Value;
 use snirelay::proxy::{
-    Accept, Header, Parsed, ProxyError, Tlvs, V1_MAX, V2_MAX, Version, encode, parse,
+    Accept, Header, ParsedHeader, ProxyError, Tlvs, V1_MAX, V2_MAX, Version, encode, parse,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -26,7 +26,7 @@ fn v2_with_tlvs(source: SocketAddr, destination: SocketAddr, tlvs: &[(u8, &[u8])
 
 /// Every prefix is incomplete, the whole header (with any bytes after it) gives the
 /// same answer: how the header was split over reads cannot matter.
-fn assert_every_prefix(header: &[u8], accept: Accept) -> Parsed {
+fn assert_every_prefix(header: &[u8], accept: Accept) -> ParsedHeader {
     for cut in 0..header.len() {
         assert_eq!(
             parse(&header[..cut], accept),

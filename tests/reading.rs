@@ -55,7 +55,7 @@ async fn the_work_of_a_read_does_not_grow_with_the_bytes_buffered() {
         let target = received.len() + bytes.len();
         let before = allocated();
         read_until(&client, received, limit, |got| {
-            Ok(Parsed::from((got.len() >= target).then_some(())))
+            Ok::<_, std::convert::Infallible>(Parsed::from((got.len() >= target).then_some(())))
         })
         .await
         .unwrap();

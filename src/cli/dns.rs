@@ -4,7 +4,7 @@
 //! Where a format's wildcard differs from the allowlist's `*.d` (any name under `d`, not
 //! `d` itself), the output says how and does what keeps them equal where the server can.
 
-use super::hosts::{RelayAddrs, names};
+use super::targets::{RelayAddrs, names};
 use crate::config::Config;
 use std::fmt::Write;
 
@@ -85,7 +85,7 @@ pub fn unbound(config: &Config, relay: RelayAddrs, source: &str) -> String {
 
 /// BIND: a response-policy (RPZ) zone. Its `*.d` matches names under `d` only, as the
 /// allowlist does.
-pub fn bind(config: &Config, relay: RelayAddrs, source: &str) -> String {
+pub fn bind_rpz(config: &Config, relay: RelayAddrs, source: &str) -> String {
     let RelayAddrs { v4, v6 } = relay;
     let mut out = String::new();
     header(&mut out, ";", relay, source);

@@ -6,3 +6,4 @@ mod dns;
 pub mod hosts;
 pub mod probe;
 pub mod suggest;
+pub mod targets;

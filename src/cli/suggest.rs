@@ -4,13 +4,11 @@
 //! Pure but for reading: lines in, text out.
 
 use crate::config::Config;
+use crate::outcome::{FORWARDED, NOT_ALLOWED, UNLISTED, WOULD_REFUSE};
 use crate::rules::{Pattern, Rules};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::io::BufRead;
-
-/// The rule label monitor mode logs; not a rule.
-const UNLISTED: &str = crate::telemetry::log::UNLISTED;
 
 /// Per decision word, how many connections.
 type Decided = BTreeMap<String, u64>;
@@ -52,8 +50,8 @@ impl Seen {
         };
         let name = sni.to_ascii_lowercase();
         let decision = match (outcome, reason) {
-            (_, "not_allowed" | "would_refuse") => reason,
-            ("forwarded", _) => "forwarded",
+            (_, NOT_ALLOWED | WOULD_REFUSE) => reason,
+            (FORWARDED, _) => FORWARDED,
             _ => reason,
         };
         if field("rule").is_some_and(|rule| !rule.is_empty() && rule != UNLISTED) {
@@ -102,7 +100,7 @@ pub fn propose(seen: &Seen, rules: Option<&Rules>) -> Vec<String> {
         .decided
         .iter()
         .filter(|(name, decided)| {
-            (decided.contains_key("not_allowed") || decided.contains_key("would_refuse"))
+            (decided.contains_key(NOT_ALLOWED) || decided.contains_key(WOULD_REFUSE))
                 && !seen.allowed.contains(*name)
                 && !allowed_by_rules(name)
         })

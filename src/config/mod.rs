@@ -5,16 +5,16 @@
 //! rule silently: unknown keys, duplicate names and malformed values are all errors.
 
 mod allow;
-mod listen;
+mod listener;
 mod values;
 
-pub use listen::{Listener, ProxyProtocol};
+pub use listener::{Listener, ProxyProtocol};
 pub use values::Mode;
 
 use crate::rules::Rules;
 use allow::AllowList;
 use ipnet::IpNet;
-use listen::ListenList;
+use listener::ListenList;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

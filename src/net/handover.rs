@@ -127,7 +127,7 @@ fn decode(text: &str) -> Result<Vec<Role>, String> {
 /// Opens the upgrade socket at `path` for the next relay, replacing any socket file there
 /// in one step (bound aside, then renamed over), so there is never a moment with none.
 /// Only the owner may connect: whoever connects gets the listening sockets.
-pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, HandoverError> {
+pub fn listen_at(path: &Path) -> Result<tokio::net::UnixListener, HandoverError> {
     let aside = path.with_extension(format!("new.{}", std::process::id()));
     let _ = std::fs::remove_file(&aside);
     let listener = UnixListener::bind(&aside).map_err(io_error(&aside, "bind"))?;

@@ -13,7 +13,6 @@
 //! per TCP segment when the parser knows how many bytes it still needs.
 
 use crate::net::sys::set_receive_low_water;
-use crate::outcome::Rejection;
 use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -54,6 +53,20 @@ impl<T> From<Option<T>> for Parsed<T> {
     }
 }
 
+/// Why a preamble could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError<E> {
+    /// The peer closed before the parser found what it looks for.
+    #[error("closed before the preamble was complete")]
+    Closed,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(io::Error),
+    /// The parser refused the bytes.
+    #[error(transparent)]
+    Refused(E),
+}
+
 /// Reads from `client` into `received` until `parse` finds what it looks for in the bytes
 /// so far (it is asked first about what is already there). Reads go into spare capacity,
 /// so no byte is zeroed or copied twice and the cost of a read does not grow with what is
@@ -64,18 +77,18 @@ impl<T> From<Option<T>> for Parsed<T> {
 /// to that, so a peer sending its hello a byte per segment wakes the relay once per record,
 /// not once per byte; it is back at 1 when this returns what it found. The caller's
 /// deadline still applies, and the end of stream or an error still wakes the reader.
-pub async fn read_until<T>(
+pub async fn read_until<T, E>(
     client: &TcpStream,
     received: &mut Vec<u8>,
     limit: usize,
-    mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, Rejection>,
-) -> Result<T, Rejection> {
+    mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, E>,
+) -> Result<T, ReadError<E>> {
     let mut low_water = 1;
     loop {
-        let missing = match parse(received)? {
+        let missing = match parse(received).map_err(ReadError::Refused)? {
             Parsed::Found(found) => {
                 if low_water != 1 {
-                    set_receive_low_water(client, 1).map_err(Rejection::ClientError)?;
+                    set_receive_low_water(client, 1).map_err(ReadError::Io)?;
                 }
                 return Ok(found);
             }
@@ -93,12 +106,12 @@ pub async fn read_until<T>(
             low_water = wanted;
         }
         loop {
-            client.readable().await.map_err(Rejection::ClientError)?;
+            client.readable().await.map_err(ReadError::Io)?;
             match read_buf(client, received) {
-                Ok(0) => return Err(Rejection::ClientClosed),
+                Ok(0) => return Err(ReadError::Closed),
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Rejection::ClientError(e)),
+                Err(e) => return Err(ReadError::Io(e)),
             }
         }
     }
@@ -183,7 +196,7 @@ pub(crate) mod tests {
             let mut received = Vec::new();
             let found = read_until(&reader, &mut received, 1 << 16, |bytes| {
                 looks += 1;
-                Ok(match hellos.advance(bytes)? {
+                Ok::<_, crate::hello::HelloError>(match hellos.advance(bytes)? {
                     Some(hello) => Parsed::Found(hello.len),
                     None => Parsed::Missing(hellos.missing(bytes)),
                 })
@@ -228,13 +241,13 @@ pub(crate) mod tests {
         let mut received = Vec::new();
         let refused = read_until(&client, &mut received, limit, |bytes| {
             if bytes.len() >= limit {
-                Err(Rejection::HelloTimeout)
+                Err("too long")
             } else {
                 Ok(Parsed::<()>::Missing(1))
             }
         })
         .await;
-        assert!(refused.is_err());
+        assert!(matches!(refused, Err(ReadError::Refused("too long"))));
         assert_eq!(received.len(), limit);
         assert!(
             received.capacity() <= limit,

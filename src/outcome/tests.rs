@@ -102,7 +102,7 @@ fn every_reason_a_connection_can_end_with_is_listed_once() {
     for end in End::ALL {
         seen.push(("forwarded", end.word()));
     }
-    // Monitor mode's forwards, whatever their end (see ConnectionLog::would_refuse).
+    // Monitor mode's forwards, whatever their end (see ConnectionRecord::would_refuse).
     seen.push(("forwarded", "would_refuse"));
     seen.sort();
     seen.dedup();

@@ -4,7 +4,7 @@
 //! One `Sleep` serves both, re-armed only when it fires (or when a pipe first needs an
 //! earlier wake-up), so moving bytes costs a clock read and a store, never a timer update.
 
-use crate::telemetry::bytes::{ByteCounters, Way};
+use crate::telemetry::bytes::{ByteCounters, Direction};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,9 +45,9 @@ impl Activity {
         }
     }
 
-    /// `n` bytes were written `way`.
-    pub fn moved(&self, way: Way, n: u64) {
-        self.counters.moved(way, n);
+    /// `n` bytes were written `direction`.
+    pub fn moved(&self, direction: Direction, n: u64) {
+        self.counters.moved(direction, n);
         self.touch();
     }
 

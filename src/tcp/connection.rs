@@ -4,7 +4,7 @@
 use crate::config::Listener;
 use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
-use crate::hello::HelloReader;
+use crate::hello::{HelloError, HelloReader};
 use crate::limits::Slot;
 use crate::net::listen::tune;
 use crate::net::read::{Parsed, read_until};
@@ -13,7 +13,7 @@ use crate::policy::client_allowed;
 use crate::proxy::{self, Header};
 use crate::state::{Relay, Settings};
 use crate::tcp::forward;
-use crate::telemetry::log::ConnectionLog;
+use crate::telemetry::record::ConnectionRecord;
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
@@ -39,12 +39,12 @@ const ALERT_LINGER_BYTES: usize = 64 * 1024;
 #[allow(clippy::manual_async_fn)]
 pub fn connection(
     client: TcpStream,
-    mut log: ConnectionLog,
+    mut record: ConnectionRecord,
     listener: Arc<Listener>,
     relay: Arc<Relay>,
     settings: Arc<Settings>,
     mut slot: Slot,
-    stop: CancellationToken,
+    ending: CancellationToken,
 ) -> impl Future<Output = ()> {
     async move {
         // Boxed, so what getting there took is freed before the copy loop starts, and
@@ -52,23 +52,23 @@ pub fn connection(
         // connection's task keeps only the copy loop's state.
         let (client, upstream, preface) = match tokio::select! {
             biased;
-            opened = Box::pin(open(client, &listener, &settings, &mut slot, &mut log)) => opened,
-            () = stop.cancelled() => Err(Rejection::Shutdown),
+            opened = Box::pin(open(client, &listener, &settings, &mut slot, &mut record)) => opened,
+            () = ending.cancelled() => Err(Rejection::Shutdown),
         } {
             Ok(parts) => parts,
             Err(rejection) => {
                 drop(slot);
-                log.emit(Err(rejection), relay.metrics());
+                record.emit(Err(rejection), relay.metrics());
                 return;
             }
         };
         let idle = settings.config.timeouts.idle;
-        let counters = relay.metrics().byte_counters(log.rule_label());
-        let transfer = forward::relay(&client, &upstream, preface, idle, &stop, counters).await;
+        let counters = relay.metrics().byte_counters(record.rule_label());
+        let transfer = forward::copy(&client, &upstream, preface, idle, &ending, counters).await;
         // The connection is over: close it and free its place before saying so.
         drop((client, upstream));
         drop(slot);
-        log.emit(Ok(transfer), relay.metrics());
+        record.emit(Ok(transfer), relay.metrics());
     }
 }
 
@@ -79,7 +79,7 @@ async fn open(
     listener: &Listener,
     settings: &Settings,
     slot: &mut Slot,
-    log: &mut ConnectionLog,
+    record: &mut ConnectionRecord,
 ) -> Result<(TcpStream, TcpStream, Vec<u8>), Rejection> {
     let config = &settings.config;
     // Taken now: a byte kept across the awaits below is cheaper than the reference.
@@ -95,24 +95,28 @@ async fn open(
         let header = timeout_at(
             hello_deadline,
             Box::pin(read_until(&client, &mut received, proxy::V2_MAX, |bytes| {
-                Ok(proxy::parse(bytes, proxy.accept)?.into())
+                proxy::parse(bytes, proxy.accept).map(Parsed::from)
             })),
         )
         .await
         .map_err(|_| Rejection::HelloTimeout)??;
         received.drain(..header.len);
-        let Header::Proxy { source, tlvs } = header.header else {
+        let Header::Proxy {
+            source: named,
+            tlvs,
+        } = header.header
+        else {
             return Err(Rejection::ProxyLocal);
         };
-        if let Some(source) = source {
-            log.proxied(source, tlvs);
-            if !client_allowed(source.ip(), &config.clients) {
+        if let Some(named) = named {
+            record.proxied(named, tlvs);
+            if !client_allowed(named.ip(), &config.clients) {
                 return Err(Rejection::ClientDenied);
             }
         }
         // The client the log names: the header's, or without an address (v1 UNKNOWN, v2
         // AF_UNSPEC) the balancer itself.
-        slot.claim_client(log.client().ip(), &config.limits)?;
+        slot.claim_client(record.client().ip(), &config.limits)?;
     }
 
     let mut reader = HelloReader::new(config.max_hello_bytes);
@@ -122,21 +126,23 @@ async fn open(
             &client,
             &mut received,
             config.max_hello_bytes,
-            move |bytes| match reader.advance(bytes)? {
-                Some(hello) => Ok(Parsed::Found(hello)),
-                None => Ok(Parsed::Missing(reader.missing(bytes))),
+            move |bytes| {
+                Ok::<_, HelloError>(match reader.advance(bytes)? {
+                    Some(hello) => Parsed::Found(hello),
+                    None => Parsed::Missing(reader.missing(bytes)),
+                })
             },
         )),
     )
     .await
     .map_err(|_| Rejection::HelloTimeout)??;
     slot.hello_done();
-    log.hello(&hello);
+    record.hello(&hello);
 
     let route = match decide(&config.rules, &hello, config.upstream_port, mode) {
         Decision::Forward(route) => route,
         Decision::WouldRefuse(route) => {
-            log.would_refuse();
+            record.would_refuse();
             route
         }
         Decision::Refuse(rejection) => {
@@ -145,25 +151,25 @@ async fn open(
         }
     };
     if let Some(rule) = route.rule {
-        log.rule(rule.label.clone());
+        record.rule(rule.label.clone());
     }
 
     let deadline = Instant::now() + config.timeouts.connect;
-    let (targets, source) = timeout_at(
+    let (targets, answered_from) = timeout_at(
         deadline,
         Box::pin(settings.resolver.destinations(&route, &settings.policy)),
     )
     .await
     .map_err(|_| Rejection::DnsTimeout)??;
     let remaining = deadline.saturating_duration_since(Instant::now());
-    log.dns(source);
+    record.dns(answered_from);
     let (upstream, addr) = Box::pin(connect::happy_eyeballs(&targets, remaining)).await?;
-    log.connected(addr);
+    record.connected(addr);
     tune(&upstream);
     if let Some(version) = route.rule.and_then(|rule| rule.send_proxy) {
         // The real client, and the address it connected to; ahead of everything replayed.
         let reached = client.local_addr().map_err(Rejection::ClientError)?;
-        let header = proxy::encode(version, log.client(), reached)
+        let header = proxy::encode(version, record.client(), reached)
             .map_err(|source| ConnectError::Failed { addr, source })?;
         received.splice(0..0, header);
     }
@@ -202,12 +208,12 @@ mod tests {
 
     /// Budgets, in bytes, for what one connection's task holds, as measured on the pinned
     /// toolchain. The connection future is what an idle forwarded connection keeps for
-    /// hours: it stays small because `connection` and `forward::relay` are
+    /// hours: it stays small because `connection` and `forward::copy` are
     /// `fn -> impl Future` (an `async fn` keeps its arguments twice) and because `open`,
     /// whose phases are boxed one by one, is itself boxed and freed before forwarding.
     /// Any growth fails here: measure again and say why in the commit, or undo it.
     const CONNECTION_FUTURE_BUDGET: usize = 920;
-    const RELAY_FUTURE_BUDGET: usize = 488;
+    const COPY_FUTURE_BUDGET: usize = 488;
     const OPEN_FUTURE_BUDGET: usize = 448;
 
     #[tokio::test]
@@ -223,16 +229,16 @@ mod tests {
         let (client, peer) = pair().await;
         let addr = client.local_addr().unwrap();
         let slot = relay.counters().admit(addr.ip(), &limits).unwrap();
-        let stop = CancellationToken::new();
+        let ending = CancellationToken::new();
         let listener = Arc::new(Listener::plain(addr));
         let task = connection(
             client,
-            ConnectionLog::new(addr, addr),
+            ConnectionRecord::new(addr, addr),
             listener.clone(),
             relay.clone(),
             settings,
             slot,
-            stop.clone(),
+            ending.clone(),
         );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection future: {size} bytes");
@@ -243,9 +249,9 @@ mod tests {
 
         let mut slot = relay.counters().admit(addr.ip(), &limits).unwrap();
         let settings = relay.settings();
-        let mut log = ConnectionLog::new(addr, addr);
+        let mut record = ConnectionRecord::new(addr, addr);
         let (client, _peer) = pair().await;
-        let opening = open(client, &listener, &settings, &mut slot, &mut log);
+        let opening = open(client, &listener, &settings, &mut slot, &mut record);
         let size = std::mem::size_of_val(&opening);
         eprintln!("open future: {size} bytes");
         assert!(
@@ -255,19 +261,19 @@ mod tests {
         drop(opening);
 
         let counters = relay.metrics().byte_counters(None);
-        let copy = forward::relay(
+        let copy = forward::copy(
             &peer,
             &peer,
             Vec::new(),
             Duration::from_secs(1),
-            &stop,
+            &ending,
             counters,
         );
         let size = std::mem::size_of_val(&copy);
         eprintln!("copy loop future: {size} bytes");
         assert!(
-            size <= RELAY_FUTURE_BUDGET,
-            "copy loop future is {size} bytes, budget {RELAY_FUTURE_BUDGET}"
+            size <= COPY_FUTURE_BUDGET,
+            "copy loop future is {size} bytes, budget {COPY_FUTURE_BUDGET}"
         );
     }
 }

@@ -6,9 +6,9 @@
 //! Idleness is judged over both directions together, so a long one-way stream stays up.
 
 use crate::net;
-use crate::outcome::End;
+use crate::outcome::{End, Transfer};
 use crate::tcp::activity::{Activity, Quiet};
-use crate::telemetry::bytes::{ByteCounters, Way};
+use crate::telemetry::bytes::{ByteCounters, Direction};
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
@@ -25,29 +25,16 @@ use tokio_util::sync::CancellationToken;
 const FIRST_BUFFER: usize = 4 * 1024;
 const BULK_BUFFER: usize = 64 * 1024;
 
-/// What moved, and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transfer {
-    /// Bytes from client to upstream, the replayed hello included.
-    pub up: u64,
-    /// Bytes from upstream to client.
-    pub down: u64,
-    /// Of those, bytes moved by splice(2) without passing through user space.
-    pub spliced: u64,
-    /// How it ended.
-    pub end: End,
-}
-
 /// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
 /// then copies both ways until both are done, one side fails, `idle` passes without a byte,
-/// or `stop` fires. Bytes are added to `counters` as they are written.
+/// or `ending` fires (the drain ran out). Bytes are added to `counters` as they are written.
 #[allow(clippy::manual_async_fn)]
-pub fn relay<'a>(
+pub fn copy<'a>(
     client: &'a TcpStream,
     upstream: &'a TcpStream,
     preface: Vec<u8>,
     idle: Duration,
-    stop: &'a CancellationToken,
+    ending: &'a CancellationToken,
     counters: Arc<ByteCounters>,
 ) -> impl Future<Output = Transfer> + 'a {
     // A hand-written poll over two plain structs, not two async copy functions: an idle
@@ -56,12 +43,12 @@ pub fn relay<'a>(
     // `async move` block, not an `async fn`, so the arguments are not kept twice; and what
     // the block would move into a local is made here, so it is kept once, in place.
     let clock = Activity::new(counters);
-    let mut up = Direction::new(preface, [End::ClientReset, End::UpstreamReset]);
-    let mut down = Direction::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
+    let mut up = OneWay::new(preface, [End::ClientReset, End::UpstreamReset]);
+    let mut down = OneWay::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
     async move {
         let mut spliced = 0;
         let timer = tokio::time::sleep(idle);
-        let cancelled = stop.cancelled();
+        let cancelled = ending.cancelled();
         tokio::pin!(timer, cancelled);
         // The token is polled once, here, which registers the task's waker with it; the
         // loop below only reads its flag. Polling a waiting `Notified` again locks the
@@ -74,14 +61,14 @@ pub fn relay<'a>(
         })
         .await;
         let end = std::future::poll_fn(|cx| {
-            for (direction, way, from, to) in [
-                (&mut up, Way::Up, client, upstream),
-                (&mut down, Way::Down, upstream, client),
+            for (copying, direction, from, to) in [
+                (&mut up, Direction::Up, client, upstream),
+                (&mut down, Direction::Down, upstream, client),
             ] {
-                if !direction.done {
-                    match direction.poll(cx, (from, to, way), &mut spliced, &clock) {
-                        Poll::Ready(Ok(())) => direction.done = true,
-                        Poll::Ready(Err(broken)) => return Poll::Ready(direction.blame(broken)),
+                if !copying.done {
+                    match copying.poll(cx, (from, to, direction), &mut spliced, &clock) {
+                        Poll::Ready(Ok(())) => copying.done = true,
+                        Poll::Ready(Err(broken)) => return Poll::Ready(copying.blame(broken)),
                         Poll::Pending => {}
                     }
                 }
@@ -89,7 +76,7 @@ pub fn relay<'a>(
             if up.done && down.done {
                 return Poll::Ready(End::Closed);
             }
-            if stop.is_cancelled() {
+            if ending.is_cancelled() {
                 return Poll::Ready(End::Shutdown);
             }
             loop {
@@ -130,7 +117,7 @@ enum Broken {
 /// splice(2) through a pipe made for it then (or to a larger buffer where no pipe can be
 /// made). Readiness is polled, so each socket keeps one waker per direction: enough, since
 /// each socket has one reader (one direction) and one writer (the other).
-struct Direction {
+struct OneWay {
     /// Bytes read and not yet written are `buffer[written..]`.
     buffer: Vec<u8>,
     written: usize,
@@ -144,9 +131,9 @@ struct Direction {
     ends: [End; 2],
 }
 
-impl Direction {
-    fn new(preface: Vec<u8>, ends: [End; 2]) -> Direction {
-        Direction {
+impl OneWay {
+    fn new(preface: Vec<u8>, ends: [End; 2]) -> OneWay {
+        OneWay {
             buffer: preface,
             written: 0,
             bulk: false,
@@ -171,7 +158,7 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        (from, to, way): (&TcpStream, &TcpStream, Way),
+        (from, to, direction): (&TcpStream, &TcpStream, Direction),
         spliced: &mut u64,
         clock: &Activity,
     ) -> Poll<Result<(), Broken>> {
@@ -182,7 +169,7 @@ impl Direction {
                     Ok(n) => {
                         self.written += n;
                         self.moved += n as u64;
-                        clock.moved(way, n as u64);
+                        clock.moved(direction, n as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Poll::Ready(Err(Broken::Writer)),
@@ -200,7 +187,7 @@ impl Direction {
             if let Some(pipe) = &mut self.pipe {
                 ready!(Self::poll_splice(
                     cx,
-                    (from, to, way),
+                    (from, to, direction),
                     pipe,
                     &mut self.moved,
                     spliced,
@@ -246,7 +233,7 @@ impl Direction {
     #[cfg(target_os = "linux")]
     fn poll_splice(
         cx: &mut Context<'_>,
-        (from, to, way): (&TcpStream, &TcpStream, Way),
+        (from, to, direction): (&TcpStream, &TcpStream, Direction),
         pipe: &mut crate::net::sys::Pipe,
         moved: &mut u64,
         spliced: &mut u64,
@@ -260,7 +247,7 @@ impl Direction {
                     Ok(n) => {
                         *moved += n as u64;
                         *spliced += n as u64;
-                        clock.moved(way, n as u64);
+                        clock.moved(direction, n as u64);
                         clock.counters.spliced(n as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -16,9 +16,9 @@ pub struct ByteCounters {
     pub spliced: Counter,
 }
 
-/// Which way bytes moved: index into [`ByteCounters`]' pairs.
+/// Which direction bytes moved: index into [`ByteCounters`]' pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
+pub enum Direction {
     /// Client to upstream.
     Up = 0,
     /// Upstream to client.
@@ -26,11 +26,11 @@ pub enum Way {
 }
 
 impl ByteCounters {
-    /// `n` bytes moved `way`.
-    pub fn moved(&self, way: Way, n: u64) {
-        self.all[way as usize].inc_by(n);
+    /// `n` bytes moved `direction`.
+    pub fn moved(&self, direction: Direction, n: u64) {
+        self.all[direction as usize].inc_by(n);
         if let Some(rule) = &self.rule {
-            rule[way as usize].inc_by(n);
+            rule[direction as usize].inc_by(n);
         }
     }
 

@@ -15,13 +15,13 @@ use std::time::Duration;
 use tracing_appender::non_blocking::ErrorCounter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
+struct OutcomeLabel {
     outcome: &'static str,
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Direction {
+struct DirectionLabel {
     direction: &'static str,
 }
 
@@ -49,7 +49,7 @@ struct Result_ {
 /// What one finished connection contributes. Its bytes are not here: they were counted
 /// as they moved (`telemetry::bytes`).
 #[derive(Debug, Clone, Default)]
-pub struct ConnectionRecord<'a> {
+pub struct FinishedConnection<'a> {
     /// `forwarded` or `rejected`.
     pub outcome: &'static str,
     /// The stable reason word.
@@ -71,8 +71,8 @@ pub struct ConnectionRecord<'a> {
 /// The relay's metrics.
 pub struct Metrics {
     registry: Registry,
-    connections: Family<Outcome, Counter>,
-    bytes: Family<Direction, Counter>,
+    connections: Family<OutcomeLabel, Counter>,
+    bytes: Family<DirectionLabel, Counter>,
     spliced: Counter,
     rule_connections: Family<RuleLabel, Counter>,
     rule_bytes: Family<RuleDirection, Counter>,
@@ -207,7 +207,7 @@ impl Default for Metrics {
         for &(outcome, reason) in crate::outcome::OUTCOMES {
             let _ = metrics
                 .connections
-                .get_or_create(&Outcome { outcome, reason });
+                .get_or_create(&OutcomeLabel { outcome, reason });
         }
         for result in ["ok", "failed"] {
             let _ = metrics.reloads.get_or_create(&Result_ { result });
@@ -216,7 +216,7 @@ impl Default for Metrics {
             let _ = metrics.resolver_cache.get_or_create(&Result_ { result });
         }
         for direction in ["up", "down"] {
-            let _ = metrics.bytes.get_or_create(&Direction { direction });
+            let _ = metrics.bytes.get_or_create(&DirectionLabel { direction });
         }
         Metrics {
             registry,
@@ -237,7 +237,7 @@ impl Metrics {
         self.by_rule.get(rule, || ByteCounters {
             all: pair(
                 &self.bytes,
-                ["up", "down"].map(|direction| Direction { direction }),
+                ["up", "down"].map(|direction| DirectionLabel { direction }),
             ),
             rule: rule.map(|rule| {
                 pair(
@@ -253,9 +253,9 @@ impl Metrics {
     }
 
     /// Records one finished connection.
-    pub fn connection(&self, record: &ConnectionRecord<'_>) {
+    pub fn connection(&self, record: &FinishedConnection<'_>) {
         self.connections
-            .get_or_create(&Outcome {
+            .get_or_create(&OutcomeLabel {
                 outcome: record.outcome,
                 reason: record.reason,
             })

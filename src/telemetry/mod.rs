@@ -3,6 +3,6 @@
 //! rate-limited per reason.
 
 pub mod bytes;
-pub mod log;
 pub mod metrics;
 pub mod quota;
+pub mod record;

@@ -71,7 +71,7 @@ async fn the_new_relay_gets_the_same_sockets_then_the_path() {
     let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let offered = bind(&path).unwrap();
+    let offered = listen_at(&path).unwrap();
     let (relay_fd, admin_fd) = (relay.as_fd(), admin.as_fd());
     let old = async {
         let sockets = [
@@ -90,7 +90,7 @@ async fn the_new_relay_gets_the_same_sockets_then_the_path() {
     let new = tokio::task::spawn_blocking(move || {
         let (sockets, predecessor) = take(&taking).unwrap().unwrap();
         predecessor.release().unwrap();
-        (sockets, bind(&taking).unwrap())
+        (sockets, listen_at(&taking).unwrap())
     });
     let ((sockets, next), ()) = tokio::join!(async { new.await.unwrap() }, old);
     let roles: Vec<&Role> = sockets.iter().map(|(role, _)| role).collect();

@@ -2,11 +2,10 @@
 //! fields, so the two always agree.
 
 use crate::hello::ClientHello;
-use crate::outcome::Rejection;
+use crate::outcome::{Outcome, Rejection, Transfer, UNLISTED};
 use crate::proxy::Tlvs;
 use crate::resolve::Source;
-use crate::tcp::forward::Transfer;
-use crate::telemetry::metrics::{ConnectionRecord, Metrics};
+use crate::telemetry::metrics::{FinishedConnection, Metrics};
 use crate::telemetry::quota::REJECTIONS;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -26,7 +25,7 @@ struct HelloFields {
 }
 
 /// The one log line a connection leaves, filled in as the connection goes.
-pub struct ConnectionLog {
+pub struct ConnectionRecord {
     started: Instant,
     client: SocketAddr,
     /// The balancer and its TLVs, when a PROXY protocol header named the client. Boxed:
@@ -43,14 +42,10 @@ pub struct ConnectionLog {
     connect_done: Option<Duration>,
 }
 
-/// The rule label of connections monitor mode forwarded: one fixed value, never the name
-/// a client sent, so the metrics' label count stays bounded.
-pub const UNLISTED: &str = "(unlisted)";
-
-impl ConnectionLog {
+impl ConnectionRecord {
     /// A connection from `client` accepted on `listener`, starting now.
     pub fn new(client: SocketAddr, listener: SocketAddr) -> Self {
-        ConnectionLog {
+        ConnectionRecord {
             started: Instant::now(),
             client,
             via: None,
@@ -136,34 +131,18 @@ impl ConnectionLog {
         let total = self.started.elapsed();
         let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
         let hello = self.hello.as_ref();
-        let (outcome, reason, detail, side, transfer, error) = match &result {
-            Ok(t) if self.would_refuse => (
-                "forwarded",
-                "would_refuse",
-                Some(t.end.word()),
-                t.end.side(),
-                Some(*t),
-                None,
-            ),
-            Ok(t) => (
-                "forwarded",
-                t.end.word(),
-                None,
-                t.end.side(),
-                Some(*t),
-                None,
-            ),
-            Err(r) => (
-                r.outcome(),
-                r.reason(),
-                r.detail(),
-                Some(r.side()),
-                None,
-                Some(r.to_string()),
-            ),
+        let Outcome {
+            outcome,
+            reason,
+            detail,
+            side,
+        } = Outcome::of(&result, self.would_refuse);
+        let (transfer, error) = match &result {
+            Ok(t) => (Some(*t), None),
+            Err(r) => (None, Some(r.to_string())),
         };
         // Counted before logged: whoever sees the line finds it in the metrics too.
-        metrics.connection(&ConnectionRecord {
+        metrics.connection(&FinishedConnection {
             outcome,
             reason,
             rule: self.rule.as_ref(),

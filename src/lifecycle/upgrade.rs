@@ -3,14 +3,15 @@
 //! listening sockets (see [`crate::net::handover`]); either way it then offers its own
 //! sockets at PATH to the next one, and stops accepting once that one serves.
 
+use super::shutdown::Stopper;
+use crate::config::Listener;
 use crate::net::handover::{self, HandoverError, Predecessor, Role};
 use crate::net::listen::{self, BindError, Handed};
-use crate::tcp::server::Stop;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What the relay being upgraded handed over.
@@ -35,6 +36,9 @@ pub enum UpgradeError {
     /// The admin address could not be bound.
     #[error("admin endpoint: {0}")]
     Admin(#[from] BindError),
+    /// A socket could not be copied for the next relay.
+    #[error("cannot copy a socket for the next relay: {0}")]
+    Copy(#[from] io::Error),
 }
 
 /// The sockets of the relay serving `path`, if one is; nothing when none is.
@@ -64,7 +68,7 @@ pub fn inherit(path: &std::path::Path) -> Result<Inherited, UpgradeError> {
 
 /// The admin listener for the configured `addr`: the one handed over if it was opened for
 /// the same address, else a new one.
-pub fn admin(
+pub fn admin_listener(
     addr: SocketAddr,
     handed: Option<(SocketAddr, OwnedFd)>,
 ) -> Result<TcpListener, UpgradeError> {
@@ -78,24 +82,37 @@ pub fn admin(
     Ok(listen::bind(addr)?)
 }
 
-/// How the upgrade socket stops this relay, and learns it is stopping anyway.
-pub struct Stopping {
-    /// Where the handover is announced to the accept loops.
-    pub stops: mpsc::UnboundedSender<Stop>,
-    /// The admin endpoint's stop.
-    pub admin: CancellationToken,
-    /// Cancelled by a stop signal: the offer ends, and its copies of the sockets close, so
-    /// a stopping relay's listeners close as they would without an upgrade socket.
-    pub signalled: CancellationToken,
+/// What the relay offers the next one at its upgrade socket: copies of its listening sockets,
+/// each with the listen entry it serves, and of its admin socket.
+pub fn offered(
+    listeners: &[(TcpListener, Listener)],
+    admin: Option<(SocketAddr, &TcpListener)>,
+) -> Result<Vec<(Role, OwnedFd)>, UpgradeError> {
+    let mut offered = Vec::with_capacity(listeners.len() + 1);
+    for (socket, entry) in listeners {
+        let role = Role::Listen {
+            addr: entry.addr,
+            name: entry.name.clone().unwrap_or_default(),
+        };
+        offered.push((role, socket.as_fd().try_clone_to_owned()?));
+    }
+    if let Some((addr, admin)) = admin {
+        offered.push((Role::Admin { addr }, admin.as_fd().try_clone_to_owned()?));
+    }
+    Ok(offered)
 }
 
 /// The upgrade socket's side of a running relay: once the predecessor (if any) has let go,
-/// offers `sockets` at `path`; when a new relay serves on them, stops this one accepting.
+/// offers `sockets` at `path`; when a new relay serves on them, stops this one accepting
+/// (through `stopper`) and its admin endpoint (`admin_handed_over`). A stop signal ends the
+/// offer, and its copies of the sockets close, so a stopping relay's listeners close as
+/// they would without an upgrade socket.
 pub async fn offer(
     path: PathBuf,
     mut inherited: Inherited,
     sockets: Vec<(Role, OwnedFd)>,
-    stopping: Stopping,
+    stopper: Stopper,
+    admin_handed_over: CancellationToken,
 ) {
     if let Some(predecessor) = inherited.predecessor.take() {
         match tokio::task::spawn_blocking(move || predecessor.release()).await {
@@ -104,7 +121,7 @@ pub async fn offer(
             Err(_) => return,
         }
     }
-    let listener = match handover::bind(&path) {
+    let listener = match handover::listen_at(&path) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(error = %e, "upgrade socket unavailable; the next upgrade will bind afresh");
@@ -117,10 +134,10 @@ pub async fn offer(
         .collect();
     let successor = tokio::select! {
         successor = handover::offer(&listener, &borrowed) => successor,
-        () = stopping.signalled.cancelled() => return,
+        () = stopper.signalled().cancelled() => return,
     };
-    let _ = stopping.stops.send(Stop::HandedOver);
-    stopping.admin.cancel();
+    stopper.handed_over();
+    admin_handed_over.cancel();
     drop(listener);
     tokio::task::spawn_blocking(move || successor.bye());
 }

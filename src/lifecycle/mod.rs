@@ -1,0 +1,188 @@
+//! The relay's life: start-up (sockets from systemd, from the relay being upgraded, or bound
+//! here; the admin endpoint, the reloader, the watchdog), serving, and the way it stops
+//! ([`shutdown`]: signals, phases, grace and drain; [`upgrade`]: handing the sockets on).
+//! `main.rs` calls [`run`]; tests call [`start`] and drive the relay with its [`Stopper`].
+
+pub mod shutdown;
+pub mod upgrade;
+
+use crate::config::Config;
+use crate::net::listen::{self, ActivationError, OpenError};
+use crate::reload::{Fixed, Reloader};
+use crate::resolve::Override;
+use crate::state::{Phase, Relay, Settings};
+use crate::tcp::server::Server;
+use shutdown::{Requests, Stopper};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use upgrade::UpgradeError;
+
+/// What the relay is started with.
+pub struct Options {
+    /// The validated configuration, with the command line's values already in it.
+    pub config: Config,
+    /// The text `config` was parsed from, so the reloader knows an unchanged file.
+    pub text: String,
+    /// Where the config file is, to reload it.
+    pub path: PathBuf,
+    /// What the command line fixed, which a reload leaves alone.
+    pub fixed: Fixed,
+    /// `--resolve` overrides.
+    pub overrides: Vec<Override>,
+    /// `--upgrade-socket`: where to take sockets from, and offer them on.
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The sockets of the relay being upgraded could not be taken.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    /// systemd's sockets could not be taken.
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    /// A listener could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The configuration cannot run (a nameserver the resolver refuses).
+    #[error("{0}")]
+    Settings(String),
+    /// Stop signals cannot be handled.
+    #[error("cannot handle SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A relay whose sockets are open, not yet serving.
+pub struct Started {
+    relay: Arc<Relay>,
+    listeners: Vec<(TcpListener, crate::config::Listener)>,
+    stopper: Stopper,
+    requests: Requests,
+}
+
+impl Started {
+    /// The running relay's state.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Where the listeners listen, in the order of the config's `listen`, handed-over
+    /// sockets first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(socket, _)| socket.local_addr().ok())
+            .collect()
+    }
+
+    /// What stops this relay.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Serves until stopped ([`shutdown::serve`]).
+    pub async fn serve(self) {
+        // Ready before any accept loop says it is listening, so whoever saw that line finds
+        // /readyz agreeing.
+        self.relay.set_phase(Phase::Serving);
+        let server = Server::start(self.listeners, &self.relay);
+        shutdown::serve(server, self.relay, self.requests).await;
+    }
+}
+
+/// Runs the relay until a stop signal (or a handover) and its drain are done. Must run
+/// inside a multi-threaded runtime.
+pub async fn run(options: Options) -> Result<(), StartError> {
+    let started = start(options).await?;
+    shutdown::on_signals(started.stopper()).map_err(StartError::Signals)?;
+    started.serve().await;
+    Ok(())
+}
+
+/// Opens the listeners (taking over the sockets of the relay being upgraded, and those
+/// systemd handed over, first), the admin endpoint, the reloader and the watchdog, and
+/// offers the sockets at the upgrade socket, if any.
+pub async fn start(options: Options) -> Result<Started, StartError> {
+    let Options {
+        config,
+        text,
+        path,
+        fixed,
+        overrides,
+        upgrade_socket,
+    } = options;
+    let mut inherited = match &upgrade_socket {
+        Some(path) => upgrade::inherit(path)?,
+        None => upgrade::Inherited::default(),
+    };
+    let mut handed = listen::activated()?;
+    handed.append(&mut inherited.listeners);
+    let listeners = listen::open(&config.listen, handed)?;
+    let admin = match config.admin {
+        Some(addr) => Some(upgrade::admin_listener(addr, inherited.admin.take())?),
+        None => None,
+    };
+    let offered = match upgrade_socket {
+        Some(_) => upgrade::offered(&listeners, config.admin.zip(admin.as_ref()))?,
+        None => Vec::new(),
+    };
+    // Said once the sockets are open: a relay that cannot bind says only why.
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.display(),
+        rules = config.rules.len(),
+        mode = config.mode.word(),
+        admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "snirelay starting"
+    );
+    for pinned in &overrides {
+        if config
+            .rules
+            .route(&pinned.name, config.upstream_port)
+            .is_none()
+        {
+            tracing::warn!(
+                name = %pinned.name,
+                "--resolve names a name no rule allows; connections for it are refused, so it is never used"
+            );
+        }
+    }
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|(socket, _)| socket.local_addr().ok())
+        .collect();
+    let settings = Settings::new(config, &bound, &overrides, None).map_err(StartError::Settings)?;
+    let relay = Arc::new(Relay::new(settings, overrides, bound));
+    tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), fixed).run());
+    let admin_handed_over = CancellationToken::new();
+    if let Some(admin) = admin {
+        tokio::spawn(crate::admin::serve(
+            admin,
+            relay.clone(),
+            admin_handed_over.clone(),
+        ));
+    }
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(crate::systemd::watchdog(relay.clone(), period));
+    }
+    let (stopper, requests) = Stopper::new();
+    if let Some(path) = upgrade_socket {
+        tokio::spawn(upgrade::offer(
+            path,
+            inherited,
+            offered,
+            stopper.clone(),
+            admin_handed_over,
+        ));
+    }
+    Ok(Started {
+        relay,
+        listeners,
+        stopper,
+        requests,
+    })
+}

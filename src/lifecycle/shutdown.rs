@@ -1,0 +1,141 @@
+//! How the relay stops: the reasons to stop, the handle that asks for it (signals, the
+//! upgrade socket, tests), and the sequence from serving to stopped.
+
+use crate::state::{Phase, Relay};
+use crate::systemd;
+use crate::tcp::server::Server;
+use crate::telemetry::quota;
+use std::io;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why the relay stops accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal, by name: SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// A new relay serves on the same sockets: no balancer needs a grace period, since
+    /// nothing arriving on them is refused.
+    HandedOver,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stop::Signal(name) => name,
+            Stop::HandedOver => "handover",
+        })
+    }
+}
+
+/// Asks the relay to stop; clones ask the same relay. The first request starts the
+/// shutdown, each further one skips the wait in progress.
+#[derive(Clone)]
+pub struct Stopper {
+    requests: mpsc::UnboundedSender<Stop>,
+    signalled: CancellationToken,
+}
+
+/// The stop requests, as [`serve`] receives them.
+pub struct Requests(mpsc::UnboundedReceiver<Stop>);
+
+impl Requests {
+    /// The next request; never, once nobody can send one.
+    async fn next(&mut self) -> Stop {
+        match self.0.recv().await {
+            Some(stop) => stop,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Stopper {
+    /// A stopper and the requests it sends.
+    pub fn new() -> (Stopper, Requests) {
+        let (requests, received) = mpsc::unbounded_channel();
+        let stopper = Stopper {
+            requests,
+            signalled: CancellationToken::new(),
+        };
+        (stopper, Requests(received))
+    }
+
+    /// A stop signal arrived, by name.
+    pub fn signal(&self, name: &'static str) {
+        self.signalled.cancel();
+        let _ = self.requests.send(Stop::Signal(name));
+    }
+
+    /// A new relay serves on this one's sockets.
+    pub fn handed_over(&self) {
+        let _ = self.requests.send(Stop::HandedOver);
+    }
+
+    /// Cancelled at the first stop signal.
+    pub fn signalled(&self) -> &CancellationToken {
+        &self.signalled
+    }
+}
+
+/// Registers the SIGTERM and SIGINT handlers now, before the relay says it is listening
+/// (a signal before registration would end the process with the default action), and
+/// passes on every one of them, by name, for as long as the process runs.
+pub fn on_signals(stopper: Stopper) -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            stopper.signal(name);
+        }
+    });
+    Ok(())
+}
+
+/// Serves with `server` until the first stop request. Then, in order: /readyz turns 503 at
+/// once; for a signal, the listeners keep accepting for `lb_grace_s`, so a balancer that
+/// polls /readyz stops sending before anything is refused; accepting stops; live
+/// connections get `drain_s`; the rest are ended. A further request skips the wait in
+/// progress.
+pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
+    let summaries = tokio::spawn(quota::report_suppressed(&quota::REJECTIONS));
+    systemd::ready(&relay);
+    let first = requests.next().await;
+    relay.set_phase(Phase::Draining);
+    systemd::stopping(&relay);
+    let timeouts = relay.settings().config.timeouts;
+    match first {
+        Stop::Signal(signal) => {
+            tracing::info!(
+                signal,
+                lb_grace_s = timeouts.lb_grace.as_secs(),
+                "shutting down: not ready, still accepting for the balancer's grace period"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(timeouts.lb_grace) => {}
+                stop = requests.next() => tracing::info!(signal = %stop, "grace period cut short"),
+            }
+        }
+        Stop::HandedOver => tracing::info!("handed over to the new relay: no longer accepting"),
+    }
+    server.stop_accepting().await;
+    tracing::info!(
+        live = server.live(),
+        drain_s = timeouts.drain.as_secs(),
+        "draining"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(timeouts.drain) => {}
+        () = server.drained() => {}
+        stop = requests.next() => tracing::info!(signal = %stop, "drain cut short"),
+    }
+    server.end_connections().await;
+    summaries.abort();
+    quota::log_suppressed(&quota::REJECTIONS);
+    tracing::info!("stopped");
+}
