@@ -4,6 +4,7 @@
 
 use snirelay::cli;
 use snirelay::config::Config;
+use snirelay::net::transport;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -158,7 +159,22 @@ pub fn check(path: &Path) -> ExitCode {
             for warning in cli::check::warnings(&config) {
                 eprintln!("warning: {warning}");
             }
-            ExitCode::SUCCESS
+            let default = transport::CLIENT_CONGESTION;
+            let defaulted = config.listen.iter().any(|l| l.tcp.congestion.is_none());
+            if let (true, Err(refused)) = (defaulted, transport::usable(default)) {
+                eprintln!(
+                    "warning: client-facing sockets would keep the kernel's default congestion control instead of {default}: {refused}"
+                );
+            }
+            let refused = transport::refusals(&config);
+            for refusal in &refused {
+                eprintln!("{}: {refusal}", path.display());
+            }
+            if refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
         }
         Err(e) => {
             eprintln!("{e}");

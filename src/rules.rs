@@ -105,6 +105,8 @@ pub struct Rule {
     pub upstream: Option<Upstream>,
     /// A PROXY protocol header to send ahead of the connection, naming the real client.
     pub send_proxy: Option<crate::proxy::Version>,
+    /// TCP settings of its upstream sockets, over the file's `upstream_tcp`.
+    pub tcp: Option<crate::config::Tcp>,
     /// The pattern as written, made once by [`Rule::new`]: each connection the rule allows
     /// shares it (in its log line and metrics labels) instead of formatting its own.
     pub label: Arc<str>,
@@ -122,6 +124,7 @@ impl Rule {
             pattern,
             upstream,
             send_proxy,
+            tcp: None,
         }
     }
 }

@@ -22,8 +22,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for `config`. `listeners` are the bound sockets, which the destination
-    /// policy refuses. The resolver of `previous` is kept when the nameservers are the same,
+    /// Settings for `config`, refused where it names a congestion control this process
+    /// cannot set. `listeners` are the bound sockets, which the destination policy refuses. The resolver of `previous` is kept when the nameservers are the same,
     /// so its cache survives a reload.
     pub fn new(
         config: Config,
@@ -31,6 +31,9 @@ impl Settings {
         pins: &[Override],
         previous: Option<&Settings>,
     ) -> Result<Settings, String> {
+        if let Some(refused) = crate::net::transport::refusals(&config).into_iter().next() {
+            return Err(refused);
+        }
         let resolver = match previous {
             Some(old) if old.config.nameservers == config.nameservers => old.resolver.clone(),
             _ => Arc::new(Resolver::new(config.nameservers.as_deref(), pins.to_vec())?),

@@ -3,6 +3,7 @@
 //! counts every thread, and one profiler runs at a time, so this file has one test.
 
 use snirelay::hello::parse;
+use snirelay::net::transport::Legs;
 use snirelay::outcome::{End, Transfer};
 use snirelay::rules::Rule;
 use snirelay::telemetry::metrics::Metrics;
@@ -60,7 +61,7 @@ fn a_forwarded_connection_is_parsed_logged_and_counted_without_needless_allocati
         log.connected(addr);
         let counters = metrics.byte_counters(log.rule_label());
         counters.moved(snirelay::telemetry::bytes::Direction::Up, 2000);
-        log.emit(Ok(transfer), &metrics);
+        log.emit(Ok(transfer), Legs::default(), &metrics);
     };
     forwarded();
     assert_eq!(allocations(forwarded), 0);

@@ -133,3 +133,39 @@ async fn a_flood_of_refused_clients_is_logged_at_a_bounded_rate_and_counted_in_f
     })
     .await
 }
+
+#[tokio::test]
+async fn a_forwarded_connection_reports_both_legs_in_its_line_and_the_metrics() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["admin"] = "127.0.0.1:0".into();
+        let (mut relay, admin) = relay_with_admin(config).await;
+        let mut client = TcpStream::connect(relay.addr()).await.unwrap();
+        client.write_all(&hello_for(NAME)).await.unwrap();
+        let mut conn = upstream.accept().await;
+        conn.write_all(&[7u8; 64 * 1024]).await.unwrap();
+        client.read_exact(&mut vec![0u8; 64 * 1024]).await.unwrap();
+        drop((client, conn));
+        let line = relay.next_connection().await;
+        for leg in ["client", "upstream"] {
+            let rtt = line[format!("{leg}_rtt_ms")].as_f64().unwrap();
+            let min = line[format!("{leg}_min_rtt_ms")].as_f64().unwrap();
+            assert!(rtt > 0.0 && min > 0.0 && min <= rtt, "{leg}: {line}");
+            // Loopback loses nothing.
+            assert_eq!(line[format!("{leg}_retrans")], 0, "{line}");
+            assert!(
+                line[format!("{leg}_delivery_mbps")].as_f64().unwrap() > 0.0,
+                "{line}"
+            );
+        }
+        let listener = relay.addr();
+        let rtts = format!("snirelay_client_rtt_seconds_count{{listener=\"{listener}\"}}");
+        assert_eq!(scrape(&admin, &rtts).await, 1.0);
+        for side in ["client", "upstream"] {
+            let retransmitted = format!("snirelay_retransmitted_bytes_total{{side=\"{side}\"}}");
+            assert_eq!(scrape(&admin, &retransmitted).await, 0.0);
+        }
+    })
+    .await
+}

@@ -1,5 +1,6 @@
 //! The `allow` array: names, wildcards and `{name, upstream}` objects, no duplicates.
 
+use super::transport::Tcp;
 use super::values::{invalid, parse_string};
 use crate::proxy::Version;
 use crate::rules::{Pattern, Rule, Rules, Upstream};
@@ -49,7 +50,7 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(
-            "a name string or an object {\"name\": ..., \"upstream\": ..., \"send_proxy\": ...}",
+            "a name string or an object {\"name\": ..., \"upstream\": ..., \"send_proxy\": ..., \"tcp\": {...}}",
         )
     }
 
@@ -70,11 +71,14 @@ impl<'de> Visitor<'de> for RuleSeed<'_> {
             upstream: Option<Upstream>,
             #[serde(default, deserialize_with = "send_proxy")]
             send_proxy: Option<Version>,
+            tcp: Option<Tcp>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        self.0
-            .push(Rule::new(obj.name, obj.upstream, obj.send_proxy))
-            .map_err(de::Error::custom)
+        let rule = Rule {
+            tcp: obj.tcp,
+            ..Rule::new(obj.name, obj.upstream, obj.send_proxy)
+        };
+        self.0.push(rule).map_err(de::Error::custom)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `listen` array: each entry an address string, or an object that also says whether
 //! the listener takes the PROXY protocol and from which balancers.
 
+use super::transport::Tcp;
 use super::values::{Mode, Network, invalid, parse_string};
 use crate::proxy::Accept;
 use ipnet::IpNet;
@@ -20,6 +21,8 @@ pub struct Listener {
     pub proxy: Option<ProxyProtocol>,
     /// This listener's own mode, over the file's.
     pub mode: Option<Mode>,
+    /// TCP settings of its client-facing sockets.
+    pub tcp: Tcp,
 }
 
 impl Listener {
@@ -30,6 +33,7 @@ impl Listener {
             name: None,
             proxy: None,
             mode: None,
+            tcp: Tcp::default(),
         }
     }
 }
@@ -93,7 +97,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(
-            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...], \"mode\": ...}",
+            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...], \"mode\": ..., \"tcp\": {...}}",
         )
     }
 
@@ -113,6 +117,8 @@ impl<'de> Visitor<'de> for EntryVisitor {
             proxy_protocol: Option<AcceptWord>,
             trusted_proxies: Option<Vec<Network>>,
             mode: Option<Mode>,
+            #[serde(default)]
+            tcp: Tcp,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
         let proxy = match (obj.proxy_protocol, obj.trusted_proxies) {
@@ -141,6 +147,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             name: obj.name.map(|n| n.0),
             proxy,
             mode: obj.mode,
+            tcp: obj.tcp,
         }))
     }
 }

@@ -6,9 +6,11 @@
 
 mod allow;
 mod listener;
+mod transport;
 mod values;
 
 pub use listener::{Listener, ProxyProtocol};
+pub use transport::{Keepalive, Tcp};
 pub use values::Mode;
 
 use crate::rules::Rules;
@@ -28,6 +30,8 @@ pub struct Config {
     pub listen: Vec<Listener>,
     /// Port for names that have no pinned upstream.
     pub upstream_port: u16,
+    /// TCP settings of the sockets to upstreams, where a rule's `tcp` does not say.
+    pub upstream_tcp: Tcp,
     /// The allowlist.
     pub rules: Rules,
     /// Deadlines.
@@ -188,6 +192,7 @@ impl Config {
         Ok(Config {
             listen: file.listen.0,
             upstream_port: file.upstream_port.0 as u16,
+            upstream_tcp: file.upstream_tcp,
             rules: file.allow.0,
             timeouts: Timeouts {
                 hello: Duration::from_millis(file.timeouts.0.hello_ms.0),
@@ -224,6 +229,8 @@ struct File {
     listen: ListenList,
     #[serde(default = "default_upstream_port")]
     upstream_port: Bounded<1, 65535>,
+    #[serde(default)]
+    upstream_tcp: Tcp,
     allow: AllowList,
     #[serde(default)]
     timeouts: Object<TimeoutsFile>,

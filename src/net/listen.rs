@@ -2,11 +2,11 @@
 //! socket gets either way.
 
 use crate::config::Listener;
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use crate::net::transport::{self, CongestionError};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// A listener that could not be opened, with what to do about it.
@@ -31,9 +31,6 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
             socket.set_only_v6(true)?;
         }
         socket.set_nonblocking(true)?;
-        // Accepted sockets are cloned from the listener, options included: set once here,
-        // these cost nothing per connection.
-        tune(&socket);
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
         TcpListener::from_std(socket.into())
@@ -129,9 +126,8 @@ pub fn activated() -> Result<Vec<Handed>, ActivationError> {
         .collect()
 }
 
-/// Checks a handed-over descriptor is a listening TCP socket and gives it the options
-/// [`bind`] gives its own (non-blocking; NODELAY and keepalive, inherited by every accepted
-/// socket). Returns it with its address.
+/// Checks a handed-over descriptor is a listening TCP socket and makes it non-blocking, as
+/// [`bind`] makes its own. Returns it with its address.
 pub fn prepare(fd: OwnedFd) -> Result<(std::net::TcpListener, SocketAddr), String> {
     let socket = Socket::from(fd);
     let os = |e: io::Error| e.to_string();
@@ -145,7 +141,6 @@ pub fn prepare(fd: OwnedFd) -> Result<(std::net::TcpListener, SocketAddr), Strin
         return Err("not an IP socket".to_owned());
     };
     socket.set_nonblocking(true).map_err(os)?;
-    tune(&socket);
     Ok((socket.into(), addr))
 }
 
@@ -189,11 +184,21 @@ pub enum OpenError {
     /// The runtime would not take a socket.
     #[error("cannot register a listener with the runtime: {0}")]
     Register(io::Error),
+    /// A listener's `tcp` names a congestion control the kernel will not set.
+    #[error("listener {addr}: {cause}")]
+    Congestion {
+        /// The listen entry.
+        addr: SocketAddr,
+        /// Why.
+        cause: CongestionError,
+    },
 }
 
 /// Every configured listener, each with its settings: the socket `handed` over for it where
-/// there is one (by systemd, or by the relay this one upgrades), bound here otherwise. Must
-/// run inside the runtime.
+/// there is one (by systemd, or by the relay this one upgrades), bound here otherwise, with
+/// the entry's `tcp` set on it either way (accepted sockets inherit it: set once here, it
+/// costs nothing per connection). Where the default congestion control is refused, the
+/// kernel's stays, said once. Must run inside the runtime.
 pub fn open(
     listen: &[Listener],
     handed: Vec<Handed>,
@@ -214,18 +219,24 @@ pub fn open(
             open.push((bind(listener.addr)?, listener.clone()));
         }
     }
+    let mut refused = None;
+    for (socket, entry) in &open {
+        let cause = |cause| OpenError::Congestion {
+            addr: entry.addr,
+            cause,
+        };
+        if let Some(default) = transport::apply_to_listener(socket, &entry.tcp).map_err(cause)? {
+            refused = Some(default);
+        }
+    }
+    if let Some(refused) = refused {
+        tracing::warn!(
+            congestion = %refused.name,
+            error = %refused,
+            "client-facing sockets keep the kernel's default congestion control; `snirelay doctor` says how to offer the relay's default"
+        );
+    }
     Ok(open)
-}
-
-/// Small writes go out at once (handshakes are latency-bound), and dead peers are noticed.
-pub fn tune<'s>(socket: impl Into<SockRef<'s>>) {
-    let sock = socket.into();
-    let _ = sock.set_tcp_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    let _ = sock.set_tcp_keepalive(&keepalive);
 }
 
 #[cfg(test)]
@@ -263,19 +274,45 @@ mod tests {
         assert!(err.contains("two sockets"), "{err}");
     }
 
+    /// A connection accepted on `listener`, as socket2 sees it.
+    async fn accepted(listener: &TcpListener) -> TcpStream {
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        listener.accept().await.unwrap().0
+    }
+
     #[tokio::test]
-    async fn a_handed_over_socket_gets_the_options_of_a_bound_one() {
+    async fn handed_over_and_bound_listeners_get_the_same_options() {
         // A plain listener, as systemd makes it: no NODELAY, no keepalive.
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = plain.local_addr().unwrap();
         let (prepared, at) = prepare(OwnedFd::from(plain)).unwrap();
         assert_eq!(at, addr);
-        let listener = TcpListener::from_std(prepared).unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let sock = SockRef::from(&accepted);
-        assert!(sock.tcp_nodelay().unwrap() && sock.keepalive().unwrap());
-        // Anything else is refused with the reason.
+        let handed = Handed {
+            socket: prepared,
+            addr,
+            name: String::new(),
+            entry: None,
+        };
+        let listen = [
+            Listener::plain(addr),
+            Listener::plain("127.0.0.1:0".parse().unwrap()),
+        ];
+        let open = open(&listen, vec![handed]).unwrap();
+        for (listener, _) in &open {
+            let socket = accepted(listener).await;
+            let socket = socket2::SockRef::from(&socket);
+            assert!(socket.tcp_nodelay().unwrap() && socket.keepalive().unwrap());
+            assert_eq!(
+                socket.tcp_keepalive_time().unwrap(),
+                std::time::Duration::from_secs(60)
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_listening_tcp_socket_can_be_handed_over() {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         assert_eq!(
             prepare(OwnedFd::from(udp)).unwrap_err(),
@@ -285,23 +322,6 @@ mod tests {
         assert_eq!(
             prepare(OwnedFd::from(unbound)).unwrap_err(),
             "not listening"
-        );
-    }
-
-    #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let sock = SockRef::from(&accepted);
-        assert!(sock.tcp_nodelay().unwrap());
-        assert!(sock.keepalive().unwrap());
-        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
-        assert_eq!(
-            sock.tcp_keepalive_interval().unwrap(),
-            Duration::from_secs(10)
         );
     }
 }

@@ -7,3 +7,4 @@ pub mod local;
 pub mod read;
 #[cfg(target_os = "linux")]
 pub mod sys;
+pub mod transport;

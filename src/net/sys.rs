@@ -1,10 +1,11 @@
 //! The system calls tokio and socket2 do not make for us: splice(2) for zero-copy
 //! forwarding (bytes move from one socket into a pipe and on into the other without passing
 //! through user space, through rustix's safe calls), and taking ownership of the listening
-//! sockets systemd hands over, and SO_RCVLOWAT, which neither socket2 nor rustix sets.
-//! This is the only module with `unsafe`: the adoption of descriptors this process was
-//! given, and that one `setsockopt`.
+//! sockets systemd hands over, SO_RCVLOWAT, which neither socket2 nor rustix sets, and
+//! TCP_INFO, which neither reads. This is the only module with `unsafe`: the adoption of
+//! descriptors this process was given, that one `setsockopt` and that one `getsockopt`.
 
+use crate::net::transport::TcpInfo;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -24,6 +25,84 @@ pub fn take_listen_fds() -> io::Result<Vec<(OwnedFd, String)>> {
         // makes this the only place that takes ownership, once.
         .map(|(fd, name)| (unsafe { OwnedFd::from_raw_fd(fd) }, name))
         .collect())
+}
+
+/// The kernel's `struct tcp_info` (linux/tcp.h) up to `tcpi_bytes_retrans`, as every kernel
+/// lays it out: newer kernels append fields, older ones fill a prefix, and say how much.
+#[repr(C)]
+#[derive(Default)]
+struct RawTcpInfo {
+    state: [u8; 8],
+    rto: u32,
+    ato: u32,
+    snd_mss: u32,
+    rcv_mss: u32,
+    unacked: u32,
+    sacked: u32,
+    lost: u32,
+    retrans: u32,
+    fackets: u32,
+    last: [u32; 4],
+    pmtu: u32,
+    rcv_ssthresh: u32,
+    rtt: u32,
+    rttvar: u32,
+    snd_ssthresh: u32,
+    snd_cwnd: u32,
+    advmss: u32,
+    reordering: u32,
+    rcv_rtt: u32,
+    rcv_space: u32,
+    total_retrans: u32,
+    pacing_rate: u64,
+    max_pacing_rate: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+    segs_out: u32,
+    segs_in: u32,
+    notsent_bytes: u32,
+    min_rtt: u32,
+    data_segs_in: u32,
+    data_segs_out: u32,
+    delivery_rate: u64,
+    busy_time: u64,
+    rwnd_limited: u64,
+    sndbuf_limited: u64,
+    delivered: u32,
+    delivered_ce: u32,
+    bytes_sent: u64,
+    bytes_retrans: u64,
+}
+
+/// Reads TCP_INFO of a TCP socket.
+pub fn tcp_info(socket: &impl AsFd) -> io::Result<TcpInfo> {
+    let mut raw = RawTcpInfo::default();
+    let mut len = std::mem::size_of::<RawTcpInfo>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes at the pointer, which points at `raw`,
+    // a plain-data struct of exactly that size alive for the whole call, and sets `len` to
+    // what it wrote; every bit pattern is a valid `RawTcpInfo`. The descriptor is borrowed.
+    let status = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut raw).cast(),
+            &mut len,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let filled = |end: usize| (len as usize) >= end;
+    Ok(TcpInfo {
+        rtt_us: raw.rtt,
+        min_rtt_us: filled(std::mem::offset_of!(RawTcpInfo, data_segs_in)).then_some(raw.min_rtt),
+        retrans_segments: raw.total_retrans,
+        retrans_bytes: filled(std::mem::size_of::<RawTcpInfo>()).then_some(raw.bytes_retrans),
+        delivery_rate: filled(std::mem::offset_of!(RawTcpInfo, busy_time))
+            .then_some(raw.delivery_rate),
+        cwnd: raw.snd_cwnd,
+    })
 }
 
 /// Sets SO_RCVLOWAT: the socket turns readable, and wakes its reader, only once `bytes` are

@@ -6,8 +6,8 @@ use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
 use crate::hello::{HelloError, HelloReader};
 use crate::limits::Slot;
-use crate::net::listen::tune;
 use crate::net::read::{Parsed, read_until};
+use crate::net::transport::{self, Legs};
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::proxy::{self, Header};
@@ -58,17 +58,19 @@ pub fn connection(
             Ok(parts) => parts,
             Err(rejection) => {
                 drop(slot);
-                record.emit(Err(rejection), relay.metrics());
+                record.emit(Err(rejection), Legs::default(), relay.metrics());
                 return;
             }
         };
         let idle = settings.config.timeouts.idle;
         let counters = relay.metrics().byte_counters(record.rule_label());
         let transfer = forward::copy(&client, &upstream, preface, idle, &ending, counters).await;
-        // The connection is over: close it and free its place before saying so.
+        // The connection is over: what its sockets say of both legs, then close it and
+        // free its place before saying so.
+        let legs = Legs::read(&client, &upstream);
         drop((client, upstream));
         drop(slot);
-        record.emit(Ok(transfer), relay.metrics());
+        record.emit(Ok(transfer), legs, relay.metrics());
     }
 }
 
@@ -165,7 +167,12 @@ async fn open(
     record.dns(answered_from);
     let (upstream, addr) = Box::pin(connect::happy_eyeballs(&targets, remaining)).await?;
     record.connected(addr);
-    tune(&upstream);
+    // Checked when the rules were loaded: nothing here can refuse it.
+    let _ = transport::apply(
+        &upstream,
+        &config.upstream_tcp,
+        route.rule.and_then(|rule| rule.tcp.as_ref()),
+    );
     if let Some(version) = route.rule.and_then(|rule| rule.send_proxy) {
         // The real client, and the address it connected to; ahead of everything replayed.
         let reached = client.local_addr().map_err(Rejection::ClientError)?;

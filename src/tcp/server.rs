@@ -3,6 +3,7 @@
 
 use crate::config::{Listener, ProxyProtocol};
 use crate::limits::Slot;
+use crate::net::transport::Legs;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};
@@ -119,9 +120,11 @@ async fn accept_loop(
                 ));
             }
             // Closed before a byte is read; the log line is the only trace.
-            Err(rejection) => {
-                ConnectionRecord::new(peer, local).emit(Err(rejection), relay.metrics())
-            }
+            Err(rejection) => ConnectionRecord::new(peer, local).emit(
+                Err(rejection),
+                Legs::default(),
+                relay.metrics(),
+            ),
         }
     }
 }

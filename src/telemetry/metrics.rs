@@ -4,6 +4,7 @@
 
 use crate::limits::Counters;
 use crate::telemetry::bytes::{ByRule, ByteCounters};
+use crate::telemetry::legs::LegMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -71,6 +72,8 @@ pub struct FinishedConnection<'a> {
 /// The relay's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// The long leg's: RTT and retransmissions.
+    pub legs: LegMetrics,
     connections: Family<OutcomeLabel, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     spliced: Counter,
@@ -102,7 +105,9 @@ pub fn count_dropped_log_lines(counter: ErrorCounter) {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("snirelay");
+        let legs = LegMetrics::registered(&mut registry);
         let metrics = Metrics {
+            legs,
             connections: Family::default(),
             bytes: Family::default(),
             spliced: Counter::default(),

@@ -3,6 +3,7 @@
 //! rate-limited per reason.
 
 pub mod bytes;
+pub mod legs;
 pub mod metrics;
 pub mod quota;
 pub mod record;

@@ -2,6 +2,7 @@
 //! fields, so the two always agree.
 
 use crate::hello::ClientHello;
+use crate::net::transport::Legs;
 use crate::outcome::{Outcome, Rejection, Transfer, UNLISTED};
 use crate::proxy::Tlvs;
 use crate::resolve::Source;
@@ -125,8 +126,9 @@ impl ConnectionRecord {
         self.upstream = Some(upstream);
     }
 
-    /// Counts the connection in `metrics`, then logs it.
-    pub fn emit(self, result: Result<Transfer, Rejection>, metrics: &Metrics) {
+    /// Counts the connection in `metrics`, then logs it; a forwarded one with what its
+    /// sockets said of both legs as it ended.
+    pub fn emit(self, result: Result<Transfer, Rejection>, legs: Legs, metrics: &Metrics) {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let total = self.started.elapsed();
         let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
@@ -156,6 +158,9 @@ impl ConnectionRecord {
                 _ => None,
             },
         });
+        if result.is_ok() {
+            metrics.legs.ended(self.listener, &legs);
+        }
         // A balancer's health check is counted, never logged: it comes every few seconds.
         // Rejections anyone can cause are logged up to a rate per reason, then summed up.
         match &result {
@@ -194,9 +199,22 @@ impl ConnectionRecord {
             hello_ms = self.hello_done.map(ms),
             connect_ms = connect.map(ms),
             total_ms = ms(total),
+            client_rtt_ms = legs.client.map(|l| f64::from(l.rtt_us) / 1e3),
+            client_min_rtt_ms = legs.client.and_then(|l| l.min_rtt_us).map(|us| f64::from(us) / 1e3),
+            client_retrans = legs.client.map(|l| l.retrans_segments),
+            client_delivery_mbps = legs.client.and_then(|l| l.delivery_rate).map(mbps),
+            upstream_rtt_ms = legs.upstream.map(|l| f64::from(l.rtt_us) / 1e3),
+            upstream_min_rtt_ms = legs.upstream.and_then(|l| l.min_rtt_us).map(|us| f64::from(us) / 1e3),
+            upstream_retrans = legs.upstream.map(|l| l.retrans_segments),
+            upstream_delivery_mbps = legs.upstream.and_then(|l| l.delivery_rate).map(mbps),
             "connection"
         );
     }
+}
+
+/// A delivery rate in bytes per second as megabits per second, to three decimals.
+fn mbps(bytes_per_second: u64) -> f64 {
+    (bytes_per_second as f64 * 8.0 / 1e3).round() / 1e3
 }
 
 /// The offered TLS versions as the log shows them: `1.3,1.2`, or `0x7f1c` for a version

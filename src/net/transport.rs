@@ -1,0 +1,333 @@
+//! TCP settings on the relay's sockets ([`Tcp`]): a listener's, set once on the listening
+//! socket and inherited by every socket it accepts (bound here, handed over by systemd or
+//! by the relay being upgraded alike), and an upstream's, set once it is connected. Send
+//! and receive buffers are never pinned: that would turn the kernel's autotuning off, and a
+//! long path needs buffers the size of its bandwidth-delay product.
+
+use crate::config::{Config, Keepalive, Tcp};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use std::io;
+
+/// The congestion control of client-facing sockets unless a listener names one. The relay
+/// is the sender towards its clients, and that direction is the one that loses packets on
+/// a long cross-border path: there, a 1 MiB reply took 24-31 s under CUBIC and 2.4-2.6 s
+/// under BBR (180 ms, 20 Mbit/s, 5% loss; BENCHMARKS.md). Where the kernel lacks it, the
+/// kernel's default stays, with one warning.
+pub const CLIENT_CONGESTION: &str = "bbr";
+
+const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+const ALLOWED: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+
+/// A congestion control algorithm the kernel would not set, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("TCP congestion control {name:?} cannot be used here: {cause}; {hint}")]
+pub struct CongestionError {
+    /// The algorithm.
+    pub name: String,
+    /// What the kernel said.
+    pub cause: io::Error,
+    hint: String,
+}
+
+impl CongestionError {
+    fn new(name: &str, cause: io::Error) -> CongestionError {
+        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+        let hint = hint(name, &cause, read(AVAILABLE).trim(), read(ALLOWED).trim());
+        CongestionError {
+            name: name.to_owned(),
+            cause,
+            hint,
+        }
+    }
+}
+
+/// What to do when the kernel refuses `name` with `cause`, given its available and allowed
+/// lists. Pure.
+fn hint(name: &str, cause: &io::Error, available: &str, allowed: &str) -> String {
+    if cause.raw_os_error() == Some(libc::EPERM) {
+        format!(
+            "without CAP_NET_ADMIN only net.ipv4.tcp_allowed_congestion_control ({allowed}) may be set: add {name} there (`snirelay doctor` prints a sysctl.d file), or pick one of those"
+        )
+    } else {
+        format!(
+            "the kernel offers {available}: load the module (`modprobe tcp_{name}`, and add it to /etc/modules-load.d/) or pick one of those"
+        )
+    }
+}
+
+/// Sets `tcp` on a socket, with `over`'s settings in place wherever it names one (a rule's
+/// `tcp` over the file's `upstream_tcp`): NODELAY (handshakes are latency-bound),
+/// keepalive (the default unless they say), and whatever else they name. Only the
+/// congestion control can be refused (a name the kernel lacks or does not allow): the rest
+/// the kernel takes.
+pub fn apply<'s>(
+    socket: impl Into<SockRef<'s>>,
+    tcp: &Tcp,
+    over: Option<&Tcp>,
+) -> Result<(), CongestionError> {
+    let socket = socket.into();
+    let _ = socket.set_tcp_nodelay(true);
+    let keepalive = over
+        .and_then(|o| o.keepalive)
+        .or(tcp.keepalive)
+        .unwrap_or(Keepalive::DEFAULT);
+    let _ = socket.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(keepalive.idle)
+            .with_interval(keepalive.interval)
+            .with_retries(keepalive.count),
+    );
+    if let Some(lowat) = over.and_then(|o| o.notsent_lowat).or(tcp.notsent_lowat) {
+        let _ = socket.set_tcp_notsent_lowat(lowat);
+    }
+    if let Some(timeout) = over.and_then(|o| o.user_timeout).or(tcp.user_timeout) {
+        let _ = socket.set_tcp_user_timeout(Some(timeout).filter(|t| !t.is_zero()));
+    }
+    let congestion = over
+        .and_then(|o| o.congestion.as_deref())
+        .or(tcp.congestion.as_deref());
+    if let Some(name) = congestion {
+        socket
+            .set_tcp_congestion(name.as_bytes())
+            .map_err(|cause| CongestionError::new(name, cause))?;
+    }
+    Ok(())
+}
+
+/// Sets a listener's `tcp` on its listening socket. Where it names no congestion control,
+/// [`CLIENT_CONGESTION`] is tried; if the kernel refuses it, its own default stays and the
+/// refusal comes back in `Ok`, to be warned of. A named one that is refused is an error.
+pub fn apply_to_listener<'s>(
+    socket: impl Into<SockRef<'s>>,
+    tcp: &Tcp,
+) -> Result<Option<CongestionError>, CongestionError> {
+    let socket = socket.into();
+    if tcp.congestion.is_some() {
+        return apply(socket, tcp, None).map(|()| None);
+    }
+    let with_default = Tcp {
+        congestion: Some(CLIENT_CONGESTION.to_owned()),
+        ..tcp.clone()
+    };
+    match apply(socket, &with_default, None) {
+        Ok(()) => Ok(None),
+        Err(refused) => Ok(Some(refused)),
+    }
+}
+
+/// Whether this process can set congestion control `name` on a socket: tried on a
+/// throwaway one, so availability, module loading and permission are all what they will be.
+pub fn usable(name: &str) -> Result<(), CongestionError> {
+    Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+        .and_then(|socket| socket.set_tcp_congestion(name.as_bytes()))
+        .map_err(|cause| CongestionError::new(name, cause))
+}
+
+/// The congestion control a socket uses, by name.
+pub fn congestion<'s>(socket: impl Into<SockRef<'s>>) -> io::Result<String> {
+    let name = socket.into().tcp_congestion()?;
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+/// What TCP_INFO says of a connection's health; a field the kernel is too old to fill
+/// (minimum RTT before 4.6, delivery rate before 4.9, retransmitted bytes before 4.19) is
+/// `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpInfo {
+    /// Smoothed round-trip time, in microseconds.
+    pub rtt_us: u32,
+    /// Lowest round-trip time seen, in microseconds.
+    pub min_rtt_us: Option<u32>,
+    /// Segments retransmitted over the connection's life.
+    pub retrans_segments: u32,
+    /// Bytes retransmitted over the connection's life.
+    pub retrans_bytes: Option<u64>,
+    /// The latest delivery rate, in bytes per second.
+    pub delivery_rate: Option<u64>,
+    /// The congestion window, in segments.
+    pub cwnd: u32,
+}
+
+/// TCP_INFO of both legs of a forwarded connection, read as it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Legs {
+    /// The client's side.
+    pub client: Option<TcpInfo>,
+    /// The upstream's side.
+    pub upstream: Option<TcpInfo>,
+}
+
+impl Legs {
+    /// Reads both; a leg whose socket cannot say is `None`.
+    pub fn read(client: &impl std::os::fd::AsFd, upstream: &impl std::os::fd::AsFd) -> Legs {
+        #[cfg(target_os = "linux")]
+        let read = |socket: &dyn std::os::fd::AsFd| crate::net::sys::tcp_info(&socket.as_fd()).ok();
+        #[cfg(not(target_os = "linux"))]
+        let read = |_: &dyn std::os::fd::AsFd| None;
+        Legs {
+            client: read(client),
+            upstream: read(upstream),
+        }
+    }
+}
+
+/// Every congestion control `config` names that this process cannot set, each said with
+/// where it is named: a listener's, `upstream_tcp`'s, or a rule's.
+pub fn refusals(config: &Config) -> Vec<String> {
+    let listeners = config
+        .listen
+        .iter()
+        .map(|l| (format!("listener {}", l.addr), &l.tcp));
+    let upstream = std::iter::once(("upstream_tcp".to_owned(), &config.upstream_tcp));
+    let rules = config
+        .rules
+        .iter()
+        .filter_map(|r| Some((format!("rule \"{}\"", r.label), r.tcp.as_ref()?)));
+    listeners
+        .chain(upstream)
+        .chain(rules)
+        .filter_map(|(place, tcp)| {
+            let refused = usable(tcp.congestion.as_deref()?).err()?;
+            Some(format!("{place}: {refused}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_hint_says_what_to_change_for_a_missing_and_for_a_forbidden_algorithm() {
+        let missing = hint(
+            "bbr",
+            &io::Error::from_raw_os_error(libc::ENOENT),
+            "reno cubic",
+            "reno cubic",
+        );
+        assert!(missing.contains("offers reno cubic") && missing.contains("modprobe tcp_bbr"));
+        let forbidden = hint(
+            "cubic",
+            &io::Error::from_raw_os_error(libc::EPERM),
+            "reno bbr cubic",
+            "reno bbr",
+        );
+        assert!(forbidden.contains("(reno bbr)") && forbidden.contains("add cubic there"));
+    }
+
+    #[test]
+    fn a_name_the_kernel_lacks_is_refused_with_its_hint() {
+        let err = usable("nosuchcc").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"nosuchcc\"") && text.contains("modprobe"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_congestion_control_a_config_names_is_checked_where_it_is_named() {
+        let config = Config::parse(
+            r#"{"listen": [{"addr": "127.0.0.1:1", "tcp": {"congestion": "nosuchone"}}],
+                "upstream_tcp": {"congestion": "reno"},
+                "allow": ["a.example.com", {"name": "b.example.com", "tcp": {"congestion": "nosuchtwo"}}]}"#,
+            std::path::Path::new("t.json"),
+        )
+        .unwrap();
+        let refused = refusals(&config);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0].starts_with("listener 127.0.0.1:1: TCP congestion control \"nosuchone\"")
+        );
+        assert!(
+            refused[1].starts_with("rule \"b.example.com\": TCP congestion control \"nosuchtwo\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_every_setting_of_the_listener() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = Tcp {
+            congestion: Some("reno".into()),
+            notsent_lowat: Some(16384),
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(5),
+                count: 3,
+            }),
+            user_timeout: Some(Duration::from_secs(45)),
+        };
+        apply(&listener, &tcp, None).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = SockRef::from(&accepted);
+        assert_eq!(congestion(&accepted).unwrap(), "reno");
+        assert_eq!(socket.tcp_notsent_lowat().unwrap(), 16384);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(45))
+        );
+        assert!(socket.tcp_nodelay().unwrap() && socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_rules_settings_win_key_by_key() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        let file = Tcp {
+            congestion: Some("reno".into()),
+            user_timeout: Some(Duration::from_secs(30)),
+            keepalive: Some(Keepalive {
+                count: 4,
+                ..Keepalive::DEFAULT
+            }),
+            ..Tcp::default()
+        };
+        let rule = Tcp {
+            notsent_lowat: Some(4096),
+            ..Tcp::default()
+        };
+        apply(&socket, &file, Some(&rule)).unwrap();
+        assert_eq!(congestion(&socket).unwrap(), "reno");
+        assert_eq!(socket.tcp_notsent_lowat().unwrap(), 4096);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listener_gets_the_default_congestion_control_where_the_kernel_has_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = apply_to_listener(&listener, &Tcp::default()).unwrap();
+        let set = congestion(&listener).unwrap();
+        let offered = std::fs::read_to_string(AVAILABLE).unwrap();
+        if offered
+            .split_whitespace()
+            .any(|name| name == CLIENT_CONGESTION)
+        {
+            assert!(refused.is_none(), "{refused:?}");
+            assert_eq!(set, CLIENT_CONGESTION);
+        } else {
+            assert_eq!(refused.unwrap().name, CLIENT_CONGESTION);
+        }
+        let named = Tcp {
+            congestion: Some("nosuchcc".into()),
+            ..Tcp::default()
+        };
+        assert!(apply_to_listener(&listener, &named).is_err());
+    }
+}
