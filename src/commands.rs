@@ -182,3 +182,18 @@ pub fn check(path: &Path) -> ExitCode {
         }
     }
 }
+
+pub fn doctor(proc: &Path, strict: bool, sysctl: bool) -> ExitCode {
+    let findings = cli::doctor::diagnose(proc);
+    let text = if sysctl {
+        cli::doctor::sysctl_file(&findings)
+    } else {
+        cli::doctor::report(&findings)
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if strict && findings.iter().any(|f| !f.ok) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

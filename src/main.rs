@@ -115,6 +115,19 @@ enum Command {
         #[arg(long, value_name = "RULES")]
         merge: Option<PathBuf>,
     },
+    /// The host settings that decide long-haul behaviour: each one's value, the
+    /// recommended one, why, and how to set it. Needs no root.
+    Doctor {
+        /// Exit 1 when any setting should change.
+        #[arg(long)]
+        strict: bool,
+        /// Print the sysctl settings to change as a file for /etc/sysctl.d/ instead.
+        #[arg(long)]
+        sysctl: bool,
+        /// Read this /proc tree instead of the host's.
+        #[arg(long, value_name = "DIR", default_value = "/proc")]
+        proc: PathBuf,
+    },
     /// Print what points the client machines at the relay: /etc/hosts lines, or
     /// configuration for the DNS server they use.
     Hosts {
@@ -160,6 +173,11 @@ fn main() -> ExitCode {
             format,
         } => commands::hosts(&relay, &config, format),
         Command::Suggest { logs, merge } => commands::suggest(&logs, merge.as_deref()),
+        Command::Doctor {
+            strict,
+            sysctl,
+            proc,
+        } => commands::doctor(&proc, strict, sysctl),
         Command::Run {
             config: path,
             listen,

@@ -3,6 +3,7 @@
 
 pub mod check;
 mod dns;
+pub mod doctor;
 pub mod hosts;
 pub mod probe;
 pub mod suggest;
