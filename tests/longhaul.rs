@@ -1,0 +1,233 @@
+//! The long haul, on an emulated path (the `longpath` crate: namespaces and a user-space
+//! delay line over TUN devices): first the emulator's own self-test (its delay, loss and
+//! rate are what they are set to), then what the relay reports of a connection across it.
+//! Needs root, which CI has; without it every test here fails saying so.
+
+mod common;
+
+use common::hellogen::hello_for;
+use common::{RelayProcess, pinned_config, within};
+use longpath::{Host, Path, Spec};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RTT: Duration = Duration::from_millis(180);
+const NAME: &str = "a.example.com";
+
+fn path(spec: Spec) -> Path {
+    Path::start(spec).expect("cannot make the emulated long path")
+}
+
+/// A UDP socket bound to `ip` inside `host`.
+fn udp(path: &Path, host: Host, ip: std::net::Ipv4Addr) -> UdpSocket {
+    path.run(host, move || UdpSocket::bind((ip, 0)))
+        .unwrap()
+        .unwrap()
+}
+
+/// Echoes every datagram back until the client says `stop`, counting what it received.
+fn echo(server: UdpSocket) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut received = 0;
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, from) = server.recv_from(&mut buf).unwrap();
+            if &buf[..n] == b"stop" {
+                return received;
+            }
+            received += 1;
+            server.send_to(&buf[..n], from).unwrap();
+        }
+    })
+}
+
+/// Datagrams `socket` receives until the path has been quiet for ten round trips: every
+/// echo due has arrived by then.
+fn drain(socket: &UdpSocket) -> Vec<(Instant, usize)> {
+    socket.set_read_timeout(Some(RTT * 10)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = socket.recv(&mut buf) {
+        got.push((Instant::now(), n));
+    }
+    got
+}
+
+#[test]
+fn the_emulated_path_has_the_round_trip_time_it_is_set_to() {
+    let path = path(Spec::new(RTT));
+    let server = udp(&path, Host::Relay, longpath::RELAY);
+    let to = server.local_addr().unwrap();
+    let echoing = echo(server);
+    let client = udp(&path, Host::Client, longpath::CLIENT);
+    client.connect(to).unwrap();
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 64];
+    for i in 0u32..30 {
+        let sent = Instant::now();
+        client.send(&i.to_be_bytes()).unwrap();
+        client.recv(&mut buf).unwrap();
+        rtts.push(sent.elapsed());
+    }
+    client.send(b"stop").unwrap();
+    echoing.join().unwrap();
+    rtts.sort();
+    let median = rtts[rtts.len() / 2];
+    let (low, high) = (RTT.mul_f64(0.95), RTT.mul_f64(1.05));
+    assert!(
+        (low..=high).contains(&median),
+        "median RTT {median:?} outside {low:?}..={high:?}: {rtts:?}"
+    );
+}
+
+#[test]
+fn the_emulated_path_loses_what_it_is_set_to_in_each_direction() {
+    let spec = Spec {
+        up_loss: 0.10,
+        down_loss: 0.20,
+        seed: 7,
+        ..Spec::new(RTT)
+    };
+    let path = path(spec);
+    let server = udp(&path, Host::Relay, longpath::RELAY);
+    let to = server.local_addr().unwrap();
+    let echoing = echo(server);
+    let client = udp(&path, Host::Client, longpath::CLIENT);
+    client.connect(to).unwrap();
+    let sent = 3000;
+    for i in 0u32..sent {
+        client.send(&i.to_be_bytes()).unwrap();
+        // Paced, so no socket buffer on the way overflows: only the path loses.
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let echoed = drain(&client).len() as f64;
+    // The stop message itself may be lost: send it until the server has it.
+    let received = loop {
+        client.send(b"stop").unwrap();
+        if echoing.is_finished() {
+            break echoing.join().unwrap() as f64;
+        }
+        let _ = drain(&client);
+    };
+    let up = 1.0 - received / f64::from(sent);
+    let down = 1.0 - echoed / received;
+    // Four standard deviations of a binomial over these counts: about 0.022 and 0.031.
+    assert!((up - 0.10).abs() < 0.022, "up loss {up:.4}");
+    assert!((down - 0.20).abs() < 0.031, "down loss {down:.4}");
+    assert!(path.up.lost.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn the_emulated_path_delivers_at_its_bottleneck_rate() {
+    let rate = 20_000_000;
+    let spec = Spec {
+        rate_bps: Some(rate),
+        queue_bytes: 64 * 1024,
+        ..Spec::new(RTT)
+    };
+    let path = path(spec);
+    let client = udp(&path, Host::Client, longpath::CLIENT);
+    let to = client.local_addr().unwrap();
+    let sender = udp(&path, Host::Relay, longpath::RELAY);
+    // 2 MB offered as fast as the sender can: the bottleneck queue drops the excess.
+    let datagram = [0x5au8; 1400];
+    for i in 0..1500 {
+        sender.send_to(&datagram, to).unwrap();
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let got = drain(&client);
+    assert!(got.len() > 100, "{} datagrams", got.len());
+    let elapsed = got.last().unwrap().0 - got[0].0;
+    let bytes: usize = got[1..].iter().map(|(_, n)| n + 28).sum();
+    let measured = bytes as f64 * 8.0 / elapsed.as_secs_f64();
+    assert!(
+        (measured / rate as f64 - 1.0).abs() < 0.10,
+        "{measured:.0} bit/s against {rate}"
+    );
+}
+
+/// A relay in the relay namespace, pinned to an upstream listener in the upstream one.
+async fn relay_across(path: &Path) -> (RelayProcess, tokio::net::TcpListener) {
+    let upstream = path
+        .run(Host::Upstream, || {
+            std::net::TcpListener::bind((longpath::UPSTREAM, 443))
+        })
+        .unwrap()
+        .unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let upstream = tokio::net::TcpListener::from_std(upstream).unwrap();
+    let config = pinned_config(&[NAME], upstream.local_addr().unwrap());
+    let launcher = path.command(Host::Relay, common::binary());
+    let listen = SocketAddr::from((longpath::RELAY, 443)).to_string();
+    let relay = RelayProcess::spawn(launcher, config, &["--listen", &listen]).await;
+    (relay, upstream)
+}
+
+/// One connection across the path: the hello, then `reply` bytes from the upstream, read to
+/// the end. Returns its log line.
+async fn one_reply(path: &Path, reply: usize) -> serde_json::Value {
+    let (mut relay, upstream) = relay_across(path).await;
+    let client = path
+        .run(Host::Client, || {
+            std::net::TcpStream::connect((longpath::RELAY, 443))
+        })
+        .unwrap()
+        .unwrap();
+    client.set_nonblocking(true).unwrap();
+    let mut client = tokio::net::TcpStream::from_std(client).unwrap();
+    let hello = hello_for(NAME);
+    client.write_all(&hello).await.unwrap();
+    let (mut conn, _) = upstream.accept().await.unwrap();
+    let serve = tokio::spawn(async move {
+        conn.read_exact(&mut vec![0u8; hello.len()]).await.unwrap();
+        conn.write_all(&vec![0x17; reply]).await.unwrap();
+        conn.shutdown().await.unwrap();
+        // Until the client's FIN, passed on: closing earlier would reset the relay.
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.unwrap();
+    });
+    let mut got = Vec::with_capacity(reply);
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), reply);
+    drop(client);
+    serve.await.unwrap();
+    relay.next_connection().await
+}
+
+#[tokio::test]
+async fn the_log_line_reports_the_client_legs_round_trip_time_and_no_retransmits() {
+    within(async {
+        let path = path(Spec::new(RTT));
+        let line = one_reply(&path, 256 * 1024).await;
+        let rtt = line["client_rtt_ms"].as_f64().unwrap();
+        let ms = RTT.as_secs_f64() * 1e3;
+        assert!(
+            (rtt - ms).abs() <= ms * 0.2,
+            "client_rtt_ms {rtt} against {ms}: {line}"
+        );
+        assert_eq!(line["client_retrans"], 0, "{line}");
+        assert!(line["upstream_rtt_ms"].as_f64().unwrap() < 10.0, "{line}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn losses_on_the_way_to_the_client_show_as_retransmits() {
+    within(async {
+        let spec = Spec {
+            down_loss: 0.05,
+            seed: 3,
+            ..Spec::new(RTT)
+        };
+        let path = path(spec);
+        let line = one_reply(&path, 256 * 1024).await;
+        assert!(line["client_retrans"].as_u64().unwrap() > 0, "{line}");
+        assert_eq!(line["upstream_retrans"], 0, "{line}");
+    })
+    .await
+}
