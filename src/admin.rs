@@ -1,8 +1,10 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up) and
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up),
 //! `/readyz` (listeners accepting and rules loaded; 503 with the reason while starting,
-//! draining, or with an empty allowlist).
+//! draining, or with an empty allowlist) and `/connections` (the forwarded connections open
+//! now, as JSON, with each leg's TCP health).
 
 use crate::state::Relay;
+use crate::telemetry::live::MAX_LISTED;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -54,11 +56,11 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, handed_over: Cancel
 
 fn respond(request: &Request<Incoming>, relay: &Relay) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/connections") {
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /connections\n".into(),
         );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -87,6 +89,14 @@ fn respond(request: &Request<Incoming>, relay: &Relay) -> Response<Full<Bytes>> 
             )
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/connections" => match limit(request.uri().query()) {
+            Ok(limit) => reply(
+                StatusCode::OK,
+                "application/json",
+                connections(relay, limit),
+            ),
+            Err(why) => reply(StatusCode::BAD_REQUEST, "text/plain", why),
+        },
         _ => match relay.readiness() {
             Ok(ready) => reply(StatusCode::OK, "text/plain", format!("{ready}\n")),
             Err(why) => reply(
@@ -98,6 +108,56 @@ fn respond(request: &Request<Incoming>, relay: &Relay) -> Response<Full<Bytes>> 
     }
 }
 
+/// How many connections one `/connections` answer lists unless `?limit=N` says.
+const DEFAULT_LISTED: usize = 100;
+
+/// The `limit` of a `/connections` query: 1 to [`MAX_LISTED`], [`DEFAULT_LISTED`] when not
+/// given. Pure.
+fn limit(query: Option<&str>) -> Result<usize, String> {
+    let given = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("limit="));
+    match given {
+        None => Ok(DEFAULT_LISTED),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=MAX_LISTED).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "limit must be a whole number from 1 to {MAX_LISTED}, got {n:?}\n"
+            )),
+        },
+    }
+}
+
+/// The open forwarded connections as JSON: `open` (how many), and up to `limit` of them,
+/// oldest first.
+fn connections(relay: &Relay, limit: usize) -> String {
+    let (open, listed) = relay.live().list(limit);
+    let ms = |us: u32| f64::from(us) / 1e3;
+    let listed: Vec<serde_json::Value> = listed
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "client": c.client.to_string(),
+                "listener": c.listener.to_string(),
+                "sni": c.sni,
+                "rule": c.rule,
+                "age_s": (c.age_s * 1e3).round() / 1e3,
+                "bytes_up": c.bytes_up,
+                "bytes_down": c.bytes_down,
+                "client_rtt_ms": c.client_leg.map(|l| ms(l.rtt_us)),
+                "client_cwnd": c.client_leg.map(|l| l.cwnd),
+                "client_retrans": c.client_leg.map(|l| l.retrans_segments),
+                "upstream_rtt_ms": c.upstream_leg.map(|l| ms(l.rtt_us)),
+                "upstream_cwnd": c.upstream_leg.map(|l| l.cwnd),
+                "upstream_retrans": c.upstream_leg.map(|l| l.retrans_segments),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "open": open, "connections": listed });
+    format!("{body}\n")
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -106,4 +166,22 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         hyper::header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_bounded_and_a_bad_one_says_what_it_takes() {
+        assert_eq!(limit(None), Ok(DEFAULT_LISTED));
+        assert_eq!(limit(Some("limit=5")), Ok(5));
+        assert_eq!(limit(Some("x=1&limit=7")), Ok(7));
+        for bad in ["limit=0", "limit=-1", "limit=ten", "limit=10001"] {
+            assert!(
+                limit(Some(bad)).unwrap_err().contains("1 to 10000"),
+                "{bad}"
+            );
+        }
+    }
 }

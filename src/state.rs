@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::limits::Counters;
 use crate::policy::DestinationPolicy;
 use crate::resolve::{Override, Resolver};
+use crate::telemetry::live::Live;
 use crate::telemetry::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -53,6 +54,7 @@ impl Settings {
 /// The running relay: the current settings and the counts that outlive them.
 pub struct Relay {
     settings: RwLock<Arc<Settings>>,
+    live: Live,
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
     phase: AtomicU8,
@@ -64,6 +66,8 @@ impl Relay {
     /// A relay serving `listeners` with `settings`.
     pub fn new(settings: Settings, pins: Vec<Override>, listeners: Vec<SocketAddr>) -> Relay {
         Relay {
+            // Listed only where someone can ask: the admin endpoint is on.
+            live: Live::new(settings.config.admin.is_some()),
             settings: RwLock::new(Arc::new(settings)),
             counters: Arc::default(),
             metrics: Arc::default(),
@@ -95,6 +99,11 @@ impl Relay {
     /// The live connection counts.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    /// The forwarded connections open now.
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// The relay's metrics.

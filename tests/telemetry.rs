@@ -169,3 +169,64 @@ async fn a_forwarded_connection_reports_both_legs_in_its_line_and_the_metrics() 
     })
     .await
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_lists_open_connections_with_their_bytes_and_legs() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["admin"] = "127.0.0.1:0".into();
+        let (relay, admin) = relay_with_admin(config).await;
+        let hello = hello_for(NAME);
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let mut client = TcpStream::connect(relay.addr()).await.unwrap();
+            client.write_all(&hello).await.unwrap();
+            client.write_all(b"request").await.unwrap();
+            let mut conn = upstream.accept().await;
+            conn.read_exact(&mut vec![0u8; hello.len() + 7])
+                .await
+                .unwrap();
+            conn.write_all(b"answer!!").await.unwrap();
+            client.read_exact(&mut [0u8; 8]).await.unwrap();
+            clients.push((client, conn));
+        }
+        let (status, body) = http_get(&admin, "/connections?limit=1").await;
+        assert_eq!(status, 200, "{body}");
+        let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(listed["open"], 2, "{body}");
+        let connections = listed["connections"].as_array().unwrap();
+        assert_eq!(connections.len(), 1, "the limit holds: {body}");
+        let first = &connections[0];
+        assert_eq!(first["sni"], NAME);
+        assert_eq!(first["rule"], NAME);
+        assert_eq!(first["listener"], relay.addr().to_string());
+        assert_eq!(first["bytes_up"], hello.len() + 7, "{body}");
+        assert_eq!(first["bytes_down"], 8, "{body}");
+        assert!(first["age_s"].as_f64().unwrap() >= 0.0);
+        for leg in ["client", "upstream"] {
+            assert!(
+                first[format!("{leg}_rtt_ms")].as_f64().unwrap() > 0.0,
+                "{body}"
+            );
+            assert!(first[format!("{leg}_cwnd")].as_u64().unwrap() > 0, "{body}");
+        }
+        let (status, said) = http_get(&admin, "/connections?limit=zero").await;
+        assert_eq!(status, 400);
+        assert!(said.contains("limit must be"), "{said}");
+        drop(clients);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = http_get(&admin, "/connections").await;
+            let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if listed["open"] == 0 {
+                assert_eq!(listed["connections"], serde_json::json!([]));
+                break;
+            }
+            assert!(Instant::now() < deadline, "still listed: {body}");
+            // The poll interval of an endpoint that has no push; the end is what it waits for.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}

@@ -76,14 +76,22 @@ struct RawTcpInfo {
 
 /// Reads TCP_INFO of a TCP socket.
 pub fn tcp_info(socket: &impl AsFd) -> io::Result<TcpInfo> {
+    tcp_info_of(socket.as_fd().as_raw_fd())
+}
+
+/// Reads TCP_INFO of the socket with descriptor `fd`. Any number is sound to pass: one
+/// that is not an open TCP socket gets an error. The caller makes sure it is the socket it
+/// means (open, not reused).
+pub fn tcp_info_of(fd: std::os::fd::RawFd) -> io::Result<TcpInfo> {
     let mut raw = RawTcpInfo::default();
     let mut len = std::mem::size_of::<RawTcpInfo>() as libc::socklen_t;
     // SAFETY: getsockopt(2) writes at most `len` bytes at the pointer, which points at `raw`,
     // a plain-data struct of exactly that size alive for the whole call, and sets `len` to
-    // what it wrote; every bit pattern is a valid `RawTcpInfo`. The descriptor is borrowed.
+    // what it wrote; every bit pattern is a valid `RawTcpInfo`. A descriptor that is not
+    // open only makes the call fail.
     let status = unsafe {
         libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             std::ptr::from_mut(&mut raw).cast(),

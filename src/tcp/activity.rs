@@ -5,6 +5,7 @@
 //! earlier wake-up), so moving bytes costs a clock read and a store, never a timer update.
 
 use crate::telemetry::bytes::{ByteCounters, Direction};
+use crate::telemetry::live::LiveConnection;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,21 +34,28 @@ pub struct Activity {
     last_ms: AtomicU64,
     /// The counters of the connection's rule.
     pub counters: Arc<ByteCounters>,
+    /// Its entry among the open connections, where they are listed.
+    live: Option<Arc<LiveConnection>>,
 }
 
 impl Activity {
-    /// A connection starting now, counting its bytes in `counters`.
-    pub fn new(counters: Arc<ByteCounters>) -> Self {
+    /// A connection starting now, counting its bytes in `counters` and in its `live`
+    /// entry, if it has one.
+    pub fn new(counters: Arc<ByteCounters>, live: Option<Arc<LiveConnection>>) -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             counters,
+            live,
         }
     }
 
     /// `n` bytes were written `direction`.
     pub fn moved(&self, direction: Direction, n: u64) {
         self.counters.moved(direction, n);
+        if let Some(live) = &self.live {
+            live.moved(direction == Direction::Up, n);
+        }
         self.touch();
     }
 
@@ -113,7 +121,7 @@ mod tests {
     }
 
     fn clock() -> Activity {
-        Activity::new(Metrics::default().byte_counters(None))
+        Activity::new(Metrics::default().byte_counters(None), None)
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ use crate::net;
 use crate::outcome::{End, Transfer};
 use crate::tcp::activity::{Activity, Quiet};
 use crate::telemetry::bytes::{ByteCounters, Direction};
+use crate::telemetry::live::LiveConnection;
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
@@ -27,7 +28,7 @@ const BULK_BUFFER: usize = 64 * 1024;
 
 /// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
 /// then copies both ways until both are done, one side fails, `idle` passes without a byte,
-/// or `ending` fires (the drain ran out). Bytes are added to `counters` as they are written.
+/// or `ending` fires (the drain ran out). Bytes are added to `counters` (and `live`) as they are written.
 #[allow(clippy::manual_async_fn)]
 pub fn copy<'a>(
     client: &'a TcpStream,
@@ -36,13 +37,14 @@ pub fn copy<'a>(
     idle: Duration,
     ending: &'a CancellationToken,
     counters: Arc<ByteCounters>,
+    live: Option<Arc<LiveConnection>>,
 ) -> impl Future<Output = Transfer> + 'a {
     // A hand-written poll over two plain structs, not two async copy functions: an idle
     // connection's task is mostly this state, and async functions keep their arguments
     // twice and a readiness future per await (1,248 bytes against about 500 here). An
     // `async move` block, not an `async fn`, so the arguments are not kept twice; and what
     // the block would move into a local is made here, so it is kept once, in place.
-    let clock = Activity::new(counters);
+    let clock = Activity::new(counters, live);
     let mut up = OneWay::new(preface, [End::ClientReset, End::UpstreamReset]);
     let mut down = OneWay::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
     async move {

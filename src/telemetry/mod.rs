@@ -4,6 +4,7 @@
 
 pub mod bytes;
 pub mod legs;
+pub mod live;
 pub mod metrics;
 pub mod quota;
 pub mod record;

@@ -73,6 +73,11 @@ impl ConnectionRecord {
         self.rule.as_deref()
     }
 
+    /// The listener it was accepted on.
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
+    }
+
     /// The client as the log names it: the socket's peer, or the one a PROXY header named.
     pub fn client(&self) -> SocketAddr {
         self.client
