@@ -15,8 +15,10 @@ const NAME: &str = "a.example.com";
 const UNBOUNDED: usize = 256 << 20;
 const CHUNK: usize = 64 * 1024;
 
-/// Writes until a write makes no progress for a while, and returns how much went out.
-/// The pause only detects that the writer is blocked; the assertions are on byte counts.
+/// Writes until the peer stops reading, and returns how much went out. A write that makes
+/// no progress for a while is only a hint (a loaded machine pauses too): the peer has
+/// stopped when its advertised window, as our socket last saw it, is zero. A relay that
+/// kept reading never closes its window, and the writes run on to `UNBOUNDED`.
 async fn write_until_stalled(conn: &mut TcpStream) -> usize {
     let chunk = vec![7u8; CHUNK];
     let mut written = 0;
@@ -24,7 +26,15 @@ async fn write_until_stalled(conn: &mut TcpStream) -> usize {
         match tokio::time::timeout(Duration::from_millis(500), conn.write_all(&chunk)).await {
             Ok(Ok(())) => written += CHUNK,
             Ok(Err(e)) => panic!("write failed: {e}"),
-            Err(_) => break,
+            Err(_) => {
+                let info = snirelay::net::sys::tcp_info(&*conn).unwrap();
+                let window = info
+                    .peer_window
+                    .expect("a kernel that reports tcpi_snd_wnd");
+                if window == 0 {
+                    break;
+                }
+            }
         }
     }
     written

@@ -579,7 +579,8 @@ async fn an_aaaa_only_answer_is_used() {
 }
 
 /// Both families answer; the A address refuses (bound, never listening: refused for as long
-/// as the test holds it), so the AAAA one serves.
+/// as the test holds it), so the AAAA one serves. The one end-to-end test of falling over
+/// to the next address; `connect`'s unit tests pin the timing on a paused clock.
 #[tokio::test]
 async fn a_refused_a_answer_falls_over_to_the_aaaa_answer() {
     within(async {
@@ -587,17 +588,6 @@ async fn a_refused_a_answer_falls_over_to_the_aaaa_answer() {
         let table = vec![("dual.relay.test", ips(&["127.0.0.1", "::1"]))];
         let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8", "::1/128"]).await;
         forwarded_to(&mut relay, &upstream, "dual.relay.test").await;
-    })
-    .await
-}
-
-#[tokio::test]
-async fn an_unreachable_first_address_falls_over_to_the_next() {
-    within(async {
-        let (upstream, _refusing) = upstream_beside_a_refusing_port("127.0.0.1", "127.0.0.2").await;
-        let table = vec![("fallback.relay.test", ips(&["127.0.0.2", "127.0.0.1"]))];
-        let mut relay = dns_relay(table, &upstream, &["127.0.0.0/8"]).await;
-        forwarded_to(&mut relay, &upstream, "fallback.relay.test").await;
     })
     .await
 }
@@ -734,6 +724,99 @@ async fn monitor_mode_forwards_unlisted_names_and_says_so() {
         let log = relay.next_connection().await;
         assert_outcome(&log, "rejected", "not_allowed");
         assert!(upstream.untouched());
+    })
+    .await
+}
+
+/// A nameserver that takes every query and never answers: the connect deadline ends the
+/// lookup, and the connection is refused as `dns_failed` with detail `timeout`.
+#[tokio::test]
+async fn a_nameserver_that_never_answers_is_dns_failed_by_timeout() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = json!({
+            "allow": ["*.relay.test"],
+            "upstream_port": upstream.addr.port(),
+            "resolver": {"nameservers": [silent.local_addr().unwrap().to_string()]},
+            "private_destinations": ["127.0.0.0/8"],
+            "timeouts": {"connect_ms": 300},
+        });
+        let mut relay = RelayProcess::start(config).await;
+        let log = expect_rejected(
+            &mut relay,
+            &upstream,
+            &hello_for("slow.relay.test"),
+            "dns_failed",
+        )
+        .await;
+        assert_eq!(field(&log, "detail"), "timeout", "{log}");
+        assert_eq!(field(&log, "side"), "upstream", "{log}");
+    })
+    .await
+}
+
+/// DNS answers with the relay's own listener: forwarding there would loop the connection
+/// through the relay until its limits ran out. The destination policy refuses it, even
+/// where `private_destinations` allows the network.
+#[tokio::test]
+async fn a_name_that_resolves_to_the_relay_itself_is_refused() {
+    within(async {
+        let (ip, ports) = common::fresh_loopback(61, 1);
+        let listen = format!("{ip}:{}", ports[0]);
+        let dns = dns_server(vec![("self.relay.test", ips(&[&ip]))]).await;
+        let config = json!({
+            "allow": ["*.relay.test"],
+            "upstream_port": ports[0],
+            "resolver": {"nameservers": [dns.to_string()]},
+            "private_destinations": ["127.0.0.0/8"],
+        });
+        let mut relay = RelayProcess::start_with(config, &["--listen", &listen]).await;
+        let mut client = send_and_close(relay.addr(), &hello_for("self.relay.test")).await;
+        let _ = client.read_to_end(&mut Vec::new()).await;
+        let log = relay.next_connection().await;
+        assert_outcome(&log, "rejected", "forbidden_destination");
+    })
+    .await
+}
+
+/// `0.0.0.0:443` and `[::]:443` listed together: IPv6 listeners are IPv6-only, so both bind
+/// and each serves its family. In a network namespace of the test's own, where nothing
+/// else can hold port 443.
+#[tokio::test]
+async fn both_wildcards_on_one_port_serve_their_own_families() {
+    within(async {
+        let path = longpath::Path::start(longpath::Spec::new(std::time::Duration::from_millis(1)))
+            .expect("needs root: network namespaces");
+        let relay_ns = longpath::Host::Relay;
+        let upstream = path
+            .run(relay_ns, || std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        upstream.set_nonblocking(true).unwrap();
+        let upstream = tokio::net::TcpListener::from_std(upstream).unwrap();
+        let mut config = pinned_config(&[NAME], upstream.local_addr().unwrap());
+        config["listen"] = json!(["0.0.0.0:443", "[::]:443"]);
+        let launcher = path.command(relay_ns, common::binary());
+        let mut relay = RelayProcess::spawn(launcher, config, &[]).await;
+        for at in ["127.0.0.1:443", "[::1]:443"] {
+            let at: SocketAddr = at.parse().unwrap();
+            let client = path
+                .run(relay_ns, move || std::net::TcpStream::connect(at))
+                .unwrap()
+                .unwrap();
+            client.set_nonblocking(true).unwrap();
+            let mut client = TcpStream::from_std(client).unwrap();
+            client.write_all(&hello_for(NAME)).await.unwrap();
+            let (conn, _) = upstream.accept().await.unwrap();
+            drop((client, conn));
+            let log = relay.next_connection().await;
+            assert_eq!(
+                field(&log, "listener"),
+                format!("{}:443", if at.is_ipv4() { "0.0.0.0" } else { "[::]" }),
+                "{log}"
+            );
+        }
     })
     .await
 }

@@ -160,7 +160,7 @@ async fn a_hundred_reloads_valid_and_invalid_never_touch_live_streams() {
 }
 
 #[tokio::test]
-async fn sighup_reloads_and_an_unchanged_file_event_does_not() {
+async fn sighup_reloads_and_a_file_change_says_what_it_changed() {
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
         let streams_at = upstream.addr;
@@ -176,9 +176,8 @@ async fn sighup_reloads_and_an_unchanged_file_event_does_not() {
             decided(&mut relay, &upstream, "n2.example.com").await,
             "closed"
         );
-        // Touching the file without changing it is not a reload (the unit tests pin this
-        // step by step); the next real one is, and says what it changed.
-        std::fs::write(&path, version(2, upstream.addr, streams_at).to_string()).unwrap();
+        // That an unchanged file is no reload, the unit tests pin step by step (here the
+        // unchanged write and the next change could land in one settle window, unseen).
         replace_file(&path, &version(3, upstream.addr, streams_at).to_string());
         let line = relay.next_message("config reloaded").await;
         assert_eq!(line["trigger"], "file");
@@ -295,6 +294,67 @@ async fn a_missing_rules_file_is_reported_once_and_its_return_too() {
                 break;
             }
         }
+    })
+    .await
+}
+
+/// A reload applies `clients`, the limits and the nameservers to the next connections,
+/// not only the rules.
+#[tokio::test]
+async fn a_reload_changes_clients_limits_and_nameservers() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let old_dns =
+            common::dns_server(vec![("dns.example.com", vec![[127, 0, 0, 2].into()])]).await;
+        let new_dns =
+            common::dns_server(vec![("dns.example.com", vec![[127, 0, 0, 1].into()])]).await;
+        let config = |clients: &str, per_client: u64, dns: SocketAddr| {
+            json!({
+                "allow": [
+                    {"name": "n1.example.com", "upstream": upstream.addr.to_string()},
+                    "dns.example.com",
+                ],
+                "upstream_port": upstream.addr.port(),
+                "private_destinations": ["127.0.0.0/8"],
+                "clients": [clients],
+                "max_connections_per_client": per_client,
+                "resolver": {"nameservers": [dns.to_string()]},
+                "timeouts": {"connect_ms": 2000},
+            })
+        };
+        let mut relay = RelayProcess::start(config("127.0.0.0/8", 1000, old_dns)).await;
+        let path = relay.config_path();
+        // The old nameserver sends dns.example.com to 127.0.0.2, where nothing listens on
+        // the upstream's port.
+        assert_eq!(
+            decided(&mut relay, &upstream, "dns.example.com").await,
+            "upstream_unreachable"
+        );
+
+        replace_file(&path, &config("127.0.0.0/8", 1, new_dns).to_string());
+        relay.next_message("config reloaded").await;
+        assert_eq!(
+            decided(&mut relay, &upstream, "dns.example.com").await,
+            "closed"
+        );
+        // One connection per client now: a second while the first is open is refused.
+        let mut held = TcpStream::connect(relay.addr()).await.unwrap();
+        held.write_all(&hello_for("n1.example.com")).await.unwrap();
+        let held_upstream = upstream.accept().await;
+        let mut second = send_and_close(relay.addr(), &hello_for("n1.example.com")).await;
+        let _ = second.read_to_end(&mut Vec::new()).await;
+        assert_eq!(
+            relay.next_connection().await["reason"],
+            "too_many_from_client"
+        );
+        drop((held, held_upstream));
+        assert_eq!(relay.next_connection().await["outcome"], "forwarded");
+
+        replace_file(&path, &config("192.0.2.0/24", 1000, new_dns).to_string());
+        relay.next_message("config reloaded").await;
+        let mut denied = TcpStream::connect(relay.addr()).await.unwrap();
+        let _ = denied.read_to_end(&mut Vec::new()).await;
+        assert_eq!(relay.next_connection().await["reason"], "client_denied");
     })
     .await
 }

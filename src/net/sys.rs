@@ -27,7 +27,7 @@ pub fn take_listen_fds() -> io::Result<Vec<(OwnedFd, String)>> {
         .collect())
 }
 
-/// The kernel's `struct tcp_info` (linux/tcp.h) up to `tcpi_bytes_retrans`, as every kernel
+/// The kernel's `struct tcp_info` (linux/tcp.h) up to `tcpi_snd_wnd`, as every kernel
 /// lays it out: newer kernels append fields, older ones fill a prefix, and say how much.
 #[repr(C)]
 #[derive(Default)]
@@ -72,6 +72,10 @@ struct RawTcpInfo {
     delivered_ce: u32,
     bytes_sent: u64,
     bytes_retrans: u64,
+    dsack_dups: u32,
+    reord_seen: u32,
+    rcv_ooopack: u32,
+    snd_wnd: u32,
 }
 
 /// Reads TCP_INFO of a TCP socket.
@@ -106,7 +110,9 @@ pub fn tcp_info_of(fd: std::os::fd::RawFd) -> io::Result<TcpInfo> {
         rtt_us: raw.rtt,
         min_rtt_us: filled(std::mem::offset_of!(RawTcpInfo, data_segs_in)).then_some(raw.min_rtt),
         retrans_segments: raw.total_retrans,
-        retrans_bytes: filled(std::mem::size_of::<RawTcpInfo>()).then_some(raw.bytes_retrans),
+        retrans_bytes: filled(std::mem::offset_of!(RawTcpInfo, dsack_dups))
+            .then_some(raw.bytes_retrans),
+        peer_window: filled(std::mem::size_of::<RawTcpInfo>()).then_some(raw.snd_wnd),
         delivery_rate: filled(std::mem::offset_of!(RawTcpInfo, busy_time))
             .then_some(raw.delivery_rate),
         cwnd: raw.snd_cwnd,

@@ -131,8 +131,8 @@ pub fn congestion<'s>(socket: impl Into<SockRef<'s>>) -> io::Result<String> {
 }
 
 /// What TCP_INFO says of a connection's health; a field the kernel is too old to fill
-/// (minimum RTT before 4.6, delivery rate before 4.9, retransmitted bytes before 4.19) is
-/// `None`.
+/// (minimum RTT before 4.6, delivery rate before 4.9, retransmitted bytes before 4.19, the
+/// peer's window before 6.2) is `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpInfo {
     /// Smoothed round-trip time, in microseconds.
@@ -147,6 +147,8 @@ pub struct TcpInfo {
     pub delivery_rate: Option<u64>,
     /// The congestion window, in segments.
     pub cwnd: u32,
+    /// The receive window the peer last advertised, in bytes (0: it is not reading).
+    pub peer_window: Option<u32>,
 }
 
 /// TCP_INFO of both legs of a forwarded connection, read as it ends.

@@ -41,6 +41,16 @@ pub async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("test did not finish within {PATIENCE:?}"))
 }
 
+/// Says why a test cannot run on this machine and lets it return: a developer machine
+/// skips it, CI fails it, since CI must run every test.
+pub fn cannot_run_here(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cannot run under CI: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
 /// Whether `tool` is on PATH. A developer machine without it skips the test that needs it;
 /// CI never does, since `.ci/run` installs every tool the suite drives.
 pub fn available(tool: &str) -> bool {
