@@ -103,7 +103,8 @@ pub fn on_signals(stopper: Stopper) -> io::Result<()> {
 /// connections get `drain_s`; the rest are ended. A further request skips the wait in
 /// progress.
 pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
-    let summaries = tokio::spawn(quota::report_suppressed(&quota::REJECTIONS));
+    let rejections = relay.metrics().rejections.clone();
+    let summaries = tokio::spawn(quota::report_suppressed(rejections));
     systemd::ready(&relay);
     let first = requests.next().await;
     relay.set_phase(Phase::Draining);
@@ -136,6 +137,6 @@ pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
     }
     server.end_connections().await;
     summaries.abort();
-    quota::log_suppressed(&quota::REJECTIONS);
+    quota::log_suppressed(&relay.metrics().rejections);
     tracing::info!("stopped");
 }

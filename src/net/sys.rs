@@ -142,7 +142,9 @@ pub fn set_receive_low_water(socket: &impl AsFd, bytes: usize) -> io::Result<()>
     }
 }
 
-/// Pipes open now, for `/metrics`, and the bytes they can hold in all.
+/// Pipes open now, for `/metrics`, and the bytes they can hold in all. Process-wide on
+/// purpose, and lock-free: what they bound is the kernel's pipe memory, which the kernel
+/// counts per user (pipe-user-pages-soft), not per relay.
 static OPEN_PIPES: AtomicUsize = AtomicUsize::new(0);
 static OPEN_PIPE_BYTES: AtomicUsize = AtomicUsize::new(0);
 

@@ -5,6 +5,7 @@
 use crate::limits::Counters;
 use crate::telemetry::bytes::{ByRule, ByteCounters};
 use crate::telemetry::legs::LegMetrics;
+use crate::telemetry::quota::LineQuota;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -74,6 +75,8 @@ pub struct Metrics {
     registry: Registry,
     /// The long leg's: RTT and retransmissions.
     pub legs: LegMetrics,
+    /// The rate limit on rejection log lines, which counts what it suppresses.
+    pub rejections: Arc<LineQuota>,
     connections: Family<OutcomeLabel, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     spliced: Counter,
@@ -95,6 +98,8 @@ pub struct Metrics {
 }
 
 /// Lines the log writer dropped because its queue was full, as the writer counts them.
+/// Process-wide on purpose: so is the log subscriber it counts for, installed once by the
+/// binary. Read without a lock.
 static LOG_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Makes `/metrics` report what the non-blocking log writer drops.
@@ -108,6 +113,7 @@ impl Default for Metrics {
         let legs = LegMetrics::registered(&mut registry);
         let metrics = Metrics {
             legs,
+            rejections: Arc::default(),
             connections: Family::default(),
             bytes: Family::default(),
             spliced: Counter::default(),

@@ -7,7 +7,6 @@ use crate::outcome::{Outcome, Rejection, Transfer, UNLISTED};
 use crate::proxy::Tlvs;
 use crate::resolve::Source;
 use crate::telemetry::metrics::{FinishedConnection, Metrics};
-use crate::telemetry::quota::REJECTIONS;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,7 +169,7 @@ impl ConnectionRecord {
         // Rejections anyone can cause are logged up to a rate per reason, then summed up.
         match &result {
             Err(Rejection::ProxyLocal) => return,
-            Err(_) if !REJECTIONS.allow(reason, Instant::now()) => {
+            Err(_) if !metrics.rejections.allow(reason, Instant::now()) => {
                 metrics.suppressed(reason);
                 return;
             }
