@@ -3,11 +3,13 @@
 //! the `longpath` crate: RTT 180 ms, a 20 Mbit/s bottleneck with a queue of one
 //! bandwidth-delay product (450 kB), loss only towards the client.
 //!
-//! `cargo bench --bench longhaul -- [--losses 0,1,5,15] [--runs 3] [--cap-s 60]`
+//! `cargo bench --bench longhaul -- [--losses 0,1,5,15] [--runs 3] [--cap-s 60]
+//! [--targets snirelay,snirelay-cubic,nginx,haproxy]`
 //!
 //! Per loss and run (a run is a seed for the losses), each relay gets its own path, all
 //! four at once: `snirelay` with its defaults, `snirelay-cubic` (its listener set to CUBIC),
-//! nginx and HAProxy. The relay namespace's default congestion control is CUBIC, as on
+//! nginx and HAProxy (and, named with `--targets`, `snirelay-lowat`: its listener's
+//! `notsent_lowat` at 16 KiB, to weigh that default). The relay namespace's default congestion control is CUBIC, as on
 //! CentOS and Alibaba Cloud Linux; a namespace may only default to an algorithm the host
 //! allows, so the bench adds `cubic` to net.ipv4.tcp_allowed_congestion_control and puts
 //! it back when done. Over real TLS (rustls both ends) to an upstream that answers each
@@ -36,6 +38,7 @@ const NAME: &str = "a.example.com";
 const RTT: Duration = Duration::from_millis(180);
 const RATE: u64 = 20_000_000;
 const TARGETS: [&str; 4] = ["snirelay", "snirelay-cubic", "nginx", "haproxy"];
+const PEERS: [&str; 2] = ["nginx", "haproxy"];
 const REQUEST: usize = 256;
 const ALLOWED: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
 
@@ -78,11 +81,11 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let mut cmd = match name {
-        "snirelay" | "snirelay-cubic" => {
-            let tcp = if name == "snirelay" {
-                String::new()
-            } else {
-                r#", "tcp": {"congestion": "cubic"}"#.to_owned()
+        "snirelay" | "snirelay-cubic" | "snirelay-lowat" => {
+            let tcp = match name {
+                "snirelay-cubic" => r#", "tcp": {"congestion": "cubic"}"#,
+                "snirelay-lowat" => r#", "tcp": {"notsent_lowat": 16384}"#,
+                _ => "",
             };
             let config = format!(
                 r#"{{"listen": [{{"addr": "{listen}"{tcp}}}], "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}]}}"#
@@ -326,12 +329,22 @@ async fn main() {
         .collect();
     let runs: u64 = value("--runs").map_or(3, |r| r.parse().unwrap());
     let cap = Duration::from_secs(value("--cap-s").map_or(60, |c| c.parse().unwrap()));
+    let targets: Vec<&'static str> = match value("--targets") {
+        Some(list) => list
+            .split(',')
+            .map(|name| -> &'static str { Box::leak(name.to_owned().into_boxed_str()) })
+            .collect(),
+        None => TARGETS.to_vec(),
+    };
     let _allowed = AllowCubic::add();
     let mut results: BTreeMap<(u64, &str), BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for &loss in &losses {
         for seed in 1..=runs {
-            let runs = TARGETS.map(|name| tokio::spawn(measure(name, loss, seed, cap)));
-            for (name, run) in TARGETS.iter().zip(runs) {
+            let runs: Vec<_> = targets
+                .iter()
+                .map(|&name| tokio::spawn(measure(name, loss, seed, cap)))
+                .collect();
+            for (name, run) in targets.iter().zip(runs) {
                 let sample = run.await.unwrap();
                 eprintln!("loss {loss}% seed {seed} {name}: {sample:?}");
                 let figures = results.entry(((loss * 100.0) as u64, name)).or_default();
@@ -341,10 +354,11 @@ async fn main() {
             }
         }
     }
-    print_table(&losses, runs, cap, &mut results);
+    print_table(&targets, &losses, runs, cap, &mut results);
 }
 
 fn print_table(
+    targets: &[&'static str],
     losses: &[f64],
     runs: u64,
     cap: Duration,
@@ -357,13 +371,13 @@ fn print_table(
     );
     println!(
         "| loss | figure | {} | snirelay / best peer |",
-        TARGETS.join(" | ")
+        targets.join(" | ")
     );
-    println!("|---|---|{}---|", "---|".repeat(TARGETS.len()));
+    println!("|---|---|{}---|", "---|".repeat(targets.len()));
     for &loss in losses {
         for key in keys {
             let mut row = Vec::new();
-            for name in TARGETS {
+            for &name in targets {
                 let values = results
                     .get_mut(&((loss * 100.0) as u64, name))
                     .and_then(|f| f.get_mut(key));
@@ -381,10 +395,11 @@ fn print_table(
                     }
                 })
                 .collect();
-            let best_peer = row[2..]
+            let best_peer = targets
                 .iter()
-                .copied()
-                .filter(|v| !v.is_nan())
+                .zip(&row)
+                .filter(|(name, v)| PEERS.contains(name) && !v.is_nan())
+                .map(|(_, v)| *v)
                 .fold(f64::NAN, f64::min);
             let ratio = if row[0].is_nan() || best_peer.is_nan() {
                 "-".to_owned()

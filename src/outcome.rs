@@ -1,6 +1,6 @@
 //! How a connection ends: the rejections before forwarding and the ends of a forwarded
 //! connection, each with its stable reason word and the side that caused it. The words are
-//! a contract: logs, metrics and the README's table use them, and they are never renamed.
+//! a contract: logs, metrics and docs/configuration.md's table use them, and they are never renamed.
 
 use crate::connect::ConnectError;
 use crate::hello::HelloError;

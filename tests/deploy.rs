@@ -130,3 +130,45 @@ fn the_keepalived_config_passes_its_config_test() {
     // The check script asks the admin address the relay's shipped rules would use.
     assert!(read("keepalived/keepalived.conf").contains("http://127.0.0.1:9090/readyz"));
 }
+
+/// The complete HAProxy configuration in the docs passes HAProxy's own check, and the
+/// relay settings its comment gives are a valid rules file whose grace covers HAProxy's
+/// check interval × failures.
+#[test]
+fn the_haproxy_config_passes_haproxy_check_and_its_grace_covers_the_checks() {
+    if !common::available("haproxy") {
+        return;
+    }
+    let path = deploy("haproxy/haproxy.cfg");
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = read("haproxy/haproxy.cfg");
+    let settings: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rules = format!(r#"{{{settings}, "allow": ["a.example.com"]}}"#);
+    let config = snirelay::config::Config::parse(&rules, Path::new("haproxy.cfg comment"))
+        .unwrap_or_else(|e| panic!("{e}: {rules}"));
+    let checks: Vec<&str> = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("default-server"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let after = |key: &str| checks[checks.iter().position(|w| *w == key).unwrap() + 1];
+    let inter: u64 = after("inter").trim_end_matches('s').parse().unwrap();
+    let fall: u64 = after("fall").parse().unwrap();
+    assert!(config.timeouts.lb_grace.as_secs() > inter * fall, "{rules}");
+    assert_eq!(config.timeouts.idle.as_secs(), 3600);
+}

@@ -179,3 +179,94 @@ fn the_hosts_example_is_what_the_program_prints() {
     assert!(out.status.success());
     assert_eq!(block, String::from_utf8_lossy(&out.stdout));
 }
+
+/// The text of every ```sh block in the README, docs/ and CONTRIBUTING.md, by file.
+fn shell_blocks() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut blocks = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut inside = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                inside = !inside && line.trim_start() == "```sh";
+                continue;
+            }
+            if inside {
+                blocks.push((file.display().to_string(), line.to_owned()));
+            }
+        }
+    }
+    blocks
+}
+
+/// Every `snirelay` command the docs show takes the subcommand, flags and values it is
+/// shown with: each is run with `--help` appended, which the argument parser answers only
+/// once everything before it parses.
+#[test]
+fn every_snirelay_command_in_the_docs_parses() {
+    let mut seen = 0;
+    for (file, line) in shell_blocks() {
+        let code = line.split(" #").next().unwrap();
+        for part in code.split(['|', '&', ';']) {
+            let words: Vec<&str> = part
+                .split_whitespace()
+                .skip_while(|w| *w == "sudo")
+                .collect();
+            let Some(first) = words.first() else { continue };
+            if !(first.ends_with("/snirelay") || *first == "snirelay") || words.len() < 2 {
+                continue;
+            }
+            seen += 1;
+            let out = Command::new(common::binary())
+                .args(&words[1..])
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{file}: `{}` does not parse: {}",
+                part.trim(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(
+        seen >= 10,
+        "found only {seen} snirelay commands in the docs"
+    );
+}
+
+/// The rules file of the Beijing-to-London walkthrough passes `check`.
+#[test]
+fn the_walkthrough_rules_pass_check() {
+    let readme = readme();
+    let start = readme
+        .find("## From Beijing to London")
+        .expect("the walkthrough");
+    let block = readme[start..]
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the walkthrough's rules.json");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, block).unwrap();
+    let out = Command::new(common::binary())
+        .args(["check", "--config"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
