@@ -34,6 +34,16 @@ pub fn suggest(logs: &[PathBuf], merge: Option<&Path>) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
+    let lines = seen.used + seen.skipped;
+    if seen.used == 0 {
+        eprintln!(
+            "read {lines} lines, none a connection line with a name: nothing to suggest from. \
+             Feed it the relay's log: under systemd `journalctl -u snirelay -o cat | snirelay suggest`, \
+             else the relay's standard error (text or --log-format json)"
+        );
+        return ExitCode::FAILURE;
+    }
+    eprintln!("read {lines} lines, {} of them connection lines", seen.used);
     let Some(path) = merge else {
         let proposed = propose(&seen, None);
         let _ = std::io::stdout().write_all(report(&seen, &proposed).as_bytes());

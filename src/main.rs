@@ -13,7 +13,7 @@ use snirelay::lifecycle::{self, Options};
 use snirelay::reload::Fixed;
 use snirelay::resolve::Override;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,9 +56,9 @@ struct Cli {
 enum Command {
     /// Run the relay until SIGINT or SIGTERM.
     Run {
-        /// The rules file.
-        #[arg(long, default_value = "rules.json")]
-        config: PathBuf,
+        /// The rules file [default: ./rules.json, else /etc/snirelay/rules.json].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Listen here instead of the config's `listen` (repeatable).
         #[arg(long = "listen", value_name = "ADDR")]
         listen: Vec<SocketAddr>,
@@ -78,9 +78,9 @@ enum Command {
     },
     /// Validate a rules file; print a summary, the effective rules and any warnings.
     Check {
-        /// The rules file.
-        #[arg(long, default_value = "rules.json")]
-        config: PathBuf,
+        /// The rules file [default: ./rules.json, else /etc/snirelay/rules.json].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// From a client machine: a TLS handshake through the relay for NAME (or, with --all,
     /// for every exact name in the rules), and who answered.
@@ -91,9 +91,9 @@ enum Command {
         /// Probe every exact name in the rules file instead, one line each.
         #[arg(long)]
         all: bool,
-        /// The rules file, for --all.
-        #[arg(long, default_value = "rules.json", requires = "all")]
-        config: PathBuf,
+        /// The rules file, for --all [default: ./rules.json, else /etc/snirelay/rules.json].
+        #[arg(long, requires = "all")]
+        config: Option<PathBuf>,
         /// The relay: IP or host, with an optional port (default 443).
         #[arg(long, value_name = "ADDR[:PORT]")]
         relay: String,
@@ -111,9 +111,10 @@ enum Command {
         #[arg(long = "log", value_name = "FILE")]
         logs: Vec<PathBuf>,
         /// Print this rules file with the proposal merged in, validated, instead of the
-        /// report (which then goes to standard error).
-        #[arg(long, value_name = "RULES")]
-        merge: Option<PathBuf>,
+        /// report (which then goes to standard error) [RULES default: ./rules.json, else
+        /// /etc/snirelay/rules.json].
+        #[arg(long, value_name = "RULES", num_args = 0..=1)]
+        merge: Option<Option<PathBuf>>,
     },
     /// The host settings that decide long-haul behaviour: each one's value, the
     /// recommended one, why, and how to set it. Needs no root.
@@ -135,9 +136,9 @@ enum Command {
         /// its IPv6 one (given twice; without it, AAAA answers use the IPv4-mapped form).
         #[arg(long, value_name = "IP", required = true)]
         relay: Vec<IpAddr>,
-        /// The rules file.
-        #[arg(long, default_value = "rules.json")]
-        config: PathBuf,
+        /// The rules file [default: ./rules.json, else /etc/snirelay/rules.json].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// What to print.
         #[arg(long, value_enum, default_value_t = cli::hosts::Format::Hosts)]
         format: cli::hosts::Format,
@@ -150,9 +151,32 @@ enum LogFormat {
     Json,
 }
 
+/// The rules file to read ([`cli::rules_file::choose`]); when none is found, the message
+/// and exit code 2.
+fn rules_file(given: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    match cli::rules_file::choose(given, Path::exists) {
+        Ok((path, found)) => {
+            if found {
+                eprintln!(
+                    "snirelay: using {} (no --config, no ./rules.json)",
+                    path.display()
+                );
+            }
+            Ok(path)
+        }
+        Err(why) => {
+            eprintln!("snirelay: {why}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { config } => commands::check(&config),
+        Command::Check { config } => match rules_file(config) {
+            Ok(path) => commands::check(&path),
+            Err(code) => code,
+        },
         Command::Probe {
             name,
             all,
@@ -164,22 +188,31 @@ fn main() -> ExitCode {
             let limit = Duration::from_secs(timeout_s);
             match name {
                 Some(name) if !all => commands::probe(&name, &relay, cacert.as_deref(), limit),
-                _ => commands::probe_all(&config, &relay, cacert.as_deref(), limit),
+                _ => match rules_file(config) {
+                    Ok(path) => commands::probe_all(&path, &relay, cacert.as_deref(), limit),
+                    Err(code) => code,
+                },
             }
         }
         Command::Hosts {
             relay,
             config,
             format,
-        } => commands::hosts(&relay, &config, format),
-        Command::Suggest { logs, merge } => commands::suggest(&logs, merge.as_deref()),
+        } => match rules_file(config) {
+            Ok(path) => commands::hosts(&relay, &path, format),
+            Err(code) => code,
+        },
+        Command::Suggest { logs, merge } => match merge.map(rules_file).transpose() {
+            Ok(merge) => commands::suggest(&logs, merge.as_deref()),
+            Err(code) => code,
+        },
         Command::Doctor {
             strict,
             sysctl,
             proc,
         } => commands::doctor(&proc, strict, sysctl),
         Command::Run {
-            config: path,
+            config,
             listen,
             admin,
             resolve,
@@ -190,6 +223,10 @@ fn main() -> ExitCode {
                 eprintln!("--listen lists {twice} twice");
                 return ExitCode::from(2);
             }
+            let path = match rules_file(config) {
+                Ok(path) => path,
+                Err(code) => return code,
+            };
             let logging = init_logging(log_format);
             let loaded =
                 Config::read(&path).and_then(|text| Ok((Config::parse(&text, &path)?, text)));

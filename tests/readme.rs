@@ -215,7 +215,7 @@ fn every_snirelay_command_in_the_docs_parses() {
     let mut seen = 0;
     for (file, line) in shell_blocks() {
         let code = line.split(" #").next().unwrap();
-        for part in code.split(['|', '&', ';']) {
+        for part in code.split(['|', '&', ';', '>', '<']) {
             let words: Vec<&str> = part
                 .split_whitespace()
                 .skip_while(|w| *w == "sudo")

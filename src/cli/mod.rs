@@ -6,5 +6,6 @@ mod dns;
 pub mod doctor;
 pub mod hosts;
 pub mod probe;
+pub mod rules_file;
 pub mod suggest;
 pub mod targets;

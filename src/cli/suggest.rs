@@ -1,4 +1,5 @@
-//! `snirelay suggest`: from the relay's own JSON log lines, the names clients asked for,
+//! `snirelay suggest`: from the relay's own log lines (text, as it logs by default, or
+//! `--log-format json`), the names clients asked for,
 //! grouped by registrable domain (the Public Suffix List, from the `psl` crate), with how
 //! each was decided, and the rules that would allow the ones refused (or only monitored).
 //! Pure but for reading: lines in, text out.
@@ -22,10 +23,12 @@ pub struct Seen {
     allowed: BTreeSet<String>,
     /// Lines that were not connection lines with a name.
     pub skipped: u64,
+    /// Connection lines with a name: the ones used.
+    pub used: u64,
 }
 
 impl Seen {
-    /// Reads log lines (`--log-format json`), counting each connection line by its name.
+    /// Reads log lines, text or JSON, counting each connection line by its name.
     pub fn read(&mut self, lines: impl BufRead) -> std::io::Result<()> {
         for line in lines.lines() {
             self.line(&line?);
@@ -34,27 +37,22 @@ impl Seen {
     }
 
     fn line(&mut self, line: &str) {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+        let Some(fields) = json_fields(line).or_else(|| text_fields(line)) else {
             self.skipped += 1;
             return;
         };
-        let field = |key: &str| value[key].as_str();
-        let (Some("connection"), Some(sni), Some(outcome), Some(reason)) = (
-            field("message"),
-            field("sni"),
-            field("outcome"),
-            field("reason"),
-        ) else {
-            self.skipped += 1;
-            return;
-        };
+        self.used += 1;
+        let ([sni, outcome, reason], rule) = fields;
         let name = sni.to_ascii_lowercase();
-        let decision = match (outcome, reason) {
-            (_, NOT_ALLOWED | WOULD_REFUSE) => reason,
+        let decision = match (outcome.as_str(), reason.as_str()) {
+            (_, NOT_ALLOWED | WOULD_REFUSE) => reason.as_str(),
             (FORWARDED, _) => FORWARDED,
-            _ => reason,
+            _ => reason.as_str(),
         };
-        if field("rule").is_some_and(|rule| !rule.is_empty() && rule != UNLISTED) {
+        if rule
+            .as_deref()
+            .is_some_and(|rule| !rule.is_empty() && rule != UNLISTED)
+        {
             self.allowed.insert(name.clone());
         }
         *self
@@ -64,6 +62,57 @@ impl Seen {
             .entry(decision.to_owned())
             .or_default() += 1;
     }
+}
+
+/// A `--log-format json` connection line's fields; `None` for any other line.
+fn json_fields(line: &str) -> Option<([String; 3], Option<String>)> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let field = |key: &str| value[key].as_str().map(str::to_owned);
+    (field("message")? == "connection").then_some(())?;
+    Some((
+        [field("sni")?, field("outcome")?, field("reason")?],
+        field("rule"),
+    ))
+}
+
+/// A text connection line's fields (the relay's default format:
+/// `... INFO snirelay::connection: connection client=... sni="a.example.com" ...`);
+/// `None` for any other line. Values are bare words or quoted with `\"` escapes.
+fn text_fields(line: &str) -> Option<([String; 3], Option<String>)> {
+    let (_, rest) = line.split_once(" snirelay::connection: connection ")?;
+    let mut fields: BTreeMap<&str, String> = BTreeMap::new();
+    let mut rest = rest.trim_start();
+    while let Some((key, after)) = rest.split_once('=') {
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                (value, &quoted[end..])
+            }
+            None => {
+                let end = after.find(' ').unwrap_or(after.len());
+                (after[..end].to_owned(), &after[end..])
+            }
+        };
+        fields.insert(key, value);
+        rest = next.trim_start();
+    }
+    let mut take = |key| fields.remove(key);
+    Some((
+        [take("sni")?, take("outcome")?, take("reason")?],
+        take("rule"),
+    ))
 }
 
 /// The registrable domain of `name` (`translation.googleapis.com` → `googleapis.com`), or
@@ -100,9 +149,13 @@ pub fn propose(seen: &Seen, rules: Option<&Rules>) -> Vec<String> {
         .decided
         .iter()
         .filter(|(name, decided)| {
+            // Against the rules in force where they are given: the log may have seen a
+            // name allowed that the rules no longer allow.
             (decided.contains_key(NOT_ALLOWED) || decided.contains_key(WOULD_REFUSE))
-                && !seen.allowed.contains(*name)
-                && !allowed_by_rules(name)
+                && match rules {
+                    Some(_) => !allowed_by_rules(name),
+                    None => !seen.allowed.contains(*name),
+                }
         })
         .map(|(name, _)| name.as_str())
         .collect();

@@ -108,3 +108,70 @@ fn names_the_rules_already_allow_are_not_proposed_and_the_merge_loads() {
     let merged = Config::parse(&merged, path).unwrap();
     assert_eq!(merged.rules.len(), 3 + proposed.len());
 }
+
+/// A name the log once saw forwarded and later refused: against the rules in force, it is
+/// proposed again, beside the wildcard for its children (which does not cover it). Every
+/// name the log shows refused or only monitored is allowed by the merged file, as the real
+/// matcher decides.
+#[test]
+fn with_the_rules_in_force_every_refused_name_is_allowed_by_the_merge() {
+    let log = seen(&[
+        line(
+            "storage.googleapis.com",
+            "forwarded",
+            "closed",
+            Some("storage.googleapis.com"),
+        ),
+        line("storage.googleapis.com", "rejected", "not_allowed", None),
+        line(
+            "storage.googleapis.com",
+            "forwarded",
+            "would_refuse",
+            Some("(unlisted)"),
+        ),
+        line(
+            "logs-a.storage.googleapis.com",
+            "forwarded",
+            "would_refuse",
+            Some("(unlisted)"),
+        ),
+        line(
+            "logs-b.storage.googleapis.com",
+            "forwarded",
+            "would_refuse",
+            Some("(unlisted)"),
+        ),
+    ]);
+    let text = r#"{"allow": ["translation.googleapis.com"]}"#;
+    let path = Path::new("rules.json");
+    let rules = Config::parse(text, path).unwrap().rules;
+    let proposed = propose(&log, Some(&rules));
+    let merged = Config::parse(&merge(text, path, &proposed).unwrap(), path).unwrap();
+    for name in [
+        "storage.googleapis.com",
+        "logs-a.storage.googleapis.com",
+        "logs-b.storage.googleapis.com",
+    ] {
+        assert!(
+            merged.rules.route(&name.parse().unwrap(), 443).is_some(),
+            "{name} still refused after merging {proposed:?}"
+        );
+    }
+}
+
+#[test]
+fn the_relays_text_lines_are_read_as_its_json_lines_are() {
+    let text = [
+        r#"2026-12-07T12:00:00.000000Z  INFO snirelay::connection: connection client=10.10.0.7:51234 listener=0.0.0.0:443 sni="A.Example.org" alpn="h2" tls="1.3" ech=false outcome="rejected" reason="not_allowed" side="client" error="name not on the allowlist" hello_ms=0.2 total_ms=0.3"#,
+        r#"2026-12-07T12:00:00.100000Z  INFO snirelay::connection: connection client=10.10.0.7:51235 listener=0.0.0.0:443 sni="b.example.org" rule="b.example.org" upstream="192.0.2.1:443" outcome="forwarded" reason="closed" bytes_up=10"#,
+        r#"2026-12-07T12:00:00.200000Z  INFO snirelay::connection: connection client=10.10.0.7:51236 listener=0.0.0.0:443 outcome="rejected" reason="client_denied" side="client" error="a \"quoted\" word""#,
+        "2026-12-07T12:00:00.300000Z  INFO snirelay::tcp::server: listening addr=0.0.0.0:443",
+    ];
+    let read = seen(&text.map(str::to_owned));
+    // The line without a name (refused before its hello) and the listening line are skipped.
+    assert_eq!((read.used, read.skipped), (2, 2));
+    assert_eq!(propose(&read, None), ["a.example.org"]);
+    let report = report(&read, &[]);
+    assert!(report.contains("a.example.org: 1 not_allowed"), "{report}");
+    assert!(report.contains("b.example.org: 1 forwarded"), "{report}");
+}
