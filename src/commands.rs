@@ -140,7 +140,7 @@ pub fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) ->
         Ok(answer) => {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             let report = format!(
-                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n  {} handshake in {:.1} ms, ALPN {}\n  \
+                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n  {} handshake in {:.1} ms, ALPN: {}\n  \
                  subject: {}\n  issuer: {}\n  valid: {} to {}\n",
                 ms(answer.connect),
                 answer.version,

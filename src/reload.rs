@@ -127,7 +127,12 @@ enum Reloaded {
     /// The file was unreadable or invalid, and now holds the rules in force again.
     Recovered,
     /// New rules are in force.
-    Applied { rules: usize, diff: RuleDiff },
+    Applied {
+        rules: usize,
+        diff: RuleDiff,
+        /// The other settings that changed, by key ([`Config::changed_settings`]).
+        settings: Vec<&'static str>,
+    },
 }
 
 /// Reloads and reports the result once, in the log and in the metrics; false when a file
@@ -151,7 +156,11 @@ fn reload(
                 "config file recovered; it holds the rules in force"
             );
         }
-        Ok(Reloaded::Applied { rules, diff }) => {
+        Ok(Reloaded::Applied {
+            rules,
+            diff,
+            settings,
+        }) => {
             relay.metrics().reload(true);
             tracing::info!(
                 trigger,
@@ -159,6 +168,7 @@ fn reload(
                 added = diff.added.join(", "),
                 removed = diff.removed.join(", "),
                 changed = diff.changed.join(", "),
+                settings = settings.join(", "),
                 "config reloaded"
             );
         }
@@ -210,9 +220,14 @@ fn apply(
     }
     let rules = config.rules.len();
     let diff = running.config.rules.diff(&config.rules);
+    let settings = running.config.changed_settings(&config);
     relay.replace(config)?;
     file.running = text.as_bytes().to_vec();
-    Ok(Reloaded::Applied { rules, diff })
+    Ok(Reloaded::Applied {
+        rules,
+        diff,
+        settings,
+    })
 }
 
 /// Whether a change to `changed` (paths in the config's directory) may change the config
@@ -317,10 +332,22 @@ mod tests {
                     added: vec!["c.example.com".into()],
                     removed: vec!["a.example.com".into()],
                     changed: vec![],
-                }
+                },
+                settings: vec![],
             })
         );
         assert_eq!(relay.settings().config.rules.len(), 2);
+        // A switch to monitor mode and a new `clients` are named, as a rule would be.
+        let monitoring = serde_json::json!({
+            "allow": ["b.example.com", "c.example.com"],
+            "mode": "monitor",
+            "clients": ["10.0.0.0/8"],
+        });
+        std::fs::write(&path, monitoring.to_string()).unwrap();
+        let Ok(Reloaded::Applied { settings, .. }) = event() else {
+            panic!("not applied")
+        };
+        assert_eq!(settings, ["mode", "clients"]);
     }
 
     #[test]

@@ -398,6 +398,10 @@ async fn sigterm_and_sigint_exit_zero() {
             let mut relay =
                 RelayProcess::start(serde_json::json!({"allow": ["a.example.com"]})).await;
             relay.signal(signal);
+            // lb_grace_s is 0 by default: nothing claims a grace period.
+            relay
+                .next_message("shutting down: not ready; no grace period (lb_grace_s 0)")
+                .await;
             relay.next_message("stopped").await;
             assert_eq!(relay.wait().await.code(), Some(0));
         }

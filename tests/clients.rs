@@ -234,7 +234,7 @@ async fn probe_reports_who_answered_or_exactly_why_not() {
         );
         assert!(said.contains(&format!("subject: CN={NAME}")), "{said}");
         assert!(said.contains("issuer: CN=snirelay test CA"), "{said}");
-        assert!(said.contains("TLSv1_3 handshake in"), "{said}");
+        assert!(said.contains("TLS 1.3 handshake in"), "{said}");
         // A regression: the probe left the server's session tickets unread, so its close
         // was a reset and a healthy probe read as `client_reset` in the relay's log.
         let line = relay.next_connection().await;
@@ -295,7 +295,7 @@ async fn probe_all_checks_every_exact_name_in_the_rules() {
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
         let lines: Vec<&str> = said.lines().collect();
         assert_eq!(lines.len(), 3, "{said}");
-        assert!(lines[0].starts_with(&format!("{NAME}: ok (TLSv1_3, ")), "{said}");
+        assert!(lines[0].starts_with(&format!("{NAME}: ok (TLS 1.3, ")), "{said}");
         assert!(lines[0].ends_with(&format!("subject CN={NAME})")), "{said}");
         assert!(
             lines[1].starts_with("mismatch.example.com: certificate rejected: it is not valid for mismatch.example.com"),

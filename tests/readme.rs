@@ -40,7 +40,15 @@ fn the_quick_start_works_offline_as_written() {
     let path = dir.path().join("quick-start.sh");
     std::fs::write(&path, format!("set -e\nip link set lo up\n{script}")).unwrap();
     let out = Command::new("timeout")
-        .args(["60", "unshare", "--net", "--pid", "--fork", "--kill-child", "bash"])
+        .args([
+            "60",
+            "unshare",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "bash",
+        ])
         .arg(&path)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())

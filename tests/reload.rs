@@ -332,7 +332,8 @@ async fn a_reload_changes_clients_limits_and_nameservers() {
         );
 
         replace_file(&path, &config("127.0.0.0/8", 1, new_dns).to_string());
-        relay.next_message("config reloaded").await;
+        let line = relay.next_message("config reloaded").await;
+        assert_eq!(line["settings"], "limits, resolver", "{line}");
         assert_eq!(
             decided(&mut relay, &upstream, "dns.example.com").await,
             "closed"
@@ -351,7 +352,8 @@ async fn a_reload_changes_clients_limits_and_nameservers() {
         assert_eq!(relay.next_connection().await["outcome"], "forwarded");
 
         replace_file(&path, &config("192.0.2.0/24", 1000, new_dns).to_string());
-        relay.next_message("config reloaded").await;
+        let line = relay.next_message("config reloaded").await;
+        assert_eq!(line["settings"], "clients, limits", "{line}");
         let mut denied = TcpStream::connect(relay.addr()).await.unwrap();
         let _ = denied.read_to_end(&mut Vec::new()).await;
         assert_eq!(relay.next_connection().await["reason"], "client_denied");

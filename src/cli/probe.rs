@@ -19,7 +19,7 @@ pub struct Answer {
     pub connect: Duration,
     /// Time from TCP connection to the end of the TLS handshake.
     pub handshake: Duration,
-    /// Negotiated TLS version, like `TLSv1_3`.
+    /// Negotiated TLS version, like `TLS 1.3`.
     pub version: String,
     /// Negotiated ALPN protocol.
     pub alpn: Option<String>,
@@ -112,7 +112,7 @@ pub async fn probe(
         let (_, session) = tls.get_ref();
         let version = session
             .protocol_version()
-            .map(|v| format!("{v:?}"))
+            .map(version_name)
             .unwrap_or_default();
         let alpn = session
             .alpn_protocol()
@@ -300,4 +300,12 @@ fn certificate_problem(cert: &CertificateError, name: &str) -> String {
         _ => return format!("{raw} (rustls could not verify it)"),
     };
     format!("{sentence} [{raw}]")
+}
+/// A TLS version as people write it: `TLS 1.3`.
+fn version_name(version: rustls::ProtocolVersion) -> String {
+    match version {
+        rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3".to_owned(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLS 1.2".to_owned(),
+        other => format!("{other:?}"),
+    }
 }

@@ -53,6 +53,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// The settings besides the rules, `listen` and `admin` (which change only on restart)
+    /// that differ in `next`, by their key in the file: what a reload's log line names,
+    /// since a change of mode, `clients` or a limit matters as much as a rule. Pure.
+    pub fn changed_settings(&self, next: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check("mode", self.mode != next.mode);
+        check("clients", self.clients != next.clients);
+        check("limits", self.limits != next.limits);
+        check("timeouts", self.timeouts != next.timeouts);
+        check("resolver", self.nameservers != next.nameservers);
+        check(
+            "private_destinations",
+            self.private_destinations != next.private_destinations,
+        );
+        check("upstream_port", self.upstream_port != next.upstream_port);
+        check("upstream_tcp", self.upstream_tcp != next.upstream_tcp);
+        check(
+            "max_hello_bytes",
+            self.max_hello_bytes != next.max_hello_bytes,
+        );
+        changed
+    }
+
     /// Whether any listener forwards names no rule allows.
     pub fn monitoring(&self) -> bool {
         self.mode == Mode::Monitor || self.listen.iter().any(|l| l.mode == Some(Mode::Monitor))

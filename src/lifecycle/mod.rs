@@ -147,7 +147,7 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
         {
             tracing::warn!(
                 name = %pinned.name,
-                "--resolve names a name no rule allows; connections for it are refused, so it is never used"
+                "--resolve names a name no rule allows now; it is used once a rule (after a reload) or monitor mode lets the name through"
             );
         }
     }

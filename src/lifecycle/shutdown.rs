@@ -111,6 +111,12 @@ pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
     systemd::stopping(&relay);
     let timeouts = relay.settings().config.timeouts;
     match first {
+        Stop::Signal(signal) if timeouts.lb_grace.is_zero() => {
+            tracing::info!(
+                signal,
+                "shutting down: not ready; no grace period (lb_grace_s 0)"
+            );
+        }
         Stop::Signal(signal) => {
             tracing::info!(
                 signal,

@@ -258,6 +258,9 @@ pub async fn offer(
                 .await;
         match waited {
             Ok(Ok((stream, answer))) if answer == b"ready\n" => return Successor { stream },
+            Ok(Ok((_, answer))) if answer.is_empty() => tracing::warn!(
+                "upgrade: the new relay closed the connection before it served (it failed to start; see its own log); still serving"
+            ),
             Ok(Ok((_, answer))) => tracing::warn!(
                 answer = %String::from_utf8_lossy(&answer),
                 "upgrade: the new relay did not start; still serving"

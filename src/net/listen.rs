@@ -156,9 +156,15 @@ pub fn claim(handed: &[(SocketAddr, &str)], listen: &[Listener]) -> Result<Vec<u
             .position(|l| l.name.as_deref() == Some(*name))
             .or_else(|| listen.iter().position(|l| l.name.is_none() && l.addr == *addr))
             .ok_or_else(|| {
+                let fix = if name.is_empty() {
+                    format!("add {{\"addr\": \"{addr}\"}} to listen")
+                } else {
+                    format!(
+                        "add {{\"addr\": \"{addr}\"}} to listen, or give an entry \"name\": \"{name}\""
+                    )
+                };
                 format!(
-                    "a socket on {addr} named {name:?} was handed over, and no listen entry claims it: \
-                     add {{\"addr\": \"{addr}\"}} to listen, or give an entry \"name\": \"{name}\""
+                    "a socket on {addr} named {name:?} was handed over, and no listen entry claims it: {fix}"
                 )
             })?;
         if claimed.contains(&index) {
@@ -270,6 +276,9 @@ mod tests {
             err.contains("10.20.0.5:40000") && err.contains("\"name\": \"snirelay\""),
             "{err}"
         );
+        // A socket without a name: no advice to give an entry an empty one.
+        let err = claim(&[(other, "")], &listen).unwrap_err();
+        assert!(!err.contains("\"name\": \"\""), "{err}");
         let err = claim(&[(any, "x"), (any, "y")], &listen).unwrap_err();
         assert!(err.contains("two sockets"), "{err}");
     }
