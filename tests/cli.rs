@@ -580,7 +580,7 @@ fn the_example_rules_files_pass_check_and_are_in_the_docs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
     let examples = json_files(&root.join("examples"));
-    assert_eq!(examples.len(), 5);
+    assert_eq!(examples.len(), 6);
     for file in examples {
         let out = snirelay(&["check", "--config", file.to_str().unwrap()]);
         assert_eq!(

@@ -175,3 +175,31 @@ fn the_relays_text_lines_are_read_as_its_json_lines_are() {
     assert!(report.contains("a.example.org: 1 not_allowed"), "{report}");
     assert!(report.contains("b.example.org: 1 forwarded"), "{report}");
 }
+
+/// Two hosts of one customer on API Gateway, Cloud Run and Cloud Functions: their parents
+/// are public suffixes, shared by every customer, so each host is proposed on its own and
+/// never a wildcard that would reach anyone's API.
+#[test]
+fn no_wildcard_over_the_shared_domains_of_customer_apis() {
+    let mut lines = Vec::new();
+    for host in [
+        "orders-api-3x9k2q7f.uc.gateway.dev",
+        "billing-api-8p2m4k1z.uc.gateway.dev",
+        "orders-7qk3xv2p4a-ew.a.run.app",
+        "billing-7qk3xv2p4a-ew.a.run.app",
+        "europe-west2-example-prod.cloudfunctions.net",
+        "europe-west2-example-dev.cloudfunctions.net",
+    ] {
+        lines.push(line(host, "rejected", "not_allowed", None));
+    }
+    // Something under each is allowed already, which would otherwise invite a wildcard.
+    for host in ["x.uc.gateway.dev", "x-ew.a.run.app", "x.cloudfunctions.net"] {
+        lines.push(line(host, "forwarded", "closed", Some(host)));
+    }
+    let proposed = propose(&seen(&lines), None);
+    assert_eq!(proposed.len(), 6, "{proposed:?}");
+    assert!(
+        !proposed.iter().any(|p| p.starts_with("*.")),
+        "{proposed:?}"
+    );
+}
