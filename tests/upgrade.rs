@@ -209,3 +209,67 @@ async fn a_relay_stopped_by_a_signal_closes_its_listeners_with_an_upgrade_socket
     })
     .await
 }
+
+/// `--upgrade-socket` in a directory nobody made: the relay makes it (owner only) and
+/// serves the socket there; a clean stop takes the socket file away.
+#[tokio::test]
+async fn the_upgrade_socket_gets_its_directory_and_is_gone_after_a_clean_stop() {
+    common::within(async {
+        use std::os::unix::fs::PermissionsExt;
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let socket = run.join("upgrade.sock");
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+        ];
+        let mut relay =
+            RelayProcess::start_with(pinned_config(&[NAME], upstream.addr), &args).await;
+        let mode = std::fs::metadata(&run).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        relay
+            .next_message("upgrade: offering the sockets to the next relay")
+            .await;
+        assert!(socket.exists());
+        relay.signal("TERM");
+        assert!(relay.wait().await.success());
+        assert!(!socket.exists(), "the socket file outlived its relay");
+    })
+    .await
+}
+
+/// An upgrade whose old relay was started without the upgrade socket: the address is
+/// taken and nobody offered it, which the new relay says, instead of blaming "another
+/// process".
+#[tokio::test]
+async fn an_upgrade_from_a_relay_without_the_socket_says_so() {
+    common::within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let config = pinned_config(&[NAME], upstream.addr);
+        let old = RelayProcess::start(config.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.json");
+        std::fs::write(&rules, config.to_string()).unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let out = Command::new(common::binary())
+            .args(["run", "--config"])
+            .arg(&rules)
+            .args(["--listen", &old.addr().to_string(), "--upgrade-socket"])
+            .arg(&socket)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("no relay offered its sockets at")
+                && said.contains("started without --upgrade-socket"),
+            "{said}"
+        );
+        assert!(!said.contains("another process holds it"), "{said}");
+    })
+    .await
+}

@@ -51,6 +51,17 @@ pub enum StartError {
     /// The configuration cannot run (a nameserver the resolver refuses).
     #[error("{0}")]
     Settings(String),
+    /// An upgrade was asked for, no relay offered its sockets, and a listener address is
+    /// taken: the relay holding it runs without this upgrade socket.
+    #[error(
+        "cannot listen on {addr}: it is taken, and no relay offered its sockets at {path} (the one holding {addr} was started without --upgrade-socket {path}, or with another path, or cannot create it: see its log). Stopping it means downtime; start every relay with the same --upgrade-socket to upgrade without any"
+    )]
+    NoOffer {
+        /// The listener address.
+        addr: SocketAddr,
+        /// The upgrade socket asked for.
+        path: PathBuf,
+    },
     /// Stop signals cannot be handled.
     #[error("cannot handle SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
@@ -116,12 +127,32 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
         upgrade_socket,
     } = options;
     let mut inherited = match &upgrade_socket {
-        Some(path) => upgrade::inherit(path)?,
+        Some(path) => {
+            upgrade::prepare_directory(path)?;
+            upgrade::inherit(path)?
+        }
         None => upgrade::Inherited::default(),
     };
+    let from_a_relay = inherited.from_a_relay();
     let mut handed = listen::activated()?;
     handed.append(&mut inherited.listeners);
-    let listeners = listen::open(&config.listen, handed)?;
+    let listeners = match listen::open(&config.listen, handed) {
+        Ok(listeners) => listeners,
+        // An upgrade that found no relay at its socket, and a listener address taken:
+        // almost surely the old relay, started without this upgrade socket.
+        Err(OpenError::Bind(e))
+            if e.cause.kind() == std::io::ErrorKind::AddrInUse && !from_a_relay =>
+        {
+            return Err(match &upgrade_socket {
+                Some(path) => StartError::NoOffer {
+                    addr: e.addr,
+                    path: path.clone(),
+                },
+                None => StartError::Open(OpenError::Bind(e)),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let admin = match config.admin {
         Some(addr) => Some(upgrade::admin_listener(addr, inherited.admin.take())?),
         None => None,

@@ -39,6 +39,45 @@ pub enum UpgradeError {
     /// A socket could not be copied for the next relay.
     #[error("cannot copy a socket for the next relay: {0}")]
     Copy(#[from] io::Error),
+    /// The upgrade socket's directory is missing and cannot be made.
+    #[error(
+        "--upgrade-socket: {dir} does not exist and cannot be made ({cause}); create it (mode 0700, owned by the relay's user), or under systemd set RuntimeDirectory=snirelay with RuntimeDirectoryPreserve=yes"
+    )]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// Why it could not be made.
+        cause: io::Error,
+    },
+}
+
+impl Inherited {
+    /// Whether a relay was serving at the upgrade socket (and handed its sockets over).
+    pub fn from_a_relay(&self) -> bool {
+        self.predecessor.is_some()
+    }
+}
+
+/// Makes the upgrade socket's directory (owner only: whoever can connect gets the
+/// listening sockets) where it is missing and its own parent exists, as `/run/snirelay`
+/// under `/run`; says what to create otherwise.
+pub fn prepare_directory(path: &std::path::Path) -> Result<(), UpgradeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| UpgradeError::Directory {
+            dir: dir.to_owned(),
+            cause: e,
+        })?;
+    tracing::info!(dir = %dir.display(), "upgrade: made the upgrade socket's directory (mode 0700)");
+    Ok(())
 }
 
 /// The sockets of the relay serving `path`, if one is; nothing when none is.
@@ -128,16 +167,33 @@ pub async fn offer(
             return;
         }
     };
+    tracing::info!(path = %path.display(), "upgrade: offering the sockets to the next relay");
     let borrowed: Vec<_> = sockets
         .iter()
         .map(|(role, fd)| (role.clone(), fd.as_fd()))
         .collect();
+    let ours = file_id(&path);
     let successor = tokio::select! {
         successor = handover::offer(&listener, &borrowed) => successor,
-        () = stopper.signalled().cancelled() => return,
+        () = stopper.signalled().cancelled() => {
+            // Stopping for good: the socket file goes too, unless another relay has
+            // replaced it since.
+            if ours.is_some() && file_id(&path) == ours {
+                let _ = std::fs::remove_file(&path);
+            }
+            return;
+        }
     };
     stopper.handed_over();
     admin_handed_over.cancel();
     drop(listener);
     tokio::task::spawn_blocking(move || successor.bye());
+}
+
+/// The file at `path`, as device and inode, to tell it from one put in its place.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }

@@ -259,7 +259,8 @@ pub async fn offer(
         match waited {
             Ok(Ok((stream, answer))) if answer == b"ready\n" => return Successor { stream },
             Ok(Ok((_, answer))) if answer.is_empty() => tracing::warn!(
-                "upgrade: the new relay closed the connection before it served (it failed to start; see its own log); still serving"
+                why = "it closed the connection without a word: see its own log",
+                "upgrade: the new relay did not start; still serving"
             ),
             Ok(Ok((_, answer))) => tracing::warn!(
                 answer = %String::from_utf8_lossy(&answer),
