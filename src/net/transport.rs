@@ -10,9 +10,9 @@ use std::io;
 
 /// The congestion control of client-facing sockets unless a listener names one. The relay
 /// is the sender towards its clients, and that direction is the one that loses packets on
-/// a long cross-border path: there, a 1 MiB reply took 24-31 s under CUBIC and 2.4-2.6 s
-/// under BBR (180 ms, 20 Mbit/s, 5% loss; BENCHMARKS.md). Where the kernel lacks it, the
-/// kernel's default stays, with one warning.
+/// a long cross-border path: there, a 1 MiB reply took 2.0 s under BBR and 50 s under CUBIC
+/// (180 ms, 20 Mbit/s, 5% loss; `cargo bench --bench longhaul`, BENCHMARKS.md). Where the
+/// kernel lacks it, the kernel's default stays, with one warning.
 pub const CLIENT_CONGESTION: &str = "bbr";
 
 const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";

@@ -53,10 +53,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `cmd`, saying what it runs and, when done, how long it took: a release build is
+/// minutes of cargo's output kept back.
 fn run(cmd: &mut Command) -> Result<String, String> {
+    let shown: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let shown = shown.join(" ");
+    eprintln!("xtask: {shown}");
+    let started = std::time::Instant::now();
     let out = cmd
         .output()
         .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    eprintln!("xtask:   done in {:.1} s", started.elapsed().as_secs_f64());
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed:\n{}",
@@ -214,6 +224,14 @@ fn package_units(root: &Path) -> Result<(), String> {
         ("deploy/socket-activated/snirelay.socket", "snirelay.socket"),
     ] {
         let unit = std::fs::read_to_string(root.join(from)).map_err(|e| format!("{from}: {e}"))?;
+        // The source's header says how to install it from a checkout; the package's says
+        // how to change it where it is.
+        let body: Vec<&str> = unit.lines().skip_while(|l| l.starts_with('#')).collect();
+        let header = format!(
+            "# {name} as the snirelay package installs it. Change it with `systemctl edit {name}`\n\
+             # (a drop-in): an upgrade of the package replaces this file.\n"
+        );
+        let unit = header + &body.join("\n") + "\n";
         std::fs::write(out.join(name), unit.replace("/usr/local/bin/", "/usr/bin/"))
             .map_err(|e| e.to_string())?;
     }
