@@ -41,16 +41,16 @@ fn configmap_rules() -> String {
 
 #[test]
 fn the_kubernetes_manifests_validate_strictly() {
-    if !common::available("kubernetes-validate") {
+    let Some(validate) = common::tool("kubernetes-validate") else {
         return;
-    }
+    };
     let manifests: Vec<PathBuf> = std::fs::read_dir(deploy("kubernetes"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     assert_eq!(manifests.len(), 5, "{manifests:?}");
-    let out = Command::new("kubernetes-validate")
+    let out = Command::new(validate)
         .arg("--strict")
         .args(&manifests)
         .output()

@@ -20,24 +20,35 @@ fn namespaces_permitted() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn grpcio_available() -> bool {
-    let found = Command::new("python3")
+/// A python3 that can import grpc: the one `cargo xtask test-deps` installs it for, else
+/// the one on PATH.
+fn grpcio_python() -> Option<std::path::PathBuf> {
+    let venv = common::tools_venv().join("python3");
+    let python = if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let found = Command::new(&python)
         .args(["-c", "import grpc"])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        common::cannot_run_here("grpcio is missing; .ci/run installs it in target/ci-venv");
+        common::cannot_run_here("grpcio is missing: `cargo xtask test-deps` installs it");
+        return None;
     }
-    found
+    Some(python)
 }
 
 /// Runs the client in its own namespaces with `hosts` as its /etc/hosts.
-fn call_through_relay(dir: &Path, hosts: &str) -> Value {
+fn call_through_relay(python: &Path, dir: &Path, hosts: &str) -> Value {
     let hosts_file = dir.join(format!("hosts.{}", hosts.len()));
     std::fs::write(&hosts_file, format!("127.0.0.1 localhost\n{hosts}")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/through_relay.py");
     let out = Command::new("timeout")
-        .args(["120", "unshare", "--net", "--mount", "--fork", "python3"])
+        .args(["120", "unshare", "--net", "--mount", "--fork"])
+        .arg(python)
         .arg(script)
         .arg(crate::common::binary())
         .arg(dir)
@@ -55,9 +66,9 @@ fn call_through_relay(dir: &Path, hosts: &str) -> Value {
 
 #[test]
 fn a_grpc_client_asks_no_aaaa_with_the_printed_block_and_reaches_the_upstream() {
-    if !grpcio_available() {
+    let Some(python) = grpcio_python() else {
         return;
-    }
+    };
     if !namespaces_permitted() {
         common::cannot_run_here(
             "this machine does not permit network and mount namespaces (unshare)",
@@ -71,7 +82,7 @@ fn a_grpc_client_asks_no_aaaa_with_the_printed_block_and_reaches_the_upstream() 
     std::fs::write(&rules, format!(r#"{{"allow": ["{NAME}"]}}"#)).unwrap();
 
     // The leak: an IPv4 line alone, and c-ares still asks DNS for the AAAA record.
-    let v4_only = call_through_relay(dir, &format!("127.0.0.1 {NAME}\n"));
+    let v4_only = call_through_relay(&python, dir, &format!("127.0.0.1 {NAME}\n"));
     let queries = v4_only["queries"].as_array().unwrap();
     assert!(
         queries.iter().any(|q| q == &format!("{NAME} AAAA")),
@@ -85,7 +96,7 @@ fn a_grpc_client_asks_no_aaaa_with_the_printed_block_and_reaches_the_upstream() 
         .output()
         .unwrap();
     let block = String::from_utf8(block.stdout).unwrap();
-    let fixed = call_through_relay(dir, &block);
+    let fixed = call_through_relay(&python, dir, &block);
     eprintln!("v4 only: {v4_only}\nprinted block: {fixed}");
     assert_eq!(fixed["ok"], true, "{fixed}");
     assert_eq!(fixed["answer"], "hello", "{fixed}");

@@ -42,28 +42,43 @@ pub async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
 }
 
 /// Says why a test cannot run on this machine and lets it return: a developer machine
-/// skips it, CI fails it, since CI must run every test.
+/// skips it, CI fails it, since CI must run every test. The line goes straight to standard
+/// error, past the test harness's capture, so a skip shows in the summary of a plain
+/// `cargo test`, not only under `--nocapture`.
 pub fn cannot_run_here(why: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
         "cannot run under CI: {why}"
     );
-    eprintln!("skipped: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
-/// Whether `tool` is on PATH. A developer machine without it skips the test that needs it;
-/// CI never does, since `.ci/run` installs every tool the suite drives.
-pub fn available(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing; .ci/run installs it"
-        );
-        eprintln!("skipped: {tool} is not installed");
+/// The Python tools `cargo xtask test-deps` installs: target/ci-venv/bin.
+pub fn tools_venv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin")
+}
+
+/// `tool` on PATH or in [`tools_venv`], if it is there. A developer machine without it
+/// skips the test that needs it, saying so; CI never does, since `.ci/run` installs every
+/// tool the suite drives.
+pub fn tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(std::iter::once(tools_venv()))
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        cannot_run_here(&format!(
+            "{tool} is not installed (Debian's package, or `cargo xtask test-deps` for the Python tools)"
+        ));
     }
     found
+}
+
+/// Whether `tool` is there ([`tool`]).
+pub fn available(name: &str) -> bool {
+    tool(name).is_some()
 }
 
 pub fn fixture_dir() -> PathBuf {

@@ -1,4 +1,5 @@
 //! `cargo xtask dist [--target x86_64|aarch64|all] [--twice]`: the release, into `dist/`.
+//! `cargo xtask test-deps`: the Python tools some tests drive, into `target/ci-venv`.
 //!
 //! For each architecture: a static binary (musl, mimalloc, stripped), a .deb (cargo-deb)
 //! and a gzip-compressed .rpm (cargo-generate-rpm), then `SHA256SUMS` over all of them.
@@ -39,8 +40,19 @@ fn main() -> ExitCode {
     let wanted = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["dist"] | ["dist", "--target", "all"] => vec!["x86_64", "aarch64"],
         ["dist", "--target", arch] => vec![arch],
+        ["test-deps"] => {
+            return match test_deps() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xtask test-deps: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {
-            eprintln!("usage: cargo xtask dist [--target x86_64|aarch64|all] [--twice]");
+            eprintln!(
+                "usage: cargo xtask dist [--target x86_64|aarch64|all] [--twice]\n       cargo xtask test-deps"
+            );
             return ExitCode::from(2);
         }
     };
@@ -74,6 +86,35 @@ fn run(cmd: &mut Command) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The Python tools the suite drives, pinned: kubernetes-validate checks the Kubernetes
+/// manifests against the API schemas it ships (no cluster), grpcio is the real gRPC client
+/// of tests/grpc_client.rs. Into a virtualenv under target/ (never committed), once: run
+/// again, it only checks. The tests find them there without any PATH change.
+const PYTHON_TOOLS: [&str; 2] = ["kubernetes-validate==1.37.0", "grpcio==1.85.3"];
+
+fn test_deps() -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_owned();
+    let venv = root.join("target/ci-venv");
+    let python = venv.join("bin/python3");
+    let ready = venv.join("bin/kubernetes-validate").is_file()
+        && Command::new(&python)
+            .args(["-c", "import grpc"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ready {
+        eprintln!("xtask test-deps: {} has them already", venv.display());
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_TOOLS))?;
+    Ok(())
 }
 
 fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
