@@ -32,4 +32,5 @@ pub mod rules;
 pub mod state;
 pub mod systemd;
 pub mod tcp;
+pub mod tcp_options;
 pub mod telemetry;

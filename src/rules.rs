@@ -106,7 +106,7 @@ pub struct Rule {
     /// A PROXY protocol header to send ahead of the connection, naming the real client.
     pub send_proxy: Option<crate::proxy::Version>,
     /// TCP settings of its upstream sockets, over the file's `upstream_tcp`.
-    pub tcp: Option<crate::config::Tcp>,
+    pub tcp: Option<crate::tcp_options::Tcp>,
     /// The pattern as written, made once by [`Rule::new`]: each connection the rule allows
     /// shares it (in its log line and metrics labels) instead of formatting its own.
     pub label: Arc<str>,

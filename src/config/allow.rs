@@ -1,9 +1,9 @@
 //! The `allow` array: names, wildcards and `{name, upstream}` objects, no duplicates.
 
-use super::transport::Tcp;
 use super::values::{invalid, parse_string};
 use crate::proxy::Version;
 use crate::rules::{Pattern, Rule, Rules, Upstream};
+use crate::tcp_options::Tcp;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;

@@ -1,9 +1,9 @@
 //! The `listen` array: each entry an address string, or an object that also says whether
 //! the listener takes the PROXY protocol and from which balancers.
 
-use super::transport::Tcp;
 use super::values::{Mode, Network, invalid, parse_string};
 use crate::proxy::Accept;
+use crate::tcp_options::Tcp;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};

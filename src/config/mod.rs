@@ -9,8 +9,8 @@ mod listener;
 mod transport;
 mod values;
 
+pub use crate::tcp_options::{Keepalive, Tcp};
 pub use listener::{Listener, ProxyProtocol};
-pub use transport::{Keepalive, Tcp};
 pub use values::Mode;
 
 use crate::rules::Rules;

@@ -1,4 +1,4 @@
-//! The `tcp` objects: TCP settings for one kind of socket. A listener's `tcp` is for its
+//! The `tcp` objects, read into [`Tcp`]: TCP settings for one kind of socket. A listener's `tcp` is for its
 //! client-facing sockets; the file's `upstream_tcp`, and a rule's `tcp` over it, for the
 //! sockets to upstreams. Checked for form here; whether the kernel offers a congestion
 //! control algorithm is checked where sockets are made (`net::transport`).
@@ -9,44 +9,9 @@
 //! ```
 
 use super::values::{Bounded, Object, invalid, parse_string};
+use crate::tcp_options::{Keepalive, Tcp};
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
-
-/// TCP settings; a key left out keeps the relay's default for that kind of socket.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tcp {
-    /// The congestion control algorithm (`TCP_CONGESTION`), by the kernel's name for it.
-    pub congestion: Option<String>,
-    /// Unsent bytes the socket may hold before it stops taking more (`TCP_NOTSENT_LOWAT`).
-    pub notsent_lowat: Option<u32>,
-    /// Probes on an idle connection, so a dead peer is noticed.
-    pub keepalive: Option<Keepalive>,
-    /// How long sent data may stay unacknowledged before the connection is given up
-    /// (`TCP_USER_TIMEOUT`); zero leaves it to the kernel's retransmission limit.
-    pub user_timeout: Option<Duration>,
-}
-
-/// TCP keepalive: the first probe after `idle` without a byte, then every `interval`; the
-/// connection is dropped after `count` unanswered probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    /// Quiet time before the first probe.
-    pub idle: Duration,
-    /// Time between probes.
-    pub interval: Duration,
-    /// Unanswered probes before the peer is taken for dead.
-    pub count: u32,
-}
-
-impl Keepalive {
-    /// What every relay socket gets unless its `tcp` says otherwise: a dead peer is
-    /// noticed within two minutes of silence.
-    pub const DEFAULT: Keepalive = Keepalive {
-        idle: Duration::from_secs(60),
-        interval: Duration::from_secs(10),
-        count: 6,
-    };
-}
 
 /// A `tcp` object as the file has it.
 #[derive(Deserialize)]

@@ -4,7 +4,8 @@
 //! and receive buffers are never pinned: that would turn the kernel's autotuning off, and a
 //! long path needs buffers the size of its bandwidth-delay product.
 
-use crate::config::{Config, Keepalive, Tcp};
+use crate::config::Config;
+use crate::tcp_options::{Keepalive, Tcp};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::io;
 

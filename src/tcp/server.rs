@@ -1,5 +1,6 @@
 //! The accept loops: admission before a byte is read, then one task per connection. When
-//! and how they stop is the relay's life ([`crate::lifecycle`]); this is what it stops.
+//! and how they stop is the relay's life (`lifecycle`, above this module); this is what
+//! it stops.
 
 use crate::config::{Listener, ProxyProtocol};
 use crate::limits::Slot;
