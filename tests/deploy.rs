@@ -64,19 +64,7 @@ fn the_kubernetes_manifests_validate_strictly() {
 #[test]
 fn the_configmap_rules_pass_check_and_the_grace_periods_add_up() {
     let rules = configmap_rules();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.json");
-    std::fs::write(&path, &rules).unwrap();
-    let out = Command::new(crate::common::binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check_passes(&rules);
     let config: serde_json::Value = serde_json::from_str(&rules).unwrap();
     let timeouts = &config["timeouts"];
     let (lb_grace, drain) = (
@@ -139,17 +127,10 @@ fn the_haproxy_config_passes_haproxy_check_and_its_grace_covers_the_checks() {
     if !common::available("haproxy") {
         return;
     }
-    let path = deploy("haproxy/haproxy.cfg");
-    let out = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeds(
+        Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(deploy("haproxy/haproxy.cfg")),
     );
     let text = read("haproxy/haproxy.cfg");
     let settings: String = text

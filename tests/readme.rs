@@ -192,17 +192,5 @@ fn the_walkthrough_rules_pass_check() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("the walkthrough's rules.json");
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.json");
-    std::fs::write(&rules, block).unwrap();
-    let out = Command::new(common::binary())
-        .args(["check", "--config"])
-        .arg(&rules)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::check_passes(block);
 }

@@ -54,6 +54,30 @@ pub fn cannot_run_here(why: &str) {
     let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
+/// Runs `command` and returns what it printed, failing the test with its standard error
+/// unless it succeeds.
+pub fn succeeds(command: &mut Command) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `snirelay check` accepts `rules` (a rules file's text).
+pub fn check_passes(rules: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.json");
+    std::fs::write(&path, rules).unwrap();
+    succeeds(
+        Command::new(binary())
+            .args(["check", "--config"])
+            .arg(&path),
+    );
+}
+
 /// The Python tools `cargo xtask test-deps` installs: target/ci-venv/bin.
 pub fn tools_venv() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin")
