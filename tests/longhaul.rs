@@ -54,14 +54,18 @@ fn drain(socket: &UdpSocket) -> Vec<(Instant, usize)> {
     got
 }
 
-#[test]
-fn the_emulated_path_has_the_round_trip_time_it_is_set_to() {
-    let path = path(Spec::new(RTT));
-    let server = udp(&path, Host::Relay, longpath::RELAY);
-    let to = server.local_addr().unwrap();
+/// The median round trip of 30 pings from `from` (at `from_ip`) to an echo at `to_ip` in
+/// `to`.
+fn median_rtt(
+    path: &Path,
+    (from, from_ip): (Host, std::net::Ipv4Addr),
+    (to, to_ip): (Host, std::net::Ipv4Addr),
+) -> Duration {
+    let server = udp(path, to, to_ip);
+    let at = server.local_addr().unwrap();
     let echoing = echo(server);
-    let client = udp(&path, Host::Client, longpath::CLIENT);
-    client.connect(to).unwrap();
+    let client = udp(path, from, from_ip);
+    client.connect(at).unwrap();
     let mut rtts = Vec::new();
     let mut buf = [0u8; 64];
     for i in 0u32..30 {
@@ -73,12 +77,48 @@ fn the_emulated_path_has_the_round_trip_time_it_is_set_to() {
     client.send(b"stop").unwrap();
     echoing.join().unwrap();
     rtts.sort();
-    let median = rtts[rtts.len() / 2];
-    let (low, high) = (RTT.mul_f64(0.95), RTT.mul_f64(1.05));
+    rtts[rtts.len() / 2]
+}
+
+fn assert_near(measured: Duration, set: Duration) {
+    let (low, high) = (set.mul_f64(0.95), set.mul_f64(1.05));
     assert!(
-        (low..=high).contains(&median),
-        "median RTT {median:?} outside {low:?}..={high:?}: {rtts:?}"
+        (low..=high).contains(&measured),
+        "median RTT {measured:?} outside {low:?}..={high:?}"
     );
+}
+
+#[test]
+fn the_emulated_path_has_the_round_trip_time_it_is_set_to() {
+    let path = path(Spec::new(RTT));
+    let rtt = median_rtt(
+        &path,
+        (Host::Client, longpath::CLIENT),
+        (Host::Relay, longpath::RELAY),
+    );
+    assert_near(rtt, RTT);
+}
+
+/// With an edge (issue 19's second relay), the long path runs from the edge to the relay,
+/// and the clients reach the edge over a short link.
+#[test]
+fn with_an_edge_the_long_path_runs_from_the_edge() {
+    let path = path(Spec {
+        edge: true,
+        ..Spec::new(RTT)
+    });
+    let long = median_rtt(
+        &path,
+        (Host::Edge, longpath::CLIENT),
+        (Host::Relay, longpath::RELAY),
+    );
+    assert_near(long, RTT);
+    let short = median_rtt(
+        &path,
+        (Host::Client, longpath::CLIENT_NEAR_EDGE),
+        (Host::Edge, longpath::EDGE),
+    );
+    assert!(short < Duration::from_millis(20), "{short:?}");
 }
 
 #[test]

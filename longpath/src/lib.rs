@@ -1,6 +1,7 @@
 //! An emulated long path, for snirelay's tests and benches: three network namespaces (the
-//! client side, the relay, the upstream), a user-space delay line between the client side
-//! and the relay over two TUN devices (one-way delay, independent loss per direction from
+//! client side, the relay, the upstream), and with [`Spec::edge`] a fourth (an edge relay
+//! near the clients, which then holds the long path's near end), a user-space delay line
+//! between the client side (or the edge) and the relay over two TUN devices (one-way delay, independent loss per direction from
 //! a seed, an optional bottleneck rate with a drop-tail queue, optional jitter), and a
 //! plain veth link from the relay to the upstream. This kernel has no netem, tbf or fq
 //! qdisc; TUN devices and namespaces work. Needs root.
@@ -23,8 +24,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The client side's address.
+/// The long path's near end: the client side's address, or with an edge, the edge's.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// With an edge: the clients' address, on a short link to the edge.
+pub const CLIENT_NEAR_EDGE: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 1);
+/// With an edge: the edge's address towards its clients.
+pub const EDGE: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 2);
 /// The relay's address on the long path, where clients connect.
 pub const RELAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// The relay's address towards the upstream.
@@ -37,6 +42,8 @@ pub const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
 pub enum Host {
     /// Where clients run (Beijing).
     Client,
+    /// Where an edge relay runs (Beijing, beside the clients), with [`Spec::edge`].
+    Edge,
     /// Where the relay runs (London).
     Relay,
     /// Where the upstream runs.
@@ -60,6 +67,8 @@ pub struct Spec {
     pub jitter: Duration,
     /// Where the losses come from: the same seed, the same losses.
     pub seed: u64,
+    /// A fourth namespace, an edge relay's, between the clients and the long path.
+    pub edge: bool,
 }
 
 impl Spec {
@@ -73,6 +82,7 @@ impl Spec {
             queue_bytes: 1 << 20,
             jitter: Duration::ZERO,
             seed: 1,
+            edge: false,
         }
     }
 
@@ -100,7 +110,8 @@ pub struct Counts {
 
 /// A running path. Dropping it stops the delay line and removes the namespaces.
 pub struct Path {
-    names: [String; 3],
+    /// The client side's, the relay's, the upstream's and, with an edge, the edge's.
+    names: Vec<String>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// Client side to relay.
@@ -161,7 +172,12 @@ impl Path {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let names = ["c", "r", "u"].map(|host| format!("{id}{host}"));
+        let hosts: &[&str] = if spec.edge {
+            &["c", "r", "u", "e"]
+        } else {
+            &["c", "r", "u"]
+        };
+        let names = hosts.iter().map(|host| format!("{id}{host}")).collect();
         let mut path = Path {
             names,
             stop: Arc::new(AtomicBool::new(false)),
@@ -173,9 +189,41 @@ impl Path {
             ip(&["netns", "add", name])?;
             ip(&["-n", name, "link", "set", "lo", "up"])?;
         }
-        let [c, r, u] = path.names.clone();
+        let (c, r, u) = (
+            path.names[0].clone(),
+            path.names[1].clone(),
+            path.names[2].clone(),
+        );
+        // The long path's near end: the clients' namespace, or the edge's.
+        let near = path.names.get(3).unwrap_or(&c).clone();
+        if spec.edge {
+            ip(&[
+                "link", "add", "lpc", "netns", &c, "type", "veth", "peer", "name", "lpe", "netns",
+                &near,
+            ])?;
+            ip(&[
+                "-n",
+                &c,
+                "addr",
+                "add",
+                &format!("{CLIENT_NEAR_EDGE}/24"),
+                "dev",
+                "lpc",
+            ])?;
+            ip(&[
+                "-n",
+                &near,
+                "addr",
+                "add",
+                &format!("{EDGE}/24"),
+                "dev",
+                "lpe",
+            ])?;
+            ip(&["-n", &c, "link", "set", "lpc", "up"])?;
+            ip(&["-n", &near, "link", "set", "lpe", "up"])?;
+        }
         let (client_tun, relay_tun) = {
-            let (cns, rns) = (sys::namespace(&c)?, sys::namespace(&r)?);
+            let (cns, rns) = (sys::namespace(&near)?, sys::namespace(&r)?);
             std::thread::spawn(move || -> io::Result<(File, File)> {
                 sys::enter(&cns)?;
                 let client = sys::tun("lp0")?;
@@ -186,9 +234,9 @@ impl Path {
             .map_err(|_| io::Error::other("the TUN thread panicked"))??
         };
         let (cip, rip) = (CLIENT.to_string(), RELAY.to_string());
-        ip(&["-n", &c, "addr", "add", &cip, "peer", &rip, "dev", "lp0"])?;
+        ip(&["-n", &near, "addr", "add", &cip, "peer", &rip, "dev", "lp0"])?;
         ip(&["-n", &r, "addr", "add", &rip, "peer", &cip, "dev", "lp0"])?;
-        for ns in [&c, &r] {
+        for ns in [&near, &r] {
             ip(&["-n", ns, "link", "set", "lp0", "up"])?;
         }
         ip(&[
@@ -279,17 +327,22 @@ impl Path {
         [reader, writer]
     }
 
-    /// The namespace of `host`.
+    /// The namespace of `host`; an edge's only where the path has one.
     pub fn namespace(&self, host: Host) -> &str {
-        match host {
-            Host::Client => &self.names[0],
-            Host::Relay => &self.names[1],
-            Host::Upstream => &self.names[2],
-        }
+        let index = match host {
+            Host::Client => 0,
+            Host::Relay => 1,
+            Host::Upstream => 2,
+            Host::Edge => 3,
+        };
+        self.names.get(index).map_or("", String::as_str)
     }
 
     /// Runs `work` on a thread inside `host`'s namespace: sockets it makes live there.
     pub fn run<T: Send>(&self, host: Host, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+        if self.namespace(host).is_empty() {
+            return Err(io::Error::other("this path has no edge (Spec::edge)"));
+        }
         let ns = sys::namespace(self.namespace(host))?;
         std::thread::scope(|scope| {
             scope
