@@ -82,6 +82,11 @@ fn respond(request: &Request<Incoming>, relay: &Relay) -> Response<Full<Bytes>> 
             } else {
                 "text/plain; version=0.0.4; charset=utf-8"
             };
+            let limits = relay.settings().config.limits;
+            relay
+                .metrics()
+                .health
+                .update(relay.is_ready(), limits.max_connections);
             reply(
                 StatusCode::OK,
                 content_type,

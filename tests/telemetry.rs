@@ -230,3 +230,70 @@ async fn the_admin_endpoint_lists_open_connections_with_their_bytes_and_legs() {
     })
     .await
 }
+
+/// Every metric the shipped alerting rules and dashboard use is one a live relay exports,
+/// so a renamed metric fails here; and the rules pass promtool's check and unit tests.
+#[tokio::test]
+async fn the_alerts_and_the_dashboard_use_only_metrics_the_relay_exports() {
+    within(async {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        if let Some(promtool) = common::tool("promtool") {
+            let rules = root.join("deploy/prometheus/alerts.yml");
+            common::succeeds(
+                std::process::Command::new(&promtool)
+                    .args(["check", "rules"])
+                    .arg(&rules),
+            );
+            let tests = root.join("deploy/prometheus/alerts_test.yml");
+            common::succeeds(
+                std::process::Command::new(&promtool)
+                    .args(["test", "rules"])
+                    .arg(&tests),
+            );
+        }
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["admin"] = "127.0.0.1:0".into();
+        let (mut relay, admin) = relay_with_admin(config).await;
+        // One forwarded connection, so the families that have series only after one do.
+        let mut client = TcpStream::connect(relay.addr()).await.unwrap();
+        client.write_all(&hello_for(NAME)).await.unwrap();
+        let conn = upstream.accept().await;
+        drop((client, conn));
+        relay.next_connection().await;
+        let (_, exported) = http_get(&admin, "/metrics").await;
+        let mut used = std::collections::BTreeSet::new();
+        for file in [
+            "deploy/prometheus/alerts.yml",
+            "deploy/grafana/snirelay.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("snirelay_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                used.insert(name);
+            }
+        }
+        assert!(used.len() >= 15, "{used:?}");
+        for name in &used {
+            assert!(
+                exported.lines().any(|l| l
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with(['{', ' ']))),
+                "{name} is used by the alerts or the dashboard but not exported:\n{exported}"
+            );
+        }
+        let ready = series(&exported, "snirelay_ready");
+        assert_eq!(ready, Some(1.0), "{exported}");
+        assert!(series(&exported, "snirelay_open_fds").unwrap() > 0.0);
+        assert!(
+            series(&exported, "snirelay_max_fds").unwrap()
+                >= series(&exported, "snirelay_open_fds").unwrap()
+        );
+    })
+    .await
+}

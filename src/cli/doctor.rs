@@ -2,6 +2,7 @@
 //! path, read from a `/proc` tree (the host's, or a fixture's) without root: for each, the
 //! current value, the recommended one, why, and how to set it. Pure but for reading files.
 
+use crate::telemetry::health::open_files;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -151,7 +152,9 @@ pub fn diagnose(proc: &Path) -> Vec<Finding> {
         why: "bounds the unsent bytes each socket holds, so large buffers do not turn into queueing delay; a listener's tcp.notsent_lowat does this for the relay's own sockets",
         set: sysctl("net.ipv4.tcp_notsent_lowat", "131072"),
     });
-    let limit = read(proc, "self/limits").and_then(|limits| open_files(&limits));
+    let limit = std::fs::read_to_string(proc.join("self/limits"))
+        .ok()
+        .and_then(|limits| open_files(&limits));
     findings.push(Finding {
         name: "open files (soft limit)",
         ok: limit.is_some_and(|l| l >= DESCRIPTORS),
@@ -161,15 +164,6 @@ pub fn diagnose(proc: &Path) -> Vec<Finding> {
         set: format!("LimitNOFILE={DESCRIPTORS} in the unit (the packaged one sets it), or ulimit -n {DESCRIPTORS}"),
     });
     findings
-}
-
-/// The soft limit on open files from `/proc/self/limits` (folded to single spaces).
-fn open_files(limits: &str) -> Option<u64> {
-    let rest = &limits[limits.find("Max open files ")? + "Max open files ".len()..];
-    match rest.split(' ').next()? {
-        "unlimited" => Some(u64::MAX),
-        soft => soft.parse().ok(),
-    }
 }
 
 /// The findings as text: one block per setting.
@@ -202,20 +196,4 @@ pub fn sysctl_file(findings: &[Finding]) -> String {
         let _ = writeln!(out, "# {}\n{}", f.why, f.set);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn open_files_is_the_soft_limit() {
-        let limits = "Limit Soft Limit Hard Limit Units Max open files 1024 524288 files Max locked memory 8388608 8388608 bytes";
-        assert_eq!(open_files(limits), Some(1024));
-        assert_eq!(
-            open_files("Max open files unlimited unlimited files"),
-            Some(u64::MAX)
-        );
-        assert_eq!(open_files("nothing here"), None);
-    }
 }

@@ -4,6 +4,7 @@
 
 use crate::limits::Counters;
 use crate::telemetry::bytes::{ByRule, ByteCounters};
+use crate::telemetry::health::HealthGauges;
 use crate::telemetry::legs::LegMetrics;
 use crate::telemetry::quota::LineQuota;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -77,6 +78,8 @@ pub struct Metrics {
     pub legs: LegMetrics,
     /// The rate limit on rejection log lines, which counts what it suppresses.
     pub rejections: Arc<LineQuota>,
+    /// Readiness and the limits, read when scraped.
+    pub health: HealthGauges,
     connections: Family<OutcomeLabel, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     spliced: Counter,
@@ -111,9 +114,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("snirelay");
         let legs = LegMetrics::registered(&mut registry);
+        let health = HealthGauges::registered(&mut registry);
         let metrics = Metrics {
             legs,
             rejections: Arc::default(),
+            health,
             connections: Family::default(),
             bytes: Family::default(),
             spliced: Counter::default(),

@@ -3,6 +3,7 @@
 //! rate-limited per reason.
 
 pub mod bytes;
+pub mod health;
 pub mod legs;
 pub mod live;
 pub mod metrics;
