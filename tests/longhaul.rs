@@ -193,6 +193,14 @@ fn the_emulated_path_delivers_at_its_bottleneck_rate() {
 
 /// A relay in the relay namespace, pinned to an upstream listener in the upstream one.
 async fn relay_across(path: &Path) -> (RelayProcess, tokio::net::TcpListener) {
+    relay_across_with(path, |_| {}).await
+}
+
+/// [`relay_across`], with the config changed by `edit` first.
+async fn relay_across_with(
+    path: &Path,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (RelayProcess, tokio::net::TcpListener) {
     let upstream = path
         .run(Host::Upstream, || {
             std::net::TcpListener::bind((longpath::UPSTREAM, 443))
@@ -201,7 +209,8 @@ async fn relay_across(path: &Path) -> (RelayProcess, tokio::net::TcpListener) {
         .unwrap();
     upstream.set_nonblocking(true).unwrap();
     let upstream = tokio::net::TcpListener::from_std(upstream).unwrap();
-    let config = pinned_config(&[NAME], upstream.local_addr().unwrap());
+    let mut config = pinned_config(&[NAME], upstream.local_addr().unwrap());
+    edit(&mut config);
     let launcher = path.command(Host::Relay, common::binary());
     let listen = SocketAddr::from((longpath::RELAY, 443)).to_string();
     let relay = RelayProcess::spawn(launcher, config, &["--listen", &listen]).await;
@@ -268,6 +277,70 @@ async fn losses_on_the_way_to_the_client_show_as_retransmits() {
         let line = one_reply(&path, 256 * 1024).await;
         assert!(line["client_retrans"].as_u64().unwrap() > 0, "{line}");
         assert_eq!(line["upstream_retrans"], 0, "{line}");
+    })
+    .await
+}
+
+/// `GET /connections` on the relay's admin endpoint, from inside the relay namespace.
+fn connections(path: &Path, admin: SocketAddr) -> serde_json::Value {
+    let body = path
+        .run(Host::Relay, move || {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect(admin).unwrap();
+            conn.write_all(
+                b"GET /connections HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            let mut response = String::new();
+            conn.read_to_string(&mut response).unwrap();
+            response.split_once("\r\n\r\n").unwrap().1.to_owned()
+        })
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A connection still open across the path is listed with its bytes so far and its client
+/// leg's round trip, as the kernel measures it now.
+#[tokio::test]
+async fn the_admin_endpoint_shows_an_open_connection_across_the_path() {
+    within(async {
+        let path = path(Spec::new(RTT));
+        let (mut relay, upstream) =
+            relay_across_with(&path, |c| c["admin"] = "127.0.0.1:0".into()).await;
+        let admin: SocketAddr = relay.next_message("admin listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let client = path
+            .run(Host::Client, || {
+                std::net::TcpStream::connect((longpath::RELAY, 443))
+            })
+            .unwrap()
+            .unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut client = tokio::net::TcpStream::from_std(client).unwrap();
+        let hello = hello_for(NAME);
+        client.write_all(&hello).await.unwrap();
+        let (mut conn, _) = upstream.accept().await.unwrap();
+        conn.read_exact(&mut vec![0u8; hello.len()]).await.unwrap();
+        let reply = vec![0x17; 64 * 1024];
+        conn.write_all(&reply).await.unwrap();
+        client
+            .read_exact(&mut vec![0u8; reply.len()])
+            .await
+            .unwrap();
+        let listed = connections(&path, admin);
+        assert_eq!(listed["open"], 1, "{listed}");
+        let open = &listed["connections"][0];
+        assert_eq!(open["bytes_up"], hello.len(), "{listed}");
+        assert_eq!(open["bytes_down"], reply.len(), "{listed}");
+        let rtt = open["client_rtt_ms"].as_f64().unwrap();
+        let ms = RTT.as_secs_f64() * 1e3;
+        assert!(
+            (rtt - ms).abs() <= ms * 0.2,
+            "client_rtt_ms {rtt}: {listed}"
+        );
     })
     .await
 }
