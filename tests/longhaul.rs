@@ -217,10 +217,12 @@ async fn relay_across_with(
     (relay, upstream)
 }
 
-/// One connection across the path: the hello, then `reply` bytes from the upstream, read to
-/// the end. Returns its log line.
-async fn one_reply(path: &Path, reply: usize) -> serde_json::Value {
-    let (mut relay, upstream) = relay_across(path).await;
+/// A client on the far side of the path, forwarded to `upstream`: the client's stream,
+/// the upstream's, and how long the hello they share is (already read by the upstream).
+async fn forwarded(
+    path: &Path,
+    upstream: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, tokio::net::TcpStream, usize) {
     let client = path
         .run(Host::Client, || {
             std::net::TcpStream::connect((longpath::RELAY, 443))
@@ -232,8 +234,16 @@ async fn one_reply(path: &Path, reply: usize) -> serde_json::Value {
     let hello = hello_for(NAME);
     client.write_all(&hello).await.unwrap();
     let (mut conn, _) = upstream.accept().await.unwrap();
+    conn.read_exact(&mut vec![0u8; hello.len()]).await.unwrap();
+    (client, conn, hello.len())
+}
+
+/// One connection across the path: the hello, then `reply` bytes from the upstream, read to
+/// the end. Returns its log line.
+async fn one_reply(path: &Path, reply: usize) -> serde_json::Value {
+    let (mut relay, upstream) = relay_across(path).await;
+    let (mut client, mut conn, _) = forwarded(path, &upstream).await;
     let serve = tokio::spawn(async move {
-        conn.read_exact(&mut vec![0u8; hello.len()]).await.unwrap();
         conn.write_all(&vec![0x17; reply]).await.unwrap();
         conn.shutdown().await.unwrap();
         // Until the client's FIN, passed on: closing earlier would reset the relay.
@@ -312,18 +322,7 @@ async fn the_admin_endpoint_shows_an_open_connection_across_the_path() {
             .unwrap()
             .parse()
             .unwrap();
-        let client = path
-            .run(Host::Client, || {
-                std::net::TcpStream::connect((longpath::RELAY, 443))
-            })
-            .unwrap()
-            .unwrap();
-        client.set_nonblocking(true).unwrap();
-        let mut client = tokio::net::TcpStream::from_std(client).unwrap();
-        let hello = hello_for(NAME);
-        client.write_all(&hello).await.unwrap();
-        let (mut conn, _) = upstream.accept().await.unwrap();
-        conn.read_exact(&mut vec![0u8; hello.len()]).await.unwrap();
+        let (mut client, mut conn, hello) = forwarded(&path, &upstream).await;
         let reply = vec![0x17; 64 * 1024];
         conn.write_all(&reply).await.unwrap();
         client
@@ -333,7 +332,7 @@ async fn the_admin_endpoint_shows_an_open_connection_across_the_path() {
         let listed = connections(&path, admin);
         assert_eq!(listed["open"], 1, "{listed}");
         let open = &listed["connections"][0];
-        assert_eq!(open["bytes_up"], hello.len(), "{listed}");
+        assert_eq!(open["bytes_up"], hello, "{listed}");
         assert_eq!(open["bytes_down"], reply.len(), "{listed}");
         let rtt = open["client_rtt_ms"].as_f64().unwrap();
         let ms = RTT.as_secs_f64() * 1e3;

@@ -22,19 +22,24 @@ async fn scrape(admin: &str, name: &str) -> f64 {
     series(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"))
 }
 
-async fn relay_with_admin(config: serde_json::Value) -> (RelayProcess, String) {
+/// An upstream for NAME, and a relay pinning NAME to it with its admin endpoint on (the
+/// config changed by `edit` first): the upstream, the relay and the admin address.
+async fn relay_with_admin(
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (Upstream, RelayProcess, String) {
+    let upstream = Upstream::bind("127.0.0.1").await;
+    let mut config = pinned_config(&[NAME], upstream.addr);
+    config["admin"] = "127.0.0.1:0".into();
+    edit(&mut config);
     let mut relay = RelayProcess::start(config).await;
     let admin = relay.admin_addr().await;
-    (relay, admin)
+    (upstream, relay, admin)
 }
 
 #[tokio::test]
 async fn an_open_connection_shows_its_bytes_and_gives_its_pipe_back_when_quiet() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["admin"] = "127.0.0.1:0".into();
-        let (_relay, admin) = relay_with_admin(config).await;
+        let (upstream, _relay, admin) = relay_with_admin(|_| {}).await;
         let hello = hello_for(NAME);
         let mut client = TcpStream::connect(_relay.addr()).await.unwrap();
         client.write_all(&hello).await.unwrap();
@@ -97,11 +102,8 @@ async fn an_open_connection_shows_its_bytes_and_gives_its_pipe_back_when_quiet()
 #[tokio::test]
 async fn a_flood_of_refused_clients_is_logged_at_a_bounded_rate_and_counted_in_full() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["admin"] = "127.0.0.1:0".into();
-        config["clients"] = serde_json::json!(["192.0.2.0/24"]);
-        let (mut relay, admin) = relay_with_admin(config).await;
+        let (_upstream, mut relay, admin) =
+            relay_with_admin(|c| c["clients"] = serde_json::json!(["192.0.2.0/24"])).await;
         let flood: u32 = 300;
         for _ in 0..flood {
             let mut refused = TcpStream::connect(relay.addr()).await.unwrap();
@@ -137,10 +139,7 @@ async fn a_flood_of_refused_clients_is_logged_at_a_bounded_rate_and_counted_in_f
 #[tokio::test]
 async fn a_forwarded_connection_reports_both_legs_in_its_line_and_the_metrics() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["admin"] = "127.0.0.1:0".into();
-        let (mut relay, admin) = relay_with_admin(config).await;
+        let (upstream, mut relay, admin) = relay_with_admin(|_| {}).await;
         let mut client = TcpStream::connect(relay.addr()).await.unwrap();
         client.write_all(&hello_for(NAME)).await.unwrap();
         let mut conn = upstream.accept().await;
@@ -173,10 +172,7 @@ async fn a_forwarded_connection_reports_both_legs_in_its_line_and_the_metrics() 
 #[tokio::test]
 async fn the_admin_endpoint_lists_open_connections_with_their_bytes_and_legs() {
     within(async {
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["admin"] = "127.0.0.1:0".into();
-        let (relay, admin) = relay_with_admin(config).await;
+        let (upstream, relay, admin) = relay_with_admin(|_| {}).await;
         let hello = hello_for(NAME);
         let mut clients = Vec::new();
         for _ in 0..2 {
@@ -251,10 +247,7 @@ async fn the_alerts_and_the_dashboard_use_only_metrics_the_relay_exports() {
                     .arg(&tests),
             );
         }
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["admin"] = "127.0.0.1:0".into();
-        let (mut relay, admin) = relay_with_admin(config).await;
+        let (upstream, mut relay, admin) = relay_with_admin(|_| {}).await;
         // One forwarded connection, so the families that have series only after one do.
         let mut client = TcpStream::connect(relay.addr()).await.unwrap();
         client.write_all(&hello_for(NAME)).await.unwrap();
