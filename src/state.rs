@@ -24,8 +24,9 @@ pub struct Settings {
 
 impl Settings {
     /// Settings for `config`, refused where it names a congestion control this process
-    /// cannot set. `listeners` are the bound sockets, which the destination policy refuses. The resolver of `previous` is kept when the nameservers are the same,
-    /// so its cache survives a reload.
+    /// cannot set. `listeners` are the bound sockets, which the destination policy
+    /// refuses. The resolver of `previous` is kept when the nameservers are the same, so
+    /// its cache survives a reload.
     pub fn new(
         config: Config,
         listeners: &[SocketAddr],

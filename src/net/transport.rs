@@ -124,13 +124,6 @@ pub fn usable(name: &str) -> Result<(), CongestionError> {
         .map_err(|cause| CongestionError::new(name, cause))
 }
 
-/// The congestion control a socket uses, by name.
-pub fn congestion<'s>(socket: impl Into<SockRef<'s>>) -> io::Result<String> {
-    let name = socket.into().tcp_congestion()?;
-    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
-}
-
 /// What TCP_INFO says of a connection's health; a field the kernel is too old to fill
 /// (minimum RTT before 4.6, delivery rate before 4.9, retransmitted bytes before 4.19, the
 /// peer's window before 6.2) is `None`.
@@ -201,6 +194,13 @@ pub fn refusals(config: &Config) -> Vec<String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The congestion control a socket uses, by name.
+    fn congestion<'s>(socket: impl Into<SockRef<'s>>) -> io::Result<String> {
+        let name = socket.into().tcp_congestion()?;
+        let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+    }
 
     #[test]
     fn the_hint_says_what_to_change_for_a_missing_and_for_a_forbidden_algorithm() {
