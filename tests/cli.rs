@@ -672,19 +672,7 @@ fn suggest_reads_plain_and_gzipped_logs_and_merges_a_file_check_accepts() {
     );
 
     // Standard input, no merge: the report on standard output.
-    let mut child = Command::new(crate::common::binary())
-        .arg("suggest")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(line("www.example.org", "rejected", "not_allowed", "").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::suggest(&[], &line("www.example.org", "rejected", "not_allowed", ""));
     assert_eq!(
         text(&out.stdout),
         "example.org\n  www.example.org: 1 not_allowed\n\nproposed additions to allow:\n  \"www.example.org\"\n"

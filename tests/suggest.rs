@@ -5,28 +5,9 @@
 mod common;
 
 use common::hellogen::hello_for;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use tokio::io::AsyncReadExt;
-
-/// Runs `snirelay suggest ARGS` on `input`.
-fn suggest(args: &[&str], input: &str) -> std::process::Output {
-    let mut child = Command::new(common::binary())
-        .arg("suggest")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 #[tokio::test]
 async fn suggest_reads_the_relays_default_text_log() {
@@ -63,7 +44,7 @@ async fn suggest_reads_the_relays_default_text_log() {
         let _ = relay.kill();
         let _ = relay.wait();
 
-        let out = suggest(&[], &log);
+        let out = common::suggest(&[], &log);
         let report = String::from_utf8_lossy(&out.stdout);
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{said}");
@@ -83,7 +64,7 @@ async fn suggest_reads_the_relays_default_text_log() {
 #[test]
 fn input_without_a_connection_line_is_refused_with_how_to_get_one() {
     for input in ["", "just some text\n{\"message\": \"listening\"}\n"] {
-        let out = suggest(&[], input);
+        let out = common::suggest(&[], input);
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{said}");
         assert!(

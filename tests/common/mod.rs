@@ -66,6 +66,20 @@ pub fn succeeds(command: &mut Command) -> std::process::Output {
     out
 }
 
+/// Runs `snirelay suggest ARGS` with `input` on its standard input.
+pub fn suggest(args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(binary())
+        .arg("suggest")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// `snirelay check` accepts `rules` (a rules file's text).
 pub fn check_passes(rules: &str) {
     let dir = tempfile::tempdir().unwrap();
