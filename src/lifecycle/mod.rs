@@ -143,11 +143,8 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
         Err(OpenError::Bind(e))
             if e.cause.kind() == std::io::ErrorKind::AddrInUse && !from_a_relay =>
         {
-            return Err(match &upgrade_socket {
-                Some(path) => StartError::NoOffer {
-                    addr: e.addr,
-                    path: path.clone(),
-                },
+            return Err(match upgrade_socket {
+                Some(path) => StartError::NoOffer { addr: e.addr, path },
                 None => StartError::Open(OpenError::Bind(e)),
             });
         }
