@@ -324,5 +324,10 @@ fn run(
         overrides: resolve,
         upgrade_socket,
     };
-    Ok(runtime.block_on(lifecycle::run(options))?)
+    let ran = runtime.block_on(lifecycle::run(options));
+    // Once the relay has stopped nothing left is worth waiting for: a blocking read still
+    // waiting on a new relay that hung mid-upgrade would otherwise hold the exit for up to
+    // its minute of patience.
+    runtime.shutdown_background();
+    Ok(ran?)
 }

@@ -273,3 +273,35 @@ async fn an_upgrade_from_a_relay_without_the_socket_says_so() {
     })
     .await
 }
+
+/// A regression: a new relay that took the sockets and then hung kept the old relay's
+/// wait for its answer (a blocking read of up to a minute) alive after a stop signal, and
+/// the old process lingered after logging `stopped` until that read gave up.
+#[tokio::test]
+async fn a_relay_stopped_while_a_new_one_hangs_mid_upgrade_exits() {
+    common::within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+        ];
+        let mut relay =
+            RelayProcess::start_with(pinned_config(&[NAME], upstream.addr), &args).await;
+        relay
+            .next_message("upgrade: offering the sockets to the next relay")
+            .await;
+        let hung = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        relay
+            .next_message("upgrade: sockets handed to a new relay; waiting for it to serve")
+            .await;
+        relay.signal("TERM");
+        relay.next_message("stopped").await;
+        assert!(relay.wait().await.success());
+        drop(hung);
+    })
+    .await
+}

@@ -187,7 +187,8 @@ pub async fn offer(
     stopper.handed_over();
     admin_handed_over.cancel();
     drop(listener);
-    tokio::task::spawn_blocking(move || successor.bye());
+    // Awaited, so the word is out before this process can stop and leave it unsaid.
+    let _ = tokio::task::spawn_blocking(move || successor.bye()).await;
 }
 
 /// The file at `path`, as device and inode, to tell it from one put in its place.
