@@ -161,9 +161,10 @@ pub fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) ->
     }
 }
 
-pub fn check(path: &Path) -> ExitCode {
+pub fn check(path: &Path, far: Option<&Path>) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            let mismatched = far.is_some_and(|far| check_pair(path, &config, far));
             // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(cli::check::summary(path, &config).as_bytes());
             for warning in cli::check::warnings(&config) {
@@ -180,7 +181,7 @@ pub fn check(path: &Path) -> ExitCode {
             for refusal in &refused {
                 eprintln!("{}: {refusal}", path.display());
             }
-            if refused.is_empty() {
+            if refused.is_empty() && !mismatched {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
@@ -189,6 +190,24 @@ pub fn check(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// An edge's rules at `path` against its far relay's at `far`: says what does not fit, and
+/// whether anything did not.
+fn check_pair(path: &Path, edge: &Config, far: &Path) -> bool {
+    match Config::load(far) {
+        Ok(far_config) => {
+            let problems = cli::edge::pair(edge, &far_config);
+            for problem in &problems {
+                eprintln!("{} with {}: {problem}", path.display(), far.display());
+            }
+            !problems.is_empty()
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            true
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod net;
 pub mod outcome;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;

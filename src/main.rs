@@ -81,6 +81,10 @@ enum Command {
         /// The rules file [default: ./rules.json, else /etc/snirelay/rules.json].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// For an edge relay: the far relay's rules file, to check that its listener waits
+        /// longer for a PROXY header than the edge keeps a ready connection.
+        #[arg(long, value_name = "FILE")]
+        far: Option<PathBuf>,
     },
     /// From a client machine: a TLS handshake through the relay for NAME (or, with --all,
     /// for every exact name in the rules), and who answered.
@@ -173,8 +177,8 @@ fn rules_file(given: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { config } => match rules_file(config) {
-            Ok(path) => commands::check(&path),
+        Command::Check { config, far } => match rules_file(config) {
+            Ok(path) => commands::check(&path, far.as_deref()),
             Err(code) => code,
         },
         Command::Probe {

@@ -77,6 +77,10 @@ pub enum Rejection {
     /// The relay stopped before the connection was forwarded.
     #[error("relay shut down before the connection was forwarded")]
     Shutdown,
+    /// An edge relay's ready connection ended without carrying a client: retired by the
+    /// edge, or its header wait ran out. Counted, not logged.
+    #[error("an edge relay's ready connection closed unused")]
+    PoolUnused,
 }
 
 impl Rejection {
@@ -97,6 +101,7 @@ impl Rejection {
             Self::Resolve(e) => e.reason(),
             Self::Connect(_) => "upstream_unreachable",
             Self::Shutdown => "shutdown",
+            Self::PoolUnused => "pool_unused",
         }
     }
 
@@ -105,6 +110,7 @@ impl Rejection {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::ProxyLocal => HEALTH_CHECK,
+            Self::PoolUnused => UNUSED,
             _ => REJECTED,
         }
     }
@@ -127,6 +133,7 @@ impl Rejection {
             | Self::ProxyUntrusted
             | Self::BadProxyHeader(_)
             | Self::ProxyLocal
+            | Self::PoolUnused
             | Self::Limit(LimitExceeded::PerClient)
             | Self::HelloTimeout
             | Self::ClientClosed
@@ -217,6 +224,8 @@ pub const FORWARDED: &str = "forwarded";
 pub const REJECTED: &str = "rejected";
 /// The outcome word of a balancer's health check (a PROXY protocol `LOCAL` connection).
 pub const HEALTH_CHECK: &str = "health_check";
+/// The outcome word of an edge relay's ready connection that closed without a client.
+pub const UNUSED: &str = "unused";
 /// The reason word of a name no rule allows.
 pub const NOT_ALLOWED: &str = "not_allowed";
 /// The reason word of a connection monitor mode forwarded although no rule allows it.
@@ -229,7 +238,7 @@ pub const UNLISTED: &str = "(unlisted)";
 /// share: they format or read this, and never make the words themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
-    /// [`FORWARDED`], [`REJECTED`] or [`HEALTH_CHECK`].
+    /// [`FORWARDED`], [`REJECTED`], [`HEALTH_CHECK`] or [`UNUSED`].
     pub outcome: &'static str,
     /// The stable reason word.
     pub reason: &'static str,
@@ -293,6 +302,7 @@ pub const OUTCOMES: &[(&str, &str)] = &[
     ("rejected", "upstream_unreachable"),
     ("rejected", "shutdown"),
     ("health_check", "proxy_local"),
+    ("unused", "pool_unused"),
 ];
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::limits::Counters;
 use crate::policy::DestinationPolicy;
+use crate::pool::Pools;
 use crate::resolve::{Override, Resolver};
 use crate::telemetry::live::Live;
 use crate::telemetry::metrics::Metrics;
@@ -61,6 +62,7 @@ pub struct Relay {
     phase: AtomicU8,
     pins: Vec<Override>,
     listeners: Vec<SocketAddr>,
+    pools: Pools,
 }
 
 impl Relay {
@@ -75,6 +77,7 @@ impl Relay {
             phase: AtomicU8::new(Phase::Starting as u8),
             pins,
             listeners,
+            pools: Pools::default(),
         }
     }
 
@@ -90,11 +93,27 @@ impl Relay {
     pub fn replace(&self, config: Config) -> Result<(), String> {
         let current = self.settings();
         let next = Settings::new(config, &self.listeners, &self.pins, Some(&current))?;
+        self.start_pools(&next.config);
         *self
             .settings
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
         Ok(())
+    }
+
+    /// Fills the pools `config` lists, keeps those it still lists, closes the rest.
+    pub fn start_pools(&self, config: &Config) {
+        self.pools.reconcile(
+            &config.pools,
+            &config.upstream_tcp,
+            config.timeouts.connect,
+            &self.metrics,
+        );
+    }
+
+    /// An edge relay's ready connections to its far relays.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
     }
 
     /// The live connection counts.

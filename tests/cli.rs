@@ -580,7 +580,7 @@ fn the_example_rules_files_pass_check_and_are_in_the_docs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
     let examples = json_files(&root.join("examples"));
-    assert_eq!(examples.len(), 6);
+    assert_eq!(examples.len(), 8);
     for file in examples {
         let out = snirelay(&["check", "--config", file.to_str().unwrap()]);
         assert_eq!(
@@ -597,6 +597,47 @@ fn the_example_rules_files_pass_check_and_are_in_the_docs() {
             "docs/configuration.md lacks {name}"
         );
     }
+}
+
+/// An edge relay's rules against its far relay's: the shipped pair fits; a far listener
+/// that gives up on a silent connection before the edge retires it is an error.
+#[test]
+fn check_far_compares_an_edges_pools_with_the_far_relays_listener() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let edge = root.join("examples/edge.json");
+    let far = root.join("examples/far.json");
+    let out = snirelay(&[
+        "check",
+        "--config",
+        edge.to_str().unwrap(),
+        "--far",
+        far.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("far.json");
+    let text_of_far = std::fs::read_to_string(&far).unwrap();
+    std::fs::write(
+        &short,
+        text_of_far.replace("\"proxy_header_wait_s\": 60", "\"proxy_header_wait_s\": 20"),
+    )
+    .unwrap();
+    let out = snirelay(&[
+        "check",
+        "--config",
+        edge.to_str().unwrap(),
+        "--far",
+        short.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "pool 198.51.100.20:443: max_idle_s (30 s) must be shorter than the far listener 0.0.0.0:443's proxy_header_wait_s (20 s)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `suggest` on log files as the relay writes them (one plain, one rotated and gzipped) and

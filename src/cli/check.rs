@@ -103,6 +103,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             "admin listens on {admin}: metrics are readable by anyone who can reach it; prefer 127.0.0.1"
         ));
     }
+    warnings.extend(crate::cli::edge::warnings(config));
     if config.limits.max_connections_per_client > config.limits.max_connections {
         warnings.push(
             "max_connections_per_client is above max_connections, so it never applies".to_owned(),
@@ -127,6 +128,7 @@ pub fn summary(path: &Path, config: &Config) -> String {
         limits.max_connections_per_client,
         limits.max_pending_hellos,
     ));
+    text.push_str(&crate::cli::edge::summary(config));
     text.push_str("  effective rules, in the order a name is matched (exact names, then wildcards, longest first):\n");
     for rule in match_order(config) {
         let to = destination(rule, config.upstream_port);

@@ -4,6 +4,7 @@
 pub mod check;
 mod dns;
 pub mod doctor;
+pub mod edge;
 pub mod hosts;
 pub mod probe;
 pub mod rules_file;

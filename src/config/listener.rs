@@ -1,7 +1,7 @@
 //! The `listen` array: each entry an address string, or an object that also says whether
 //! the listener takes the PROXY protocol and from which balancers.
 
-use super::values::{Mode, Network, invalid, parse_string};
+use super::values::{Bounded, Mode, Network, invalid, parse_string};
 use crate::proxy::Accept;
 use crate::tcp_options::Tcp;
 use ipnet::IpNet;
@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// One listening address and how connections on it begin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,10 @@ pub struct ProxyProtocol {
     pub accept: Accept,
     /// Peers allowed to send a header; any other peer is closed before a byte is read.
     pub trusted: Vec<IpNet>,
+    /// How long a connection may stay silent before its header, when set: an edge relay's
+    /// ready connections wait for a client. The hello deadline then starts at the header.
+    /// Unset, the header and the hello share the hello deadline from accept.
+    pub header_wait: Option<Duration>,
 }
 
 const ADDR_EXPECTED: &str = "a listen address like \"0.0.0.0:443\" or \"[::]:443\"";
@@ -81,7 +86,7 @@ impl<'de> Deserialize<'de> for ListenList {
     }
 }
 
-/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "proxy_protocol": ..., "trusted_proxies": [...], "mode": ... }`.
+/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "proxy_protocol": ..., "trusted_proxies": [...], "proxy_header_wait_s": ..., "mode": ... }`.
 struct Entry(Listener);
 
 impl<'de> Deserialize<'de> for Entry {
@@ -119,14 +124,25 @@ impl<'de> Visitor<'de> for EntryVisitor {
             mode: Option<Mode>,
             #[serde(default)]
             tcp: Tcp,
+            proxy_header_wait_s: Option<Bounded<1, 3_600>>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        let header_wait = obj
+            .proxy_header_wait_s
+            .map(|Bounded(s)| Duration::from_secs(s));
         let proxy = match (obj.proxy_protocol, obj.trusted_proxies) {
+            (None, None) if header_wait.is_some() => {
+                return Err(de::Error::custom(format!(
+                    "listener {}: proxy_header_wait_s is how long a trusted edge relay's ready connection may wait for its PROXY header; add \"proxy_protocol\" and \"trusted_proxies\" (the edges' networks)",
+                    obj.addr
+                )));
+            }
             (None, None) => None,
             (Some(AcceptWord(accept)), Some(trusted)) if !trusted.is_empty() => {
                 Some(ProxyProtocol {
                     accept,
                     trusted: trusted.into_iter().map(|n| n.0).collect(),
+                    header_wait,
                 })
             }
             (Some(_), _) => {
@@ -204,7 +220,11 @@ impl fmt::Display for Listener {
                 Accept::Any => "v1 or v2",
             };
             let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
-            write!(f, " (PROXY {version} from {})", trusted.join(", "))?;
+            write!(f, " (PROXY {version} from {}", trusted.join(", "))?;
+            if let Some(wait) = proxy.header_wait {
+                write!(f, ", waiting up to {}s for it", wait.as_secs())?;
+            }
+            f.write_str(")")?;
         }
         if let Some(mode) = self.mode {
             write!(f, " ({} mode)", mode.word())?;

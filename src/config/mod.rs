@@ -6,17 +6,20 @@
 
 mod allow;
 mod listener;
+mod pools;
 mod transport;
 mod values;
 
 pub use crate::tcp_options::{Keepalive, Tcp};
 pub use listener::{Listener, ProxyProtocol};
+pub use pools::PoolSpec;
 pub use values::Mode;
 
 use crate::rules::Rules;
 use allow::AllowList;
 use ipnet::IpNet;
 use listener::ListenList;
+use pools::PoolList;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// What happens to names no rule allows, where a listener does not say.
     pub mode: Mode,
+    /// Ready connections kept to fixed upstreams (an edge relay's, to the far relay).
+    pub pools: Vec<PoolSpec>,
 }
 
 impl Config {
@@ -74,6 +79,7 @@ impl Config {
         );
         check("upstream_port", self.upstream_port != next.upstream_port);
         check("upstream_tcp", self.upstream_tcp != next.upstream_tcp);
+        check("pools", self.pools != next.pools);
         check(
             "max_hello_bytes",
             self.max_hello_bytes != next.max_hello_bytes,
@@ -246,6 +252,7 @@ impl Config {
             },
             admin: file.admin.map(|a| a.0),
             mode: file.mode.unwrap_or_default(),
+            pools: file.pools.0,
         })
     }
 }
@@ -277,6 +284,8 @@ struct File {
     max_pending_hellos: Bounded<1, 10_000_000>,
     admin: Option<AdminAddr>,
     mode: Option<Mode>,
+    #[serde(default)]
+    pools: PoolList,
 }
 
 #[derive(Deserialize)]

@@ -99,7 +99,8 @@ pub fn on_signals(stopper: Stopper) -> io::Result<()> {
 
 /// Serves with `server` until the first stop request. Then, in order: /readyz turns 503 at
 /// once; for a signal, the listeners keep accepting for `lb_grace_s`, so a balancer that
-/// polls /readyz stops sending before anything is refused; accepting stops; live
+/// polls /readyz stops sending before anything is refused; accepting stops (and ready
+/// connections to far relays close); live
 /// connections get `drain_s`; the rest are ended. A further request skips the wait in
 /// progress.
 pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
@@ -131,6 +132,8 @@ pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
         Stop::HandedOver => tracing::info!("handed over to the new relay: no longer accepting"),
     }
     server.stop_accepting().await;
+    // No client will take an edge's ready connections now.
+    relay.pools().close();
     tracing::info!(
         live = server.live(),
         drain_s = timeouts.drain.as_secs(),

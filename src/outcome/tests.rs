@@ -49,6 +49,7 @@ fn examples() -> Vec<Rejection> {
         }),
         Rejection::Connect(ConnectError::Timeout(Duration::ZERO)),
         Rejection::Shutdown,
+        Rejection::PoolUnused,
     ];
     let mut examples = examples;
     for kind in [
@@ -87,7 +88,8 @@ fn examples() -> Vec<Rejection> {
             | Rejection::DnsTimeout
             | Rejection::Resolve(_)
             | Rejection::Connect(_)
-            | Rejection::Shutdown => {}
+            | Rejection::Shutdown
+            | Rejection::PoolUnused => {}
         }
     }
     examples

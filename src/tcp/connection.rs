@@ -1,24 +1,27 @@
 //! One connection, top to bottom: read the PROXY header (from a balancer) and the hello,
 //! decide, resolve, connect, forward, log.
 
-use crate::config::Listener;
+use crate::config::{Listener, ProxyProtocol};
 use crate::connect::{self, ConnectError};
 use crate::decide::{Decision, decide};
 use crate::hello::{HelloError, HelloReader};
 use crate::limits::Slot;
-use crate::net::read::{Parsed, read_until};
+use crate::net::read::{Parsed, ReadError, read_until};
 use crate::net::transport::{self, Legs};
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
-use crate::proxy::{self, Header};
+use crate::pool::Ready;
+use crate::proxy::{self, Header, ParsedHeader};
+use crate::resolve::Source;
+use crate::rules::{Host, Route};
 use crate::state::{Relay, Settings};
 use crate::tcp::forward;
-use crate::telemetry::live::{Id, Live, LiveConnection};
+use crate::telemetry::live::{Id, LiveConnection};
 use crate::telemetry::record::ConnectionRecord;
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +49,7 @@ pub fn connection(
     relay: Arc<Relay>,
     settings: Arc<Settings>,
     mut slot: Slot,
-    ending: CancellationToken,
+    stopping: Stopping,
 ) -> impl Future<Output = ()> {
     async move {
         // Boxed, so what getting there took is freed before the copy loop starts, and
@@ -54,8 +57,8 @@ pub fn connection(
         // connection's task keeps only the copy loop's state.
         let (client, upstream, preface, live) = match tokio::select! {
             biased;
-            opened = Box::pin(open(client, &listener, &settings, relay.live(), &mut slot, &mut record)) => opened,
-            () = ending.cancelled() => Err(Rejection::Shutdown),
+            opened = Box::pin(open(client, &listener, &settings, &relay, &mut slot, &mut record, &stopping.draining)) => opened,
+            () = stopping.ending.cancelled() => Err(Rejection::Shutdown),
         } {
             Ok(parts) => parts,
             Err(rejection) => {
@@ -67,8 +70,16 @@ pub fn connection(
         let idle = settings.config.timeouts.idle;
         let counters = relay.metrics().byte_counters(record.rule_label());
         let (id, entry) = live.unzip();
-        let transfer =
-            forward::copy(&client, &upstream, preface, idle, &ending, counters, entry).await;
+        let transfer = forward::copy(
+            &client,
+            &upstream,
+            preface,
+            idle,
+            &stopping.ending,
+            counters,
+            entry,
+        )
+        .await;
         // The connection is over: off the list of open ones, and what its sockets say of
         // both legs; then close it and free its place before saying so.
         if let Some(id) = id {
@@ -79,6 +90,15 @@ pub fn connection(
         drop(slot);
         record.emit(Ok(transfer), legs, relay.metrics());
     }
+}
+
+/// How a connection learns the relay is stopping.
+#[derive(Clone)]
+pub struct Stopping {
+    /// Accepting has stopped: an edge relay's idle ready connection may go now.
+    pub draining: CancellationToken,
+    /// The drain has run out: every connection ends now.
+    pub ending: CancellationToken,
 }
 
 /// What a connection forwards between: the client, the upstream, the bytes to replay
@@ -96,29 +116,34 @@ async fn open(
     client: TcpStream,
     listener: &Listener,
     settings: &Settings,
-    live: &Live,
+    relay: &Relay,
     slot: &mut Slot,
     record: &mut ConnectionRecord,
+    draining: &CancellationToken,
 ) -> Result<Opened, Rejection> {
     let config = &settings.config;
     // Taken now: a byte kept across the awaits below is cheaper than the reference.
     let mode = listener.mode.unwrap_or(config.mode);
     // The PROXY header and the hello share one deadline and one buffer, bounded by the
-    // largest hello plus the largest header.
-    let hello_deadline = Instant::now() + config.timeouts.hello;
+    // largest hello plus the largest header; where the listener waits longer for headers
+    // (an edge relay's ready connections), the hello's deadline starts at the header.
+    let mut hello_deadline = Instant::now() + config.timeouts.hello;
     let mut received = Vec::new();
 
     // Each phase is boxed on its own: a connection waiting for its hello must not hold
     // room for the DNS lookup's state, which is kilobytes.
     if let Some(proxy) = &listener.proxy {
-        let header = timeout_at(
+        let header = Box::pin(read_header(
+            &client,
+            &mut received,
+            proxy,
             hello_deadline,
-            Box::pin(read_until(&client, &mut received, proxy::V2_MAX, |bytes| {
-                proxy::parse(bytes, proxy.accept).map(Parsed::from)
-            })),
-        )
-        .await
-        .map_err(|_| Rejection::HelloTimeout)??;
+            draining,
+        ))
+        .await?;
+        if proxy.header_wait.is_some() {
+            hello_deadline = Instant::now() + config.timeouts.hello;
+        }
         received.drain(..header.len);
         let Header::Proxy {
             source: named,
@@ -173,16 +198,7 @@ async fn open(
         record.rule(rule.label.clone());
     }
 
-    let deadline = Instant::now() + config.timeouts.connect;
-    let (targets, answered_from) = timeout_at(
-        deadline,
-        Box::pin(settings.resolver.destinations(&route, &settings.policy)),
-    )
-    .await
-    .map_err(|_| Rejection::DnsTimeout)??;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    record.dns(answered_from);
-    let (upstream, addr) = Box::pin(connect::happy_eyeballs(&targets, remaining)).await?;
+    let (upstream, addr) = Box::pin(reach(&route, settings, relay, record)).await?;
     record.connected(addr);
     // Checked when the rules were loaded: nothing here can refuse it.
     let _ = transport::apply(
@@ -197,7 +213,7 @@ async fn open(
             .map_err(|source| ConnectError::Failed { addr, source })?;
         received.splice(0..0, header);
     }
-    let entry = live.add(|| {
+    let entry = relay.live().add(|| {
         let rule = route.rule.map(|rule| rule.label.clone());
         let sockets = [client.as_raw_fd(), upstream.as_raw_fd()];
         LiveConnection::new(
@@ -210,6 +226,78 @@ async fn open(
     });
 
     Ok((client, upstream, received, entry))
+}
+
+/// The PROXY header, by the hello deadline or, on a listener that waits longer for it (an
+/// edge relay's ready connections), by its own wait.
+async fn read_header(
+    client: &TcpStream,
+    received: &mut Vec<u8>,
+    proxy: &ProxyProtocol,
+    hello_deadline: Instant,
+    draining: &CancellationToken,
+) -> Result<ParsedHeader, Rejection> {
+    let waits = proxy.header_wait.is_some();
+    let deadline = proxy
+        .header_wait
+        .map_or(hello_deadline, |wait| Instant::now() + wait);
+    let read = tokio::select! {
+        read = timeout_at(
+            deadline,
+            read_until(client, received, proxy::V2_MAX, |bytes| {
+                proxy::parse(bytes, proxy.accept).map(Parsed::from)
+            }),
+        ) => Some(read),
+        // A relay that stops accepting lets an edge's idle ready connections go at once,
+        // so the edge reconnects to whoever accepts now.
+        () = draining.cancelled(), if waits => None,
+    };
+    match read {
+        // Not a byte: a ready connection the edge retired, kept past the wait, or let go
+        // by a draining relay.
+        None | Some(Err(_) | Ok(Err(ReadError::Closed | ReadError::Io(_))))
+            if waits && received.is_empty() =>
+        {
+            Err(Rejection::PoolUnused)
+        }
+        None => Err(Rejection::Shutdown),
+        Some(Err(_)) => Err(Rejection::HelloTimeout),
+        Some(Ok(read)) => Ok(read?),
+    }
+}
+
+/// The upstream connection for `route`: where an edge relay keeps ready connections to
+/// this fixed upstream, the newest one; otherwise (or with none ready) resolved and
+/// connected as always, never waiting for the pool.
+async fn reach(
+    route: &Route<'_>,
+    settings: &Settings,
+    relay: &Relay,
+    record: &mut ConnectionRecord,
+) -> Result<(TcpStream, SocketAddr), Rejection> {
+    let fixed = match route.host {
+        Host::Ip(ip) => Some(SocketAddr::new(ip, route.port)),
+        Host::Name(_) => None,
+    };
+    match fixed.map(|addr| (relay.pools().take(addr), addr)) {
+        Some((Ready::Taken(upstream), addr)) => {
+            record.pooled(true);
+            record.dns(Source::Operator);
+            return Ok((upstream, addr));
+        }
+        Some((Ready::Empty, _)) => record.pooled(false),
+        Some((Ready::NoPool, _)) | None => {}
+    }
+    let deadline = Instant::now() + settings.config.timeouts.connect;
+    let (targets, answered_from) = timeout_at(
+        deadline,
+        Box::pin(settings.resolver.destinations(route, &settings.policy)),
+    )
+    .await
+    .map_err(|_| Rejection::DnsTimeout)??;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    record.dns(answered_from);
+    Ok(Box::pin(connect::happy_eyeballs(&targets, remaining)).await?)
 }
 
 /// Tells a TLS client its name is not served, so its error says so, then closes cleanly.
@@ -247,13 +335,13 @@ mod tests {
     /// arguments twice) and because `open`, whose phases are boxed one by one, is itself
     /// boxed and freed before forwarding.
     ///
-    /// Each budget is the size measured with rustc 1.95 (944, 464 and 496 bytes) plus
+    /// Each budget is the size measured with rustc 1.95 (952, 464 and 496 bytes) plus
     /// [`MARGIN`]: a newer compiler may lay the state out a little differently, and that
     /// must not fail here, while a real growth (a field kept across an await, a phase no
     /// longer boxed, an `async fn`) still does. Past the budget: measure again and say why
     /// in the commit, or undo it.
     const MARGIN: usize = 32;
-    const CONNECTION_FUTURE_BUDGET: usize = 944 + MARGIN;
+    const CONNECTION_FUTURE_BUDGET: usize = 952 + MARGIN;
     const COPY_FUTURE_BUDGET: usize = 496 + MARGIN;
     const OPEN_FUTURE_BUDGET: usize = 464 + MARGIN;
 
@@ -279,7 +367,10 @@ mod tests {
             relay.clone(),
             settings,
             slot,
-            ending.clone(),
+            Stopping {
+                draining: ending.clone(),
+                ending: ending.clone(),
+            },
         );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection future: {size} bytes");
@@ -296,9 +387,10 @@ mod tests {
             client,
             &listener,
             &settings,
-            relay.live(),
+            &relay,
             &mut slot,
             &mut record,
+            &ending,
         );
         let size = std::mem::size_of_val(&opening);
         eprintln!("open future: {size} bytes");

@@ -8,7 +8,7 @@ use crate::net::transport::Legs;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};
-use crate::tcp::connection::connection;
+use crate::tcp::connection::{Stopping, connection};
 use crate::telemetry::record::ConnectionRecord;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,7 +117,10 @@ async fn accept_loop(
                     relay.clone(),
                     running,
                     slot,
-                    ending.clone(),
+                    Stopping {
+                        draining: accepting.clone(),
+                        ending: ending.clone(),
+                    },
                 ));
             }
             // Closed before a byte is read; the log line is the only trace.

@@ -6,6 +6,7 @@ use crate::limits::Counters;
 use crate::telemetry::bytes::{ByRule, ByteCounters};
 use crate::telemetry::health::HealthGauges;
 use crate::telemetry::legs::LegMetrics;
+use crate::telemetry::pool::PoolMetrics;
 use crate::telemetry::quota::LineQuota;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +77,8 @@ pub struct Metrics {
     registry: Registry,
     /// The long leg's: RTT and retransmissions.
     pub legs: LegMetrics,
+    /// An edge relay's pools of ready connections.
+    pub pools: PoolMetrics,
     /// The rate limit on rejection log lines, which counts what it suppresses.
     pub rejections: Arc<LineQuota>,
     /// Readiness and the limits, read when scraped.
@@ -114,9 +117,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("snirelay");
         let legs = LegMetrics::registered(&mut registry);
+        let pools = PoolMetrics::registered(&mut registry);
         let health = HealthGauges::registered(&mut registry);
         let metrics = Metrics {
             legs,
+            pools,
             rejections: Arc::default(),
             health,
             connections: Family::default(),

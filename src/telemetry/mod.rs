@@ -7,5 +7,6 @@ pub mod health;
 pub mod legs;
 pub mod live;
 pub mod metrics;
+pub mod pool;
 pub mod quota;
 pub mod record;

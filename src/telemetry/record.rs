@@ -39,6 +39,9 @@ pub struct ConnectionRecord {
     dns: Option<Source>,
     /// Forwarded by monitor mode although no rule allows it.
     would_refuse: bool,
+    /// Whether the upstream connection was a pool's ready one; `None` where no pool serves
+    /// the upstream.
+    pooled: Option<bool>,
     connect_done: Option<Duration>,
 }
 
@@ -56,6 +59,7 @@ impl ConnectionRecord {
             upstream: None,
             dns: None,
             would_refuse: false,
+            pooled: None,
             connect_done: None,
         }
     }
@@ -124,6 +128,11 @@ impl ConnectionRecord {
         self.dns = Some(source);
     }
 
+    /// A pool serves the upstream; `taken`: the connection was one of its ready ones.
+    pub fn pooled(&mut self, taken: bool) {
+        self.pooled = Some(taken);
+    }
+
     /// The upstream connection is up.
     pub fn connected(&mut self, upstream: SocketAddr) {
         self.connect_done = Some(self.started.elapsed());
@@ -165,10 +174,11 @@ impl ConnectionRecord {
         if result.is_ok() {
             metrics.legs.ended(self.listener, &legs);
         }
-        // A balancer's health check is counted, never logged: it comes every few seconds.
-        // Rejections anyone can cause are logged up to a rate per reason, then summed up.
+        // A balancer's health check, and an edge's ready connection closed unused, are
+        // counted, never logged: they come every few seconds. Rejections anyone can cause
+        // are logged up to a rate per reason, then summed up.
         match &result {
-            Err(Rejection::ProxyLocal) => return,
+            Err(Rejection::ProxyLocal | Rejection::PoolUnused) => return,
             Err(_) if !metrics.rejections.allow(reason, Instant::now()) => {
                 metrics.suppressed(reason);
                 return;
@@ -192,6 +202,7 @@ impl ConnectionRecord {
             ech = hello.map(|h| h.ech),
             rule = self.rule.as_deref(),
             upstream = self.upstream.map(|a| a.to_string()),
+            pooled = self.pooled,
             outcome,
             reason,
             detail,
