@@ -6,6 +6,12 @@
 //! `cargo bench --bench longhaul -- [--losses 0,1,5,15] [--runs 3] [--cap-s 60]
 //! [--targets snirelay,snirelay-cubic,nginx,haproxy]`
 //!
+//! With `--targets snirelay,edge,edge-nopool`, the clients reach the far relay through an
+//! edge relay beside them (`longpath`'s fourth namespace, sub-millisecond away), which
+//! holds the long path's near end: `edge` keeps 4 ready connections to the far relay,
+//! `edge-nopool` connects for each client, as a chain of plain relays would. Both send a
+//! PROXY v2 header; the far relay trusts the edge's address and waits a minute for it.
+//!
 //! Per loss and run (a run is a seed for the losses), each relay gets its own path, all
 //! four at once: `snirelay` with its defaults, `snirelay-cubic` (its listener set to CUBIC),
 //! nginx and HAProxy (and, named with `--targets`, `snirelay-lowat`: its listener's
@@ -64,23 +70,138 @@ impl Drop for AllowCubic {
     }
 }
 
-/// A relay under test, killed on drop (SIGTERM: nginx's master stops its workers then),
-/// and the directory of its configuration, removed then.
-struct Target(Child, #[allow(dead_code)] tempfile::TempDir);
+/// The relays under test (an edge and its far relay, or one), killed on drop (SIGTERM:
+/// nginx's master stops its workers then), and the directory of their configuration,
+/// removed then.
+struct Target(Vec<Child>, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Target {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
     }
 }
 
+/// Pool size of the `edge` target.
+const EDGE_POOL: usize = 4;
+
+/// Where clients connect for `name`: the edge's address for an edge target.
+fn entry(name: &str) -> SocketAddr {
+    if name.starts_with("edge") {
+        SocketAddr::from((longpath::EDGE, 443))
+    } else {
+        SocketAddr::from((longpath::RELAY, 443))
+    }
+}
+
+/// Spawns `cmd` quietly.
+fn spawn(mut cmd: Command, name: &str) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `snirelay run` in `host`'s namespace on `config`, written to `dir/file`.
+fn snirelay(path: &Path, host: Host, dir: &std::path::Path, file: &str, config: &str) -> Command {
+    std::fs::write(dir.join(file), config).unwrap();
+    let mut cmd = path.command(host, env!("CARGO_BIN_EXE_snirelay"));
+    cmd.args(["run", "--config"])
+        .arg(dir.join(file))
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Waits until a connection from inside `host` to `addr` gets through.
+fn until_listening(path: &Path, host: Host, addr: SocketAddr, name: &str) {
+    for _ in 0..500 {
+        if path
+            .run(host, || std::net::TcpStream::connect(addr))
+            .unwrap()
+            .is_ok()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{name} did not listen on {addr}");
+}
+
+/// A far relay taking the edge's PROXY headers at `listen`, and in front of it, for
+/// clients, an edge relay with (`edge`) or without (`edge-nopool`) ready connections.
+fn start_edge(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> Target {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = longpath::CLIENT;
+    let far = format!(
+        r#"{{"listen": [{{"addr": "{listen}", "proxy_protocol": "v2", "trusted_proxies": ["{edge}/32"], "proxy_header_wait_s": 60}}],
+            "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}]}}"#
+    );
+    let far = spawn(
+        snirelay(path, Host::Relay, dir.path(), "far.json", &far),
+        "far",
+    );
+    until_listening(path, Host::Relay, listen, "the far relay");
+    let pools = if name == "edge" {
+        format!(
+            r#""pools": [{{"upstream": "{listen}", "size": {EDGE_POOL}, "max_idle_s": 30}}], "admin": "127.0.0.1:9901","#
+        )
+    } else {
+        String::new()
+    };
+    let at = entry(name);
+    let edge = format!(
+        r#"{{"listen": ["{at}"], {pools}
+            "allow": [{{"name": "{NAME}", "upstream": "{listen}", "send_proxy": "v2"}}]}}"#
+    );
+    let edge = spawn(
+        snirelay(path, Host::Edge, dir.path(), "edge.json", &edge),
+        name,
+    );
+    until_listening(path, Host::Edge, at, name);
+    if name == "edge" {
+        until_pool_full(path);
+    }
+    Target(vec![edge, far], dir)
+}
+
+/// Waits until the edge's pool holds its connections, from its /metrics.
+fn until_pool_full(path: &Path) {
+    use std::io::{Read, Write};
+    let series = format!(
+        "snirelay_pool_ready{{upstream=\"{}:443\"}} {EDGE_POOL}",
+        longpath::RELAY
+    );
+    for _ in 0..500 {
+        let text = path
+            .run(Host::Edge, || -> std::io::Result<String> {
+                let mut admin = std::net::TcpStream::connect("127.0.0.1:9901")?;
+                admin.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+                let mut text = String::new();
+                admin.read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .unwrap()
+            .unwrap_or_default();
+        if text.lines().any(|line| line == series) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the edge's pool did not fill");
+}
+
 fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> Target {
+    if name.starts_with("edge") {
+        return start_edge(path, name, listen, upstream);
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let mut cmd = match name {
+    let cmd = match name {
         "snirelay" | "snirelay-cubic" | "snirelay-lowat" => {
             let tcp = match name {
                 "snirelay-cubic" => r#", "tcp": {"congestion": "cubic"}"#,
@@ -90,12 +211,7 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
             let config = format!(
                 r#"{{"listen": [{{"addr": "{listen}"{tcp}}}], "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}]}}"#
             );
-            std::fs::write(dir.path().join("rules.json"), config).unwrap();
-            let mut cmd = path.command(Host::Relay, env!("CARGO_BIN_EXE_snirelay"));
-            cmd.args(["run", "--config"])
-                .arg(dir.path().join("rules.json"))
-                .env("RUST_LOG", "warn");
-            cmd
+            snirelay(path, Host::Relay, dir.path(), "rules.json", &config)
         }
         "nginx" => {
             let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -124,25 +240,10 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
             cmd
         }
     };
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let target = Target(child, dir);
-    // Listening once a connection from inside the relay namespace gets through.
-    for _ in 0..500 {
-        if path
-            .run(Host::Relay, || std::net::TcpStream::connect(listen))
-            .unwrap()
-            .is_ok()
-        {
-            return target;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{name} did not listen on {listen}");
+    let child = spawn(cmd, name);
+    let target = Target(vec![child], dir);
+    until_listening(path, Host::Relay, listen, name);
+    target
 }
 
 /// The upstream: TLS, then for each 256-byte request, as many bytes as its first line says.
@@ -241,6 +342,7 @@ async fn measure(name: &'static str, loss: f64, seed: u64, cap: Duration) -> Sam
         queue_bytes: (RATE as f64 / 8.0 * RTT.as_secs_f64()) as usize,
         down_loss: loss / 100.0,
         seed,
+        edge: name.starts_with("edge"),
         ..Spec::new(RTT)
     };
     let path = tokio::task::spawn_blocking(move || Path::start(spec))
@@ -264,6 +366,7 @@ async fn measure(name: &'static str, loss: f64, seed: u64, cap: Duration) -> Sam
     let _target = tokio::task::spawn_blocking(move || start(&on, name, listen, upstream))
         .await
         .unwrap();
+    let listen = entry(name);
     let mut sample = Sample::new();
     let capped = |f: Option<f64>| f.unwrap_or(f64::NAN);
     let mut ttfb = Vec::new();
@@ -278,6 +381,7 @@ async fn measure(name: &'static str, loss: f64, seed: u64, cap: Duration) -> Sam
         ttfb.push(capped(timed.ok()) * 1e3);
     }
     sample.insert("ttfb_ms", median(&mut ttfb));
+    sample.insert("ttfb_rtt", median(&mut ttfb) / RTT.as_millis() as f64);
     let timed = tokio::time::timeout(cap, async {
         let mut tls = connect(&path, listen, &pki).await;
         let one = exchange(&mut tls, 1 << 20).await.1;
@@ -364,15 +468,27 @@ fn print_table(
     cap: Duration,
     results: &mut BTreeMap<(u64, &str), BTreeMap<&str, Vec<f64>>>,
 ) {
-    let keys = ["ttfb_ms", "1mib_s", "10mib_s", "idle1_ms", "idle10_ms"];
+    let keys = [
+        "ttfb_ms",
+        "ttfb_rtt",
+        "1mib_s",
+        "10mib_s",
+        "idle1_ms",
+        "idle10_ms",
+    ];
+    // Against the best of nginx and HAProxy where they ran; else the second target against
+    // the first (`edge` against `snirelay`, the far relay reached directly).
+    let peers = targets.iter().any(|name| PEERS.contains(name));
+    let compared = if peers {
+        "snirelay / best peer".to_owned()
+    } else {
+        format!("{} / {}", targets.get(1).unwrap_or(&"-"), targets[0])
+    };
     println!(
         "\nmedians of {runs} runs; RTT 180 ms, 20 Mbit/s, queue 450 kB, loss towards the client only; >{}s: over the cap",
         cap.as_secs()
     );
-    println!(
-        "| loss | figure | {} | snirelay / best peer |",
-        targets.join(" | ")
-    );
+    println!("| loss | figure | {} | {compared} |", targets.join(" | "));
     println!("|---|---|{}---|", "---|".repeat(targets.len()));
     for &loss in losses {
         for key in keys {
@@ -388,23 +504,28 @@ fn print_table(
                 .map(|v| {
                     if v.is_nan() {
                         format!(">{}s", cap.as_secs())
-                    } else if key.ends_with("_s") {
+                    } else if key.ends_with("_s") || key.ends_with("_rtt") {
                         format!("{v:.2}")
                     } else {
                         format!("{v:.0}")
                     }
                 })
                 .collect();
-            let best_peer = targets
-                .iter()
-                .zip(&row)
-                .filter(|(name, v)| PEERS.contains(name) && !v.is_nan())
-                .map(|(_, v)| *v)
-                .fold(f64::NAN, f64::min);
-            let ratio = if row[0].is_nan() || best_peer.is_nan() {
+            let (mine, theirs) = if peers {
+                let best_peer = targets
+                    .iter()
+                    .zip(&row)
+                    .filter(|(name, v)| PEERS.contains(name) && !v.is_nan())
+                    .map(|(_, v)| *v)
+                    .fold(f64::NAN, f64::min);
+                (row[0], best_peer)
+            } else {
+                (row.get(1).copied().unwrap_or(f64::NAN), row[0])
+            };
+            let ratio = if mine.is_nan() || theirs.is_nan() {
                 "-".to_owned()
             } else {
-                format!("{:.2}", row[0] / best_peer)
+                format!("{:.2}", mine / theirs)
             };
             println!("| {loss}% | {key} | {} | {ratio} |", shown.join(" | "));
         }

@@ -242,13 +242,13 @@ async fn ready_connections_retire_at_their_idle_age_unlogged_by_the_far_relay() 
     .await
 }
 
-/// A far relay in-process: one listener taking PROXY headers from loopback, waiting
+/// A far relay in-process: one listener taking PROXY headers from `trusted`, waiting
 /// `header_wait_s` for them when given, with a 1 s hello deadline and no drain.
-async fn far_in_process(dir: &std::path::Path, header_wait_s: Option<u64>) -> Started {
+async fn far_trusting(dir: &std::path::Path, trusted: &str, header_wait_s: Option<u64>) -> Started {
     let mut listener = json!({
         "addr": "127.0.0.1:0",
         "proxy_protocol": "v2",
-        "trusted_proxies": ["127.0.0.0/8"]
+        "trusted_proxies": [trusted]
     });
     if let Some(wait) = header_wait_s {
         listener["proxy_header_wait_s"] = wait.into();
@@ -272,6 +272,11 @@ async fn far_in_process(dir: &std::path::Path, header_wait_s: Option<u64>) -> St
     })
     .await
     .unwrap()
+}
+
+/// [`far_trusting`] loopback.
+async fn far_in_process(dir: &std::path::Path, header_wait_s: Option<u64>) -> Started {
+    far_trusting(dir, "127.0.0.0/8", header_wait_s).await
 }
 
 /// How many connections ended as `outcome` with `reason`.
@@ -378,4 +383,22 @@ async fn a_relay_that_stops_accepting_lets_idle_edge_connections_go_at_once() {
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(ended(&relay, "unused", "pool_unused"), 1);
     assert_eq!(ended(&relay, "rejected", "shutdown"), 0);
+}
+
+/// The wait is for trusted edges only: anyone else is closed before a byte is read, as on
+/// any PROXY listener.
+#[tokio::test]
+async fn a_peer_the_far_relay_does_not_trust_gets_no_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = far_trusting(dir.path(), "127.0.0.2/32", Some(60)).await;
+    let addr = started.addrs()[0];
+    let relay = started.relay().clone();
+    tokio::spawn(started.serve());
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    tokio::time::pause();
+    let start = Instant::now();
+    closed(&mut client).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(ended(&relay, "rejected", "proxy_untrusted"), 1);
+    assert_eq!(ended(&relay, "unused", "pool_unused"), 0);
 }

@@ -343,3 +343,106 @@ async fn the_admin_endpoint_shows_an_open_connection_across_the_path() {
     })
     .await
 }
+
+/// `GET /metrics` from inside `host`'s namespace.
+fn metrics_in(path: &Path, host: Host, admin: SocketAddr) -> String {
+    path.run(host, move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(admin).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        response
+    })
+    .unwrap()
+}
+
+/// Clients beside an edge relay, the far relay across the long path, the upstream beside
+/// it: real TLS through both relays (the client verifies the upstream's certificate), over
+/// one of the edge's ready connections; the far relay names the real client and the SNI.
+#[tokio::test]
+async fn a_tls_client_beside_an_edge_reaches_the_upstream_across_the_long_path() {
+    use common::traffic::{SMALL, SMALL_REQUEST, pattern, serve_upstream};
+    within(async {
+        let path = path(Spec {
+            edge: true,
+            ..Spec::new(RTT)
+        });
+        let pki = std::sync::Arc::new(common::pki(&[NAME]));
+        let bound = path
+            .run(Host::Upstream, || {
+                std::net::TcpListener::bind((longpath::UPSTREAM, 443))
+            })
+            .unwrap()
+            .unwrap();
+        let upstream = common::Upstream::on(bound);
+        let upstream_addr = upstream.addr;
+        let serving = pki.clone();
+        tokio::spawn(async move {
+            let (big, _) = tokio::sync::mpsc::unbounded_channel();
+            serve_upstream(upstream, &serving, big).await
+        });
+        let far_addr = SocketAddr::from((longpath::RELAY, 443));
+        let far_config = serde_json::json!({
+            "listen": [{
+                "addr": far_addr.to_string(),
+                "proxy_protocol": "v2",
+                "trusted_proxies": [format!("{}/32", longpath::CLIENT)],
+                "proxy_header_wait_s": 60
+            }],
+            "allow": [{ "name": NAME, "upstream": upstream_addr.to_string() }]
+        });
+        let mut far =
+            RelayProcess::spawn(path.command(Host::Relay, common::binary()), far_config, &[]).await;
+        let edge_addr = SocketAddr::from((longpath::EDGE, 443));
+        let edge_config = serde_json::json!({
+            "listen": [edge_addr.to_string()],
+            "admin": "127.0.0.1:0",
+            "pools": [{ "upstream": far_addr.to_string(), "size": 2 }],
+            "allow": [{ "name": NAME, "upstream": far_addr.to_string(), "send_proxy": "v2" }]
+        });
+        let mut edge =
+            RelayProcess::spawn(path.command(Host::Edge, common::binary()), edge_config, &[]).await;
+        let admin: SocketAddr = edge.admin_addr().await.parse().unwrap();
+        let full = format!("snirelay_pool_ready{{upstream=\"{far_addr}\"}} 2");
+        while !metrics_in(&path, Host::Edge, admin)
+            .lines()
+            .any(|line| line == full)
+        {
+            // The poll interval of a scrape, not a sleep that orders events.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let client = path
+            .run(Host::Client, || std::net::TcpStream::connect(edge_addr))
+            .unwrap()
+            .unwrap();
+        client.set_nonblocking(true).unwrap();
+        let client = tokio::net::TcpStream::from_std(client).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(NAME).unwrap();
+        let mut tls = pki.connector().connect(name, client).await.unwrap();
+        tls.write_all(SMALL_REQUEST).await.unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).await.unwrap();
+        assert!(got == pattern(SMALL), "the reply arrived changed");
+        drop(tls);
+
+        let line = edge.next_connection().await;
+        assert_eq!(line["pooled"], true, "{line}");
+        let line = far.next_connection().await;
+        assert_eq!(line["outcome"], "forwarded", "{line}");
+        assert_eq!(line["sni"], NAME, "{line}");
+        let client = line["client"].as_str().unwrap();
+        assert!(
+            client.starts_with(&format!("{}:", longpath::CLIENT_NEAR_EDGE)),
+            "{line}"
+        );
+        let peer = line["peer"].as_str().unwrap();
+        assert!(
+            peer.starts_with(&format!("{}:", longpath::CLIENT)),
+            "{line}"
+        );
+    })
+    .await
+}

@@ -482,7 +482,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn bind(ip: &str) -> Upstream {
-        let probe = std::net::TcpListener::bind((ip, 0)).unwrap();
+        Upstream::on(std::net::TcpListener::bind((ip, 0)).unwrap())
+    }
+
+    /// An upstream on a socket already bound (in a network namespace of a test's own).
+    pub fn on(probe: std::net::TcpListener) -> Upstream {
         probe.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(probe.try_clone().unwrap()).unwrap();
         Upstream {
