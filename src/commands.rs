@@ -170,6 +170,9 @@ pub fn check(path: &Path, far: Option<&Path>) -> ExitCode {
             for warning in cli::check::warnings(&config) {
                 eprintln!("warning: {warning}");
             }
+            for gap in transport::fast_open_gaps(&config) {
+                eprintln!("warning: {gap}");
+            }
             let default = transport::CLIENT_CONGESTION;
             let defaulted = config.listen.iter().any(|l| l.tcp.congestion.is_none());
             if let (true, Err(refused)) = (defaulted, transport::usable(default)) {

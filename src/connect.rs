@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
@@ -68,6 +68,26 @@ pub async fn happy_eyeballs(
     deadline: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     race(addrs, deadline, TcpStream::connect).await
+}
+
+/// [`happy_eyeballs`] with TCP Fast Open asked for on each socket before it connects: with
+/// a cookie from an earlier connection to the address, the connect returns at once and the
+/// first write (the PROXY header and the hello) goes out in the SYN.
+pub async fn happy_eyeballs_fast_open(
+    addrs: &[SocketAddr],
+    deadline: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    race(addrs, deadline, connect_fast_open).await
+}
+
+async fn connect_fast_open(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    crate::net::sys::set_fast_open_connect(&socket)?;
+    socket.connect(addr).await
 }
 
 /// [`happy_eyeballs`] with the connect call passed in, so the schedule can be tested on a

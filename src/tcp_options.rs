@@ -16,6 +16,9 @@ pub struct Tcp {
     /// How long sent data may stay unacknowledged before the connection is given up
     /// (`TCP_USER_TIMEOUT`); zero leaves it to the kernel's retransmission limit.
     pub user_timeout: Option<Duration>,
+    /// TCP Fast Open: on a listener, take data in the SYN; on upstream sockets, send the
+    /// first bytes in the SYN once the server has given a cookie.
+    pub fast_open: Option<bool>,
 }
 
 /// TCP keepalive: the first probe after `idle` without a byte, then every `interval`; the

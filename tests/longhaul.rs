@@ -359,78 +359,136 @@ fn metrics_in(path: &Path, host: Host, admin: SocketAddr) -> String {
 }
 
 /// Clients beside an edge relay, the far relay across the long path, the upstream beside
-/// it: real TLS through both relays (the client verifies the upstream's certificate), over
-/// one of the edge's ready connections; the far relay names the real client and the SNI.
-#[tokio::test]
-async fn a_tls_client_beside_an_edge_reaches_the_upstream_across_the_long_path() {
-    use common::traffic::{SMALL, SMALL_REQUEST, pattern, serve_upstream};
-    within(async {
-        let path = path(Spec {
-            edge: true,
-            ..Spec::new(RTT)
-        });
-        let pki = std::sync::Arc::new(common::pki(&[NAME]));
-        let bound = path
-            .run(Host::Upstream, || {
-                std::net::TcpListener::bind((longpath::UPSTREAM, 443))
-            })
-            .unwrap()
-            .unwrap();
-        let upstream = common::Upstream::on(bound);
-        let upstream_addr = upstream.addr;
-        let serving = pki.clone();
-        tokio::spawn(async move {
-            let (big, _) = tokio::sync::mpsc::unbounded_channel();
-            serve_upstream(upstream, &serving, big).await
-        });
-        let far_addr = SocketAddr::from((longpath::RELAY, 443));
-        let far_config = serde_json::json!({
-            "listen": [{
-                "addr": far_addr.to_string(),
-                "proxy_protocol": "v2",
-                "trusted_proxies": [format!("{}/32", longpath::CLIENT)],
-                "proxy_header_wait_s": 60
-            }],
-            "allow": [{ "name": NAME, "upstream": upstream_addr.to_string() }]
-        });
-        let mut far =
-            RelayProcess::spawn(path.command(Host::Relay, common::binary()), far_config, &[]).await;
-        let edge_addr = SocketAddr::from((longpath::EDGE, 443));
-        let edge_config = serde_json::json!({
-            "listen": [edge_addr.to_string()],
-            "admin": "127.0.0.1:0",
-            "pools": [{ "upstream": far_addr.to_string(), "size": 2 }],
-            "allow": [{ "name": NAME, "upstream": far_addr.to_string(), "send_proxy": "v2" }]
-        });
-        let mut edge =
-            RelayProcess::spawn(path.command(Host::Edge, common::binary()), edge_config, &[]).await;
+/// it (a TLS server for NAME).
+struct Chain {
+    edge: RelayProcess,
+    far: RelayProcess,
+    pki: std::sync::Arc<common::Pki>,
+}
+
+const EDGE_AT: (std::net::Ipv4Addr, u16) = (longpath::EDGE, 443);
+const FAR_AT: (std::net::Ipv4Addr, u16) = (longpath::RELAY, 443);
+
+/// The chain on `path`: the edge with a pool of 2 (`pool`), or with TCP Fast Open on the
+/// long leg (`fast_open`: the far relay's listener and the edge's upstream sockets, the
+/// sysctl set on both hosts).
+async fn chain(path: &Path, pool: bool, fast_open: bool) -> Chain {
+    use common::traffic::serve_upstream;
+    let pki = std::sync::Arc::new(common::pki(&[NAME]));
+    let bound = path
+        .run(Host::Upstream, || {
+            std::net::TcpListener::bind((longpath::UPSTREAM, 443))
+        })
+        .unwrap()
+        .unwrap();
+    let upstream = common::Upstream::on(bound);
+    let upstream_addr = upstream.addr;
+    let serving = pki.clone();
+    tokio::spawn(async move {
+        let (big, _) = tokio::sync::mpsc::unbounded_channel();
+        serve_upstream(upstream, &serving, big).await
+    });
+    if fast_open {
+        for host in [Host::Edge, Host::Relay] {
+            let set = path
+                .command(host, "sysctl")
+                .args(["-qw", "net.ipv4.tcp_fastopen=3"])
+                .status()
+                .unwrap();
+            assert!(set.success());
+        }
+    }
+    let far_addr = SocketAddr::from(FAR_AT);
+    let far_config = serde_json::json!({
+        "listen": [{
+            "addr": far_addr.to_string(),
+            "proxy_protocol": "v2",
+            "trusted_proxies": [format!("{}/32", longpath::CLIENT)],
+            "proxy_header_wait_s": 60,
+            "tcp": { "fast_open": fast_open }
+        }],
+        "allow": [{ "name": NAME, "upstream": upstream_addr.to_string() }]
+    });
+    let far =
+        RelayProcess::spawn(path.command(Host::Relay, common::binary()), far_config, &[]).await;
+    let mut edge_config = serde_json::json!({
+        "listen": [SocketAddr::from(EDGE_AT).to_string()],
+        "admin": "127.0.0.1:0",
+        "upstream_tcp": { "fast_open": fast_open },
+        "allow": [{ "name": NAME, "upstream": far_addr.to_string(), "send_proxy": "v2" }]
+    });
+    if pool {
+        edge_config["pools"] = serde_json::json!([{ "upstream": far_addr.to_string(), "size": 2 }]);
+    }
+    let mut edge =
+        RelayProcess::spawn(path.command(Host::Edge, common::binary()), edge_config, &[]).await;
+    if pool {
         let admin: SocketAddr = edge.admin_addr().await.parse().unwrap();
         let full = format!("snirelay_pool_ready{{upstream=\"{far_addr}\"}} 2");
-        while !metrics_in(&path, Host::Edge, admin)
+        while !metrics_in(path, Host::Edge, admin)
             .lines()
             .any(|line| line == full)
         {
             // The poll interval of a scrape, not a sleep that orders events.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    Chain { edge, far, pki }
+}
 
-        let client = path
-            .run(Host::Client, || std::net::TcpStream::connect(edge_addr))
-            .unwrap()
-            .unwrap();
-        client.set_nonblocking(true).unwrap();
-        let client = tokio::net::TcpStream::from_std(client).unwrap();
-        let name = rustls::pki_types::ServerName::try_from(NAME).unwrap();
-        let mut tls = pki.connector().connect(name, client).await.unwrap();
-        tls.write_all(SMALL_REQUEST).await.unwrap();
-        let mut got = Vec::new();
-        tls.read_to_end(&mut got).await.unwrap();
-        assert!(got == pattern(SMALL), "the reply arrived changed");
-        drop(tls);
+/// One TLS call from the clients' namespace through the edge: whether the reply arrived
+/// whole (the client verifies the upstream's certificate, so a byte changed either way
+/// fails it).
+async fn call(path: &Path, chain: &Chain) -> bool {
+    use common::traffic::{SMALL, SMALL_REQUEST, pattern};
+    let client = path
+        .run(Host::Client, || std::net::TcpStream::connect(EDGE_AT))
+        .unwrap()
+        .unwrap();
+    client.set_nonblocking(true).unwrap();
+    let client = tokio::net::TcpStream::from_std(client).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(NAME).unwrap();
+    let Ok(mut tls) = chain.pki.connector().connect(name, client).await else {
+        return false;
+    };
+    if tls.write_all(SMALL_REQUEST).await.is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    tls.read_to_end(&mut got).await.is_ok() && got == pattern(SMALL)
+}
 
-        let line = edge.next_connection().await;
+/// A counter of `/proc/net/netstat` (`TcpExt`) in `host`'s namespace.
+fn tcp_ext(path: &Path, host: Host, name: &str) -> u64 {
+    let out = path
+        .command(host, "cat")
+        .arg("/proc/net/netstat")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| v.parse().unwrap())
+}
+
+/// Real TLS through both relays over one of the edge's ready connections; the far relay
+/// names the client behind the edge and the SNI.
+#[tokio::test]
+async fn a_tls_client_beside_an_edge_reaches_the_upstream_across_the_long_path() {
+    within(async {
+        let path = path(Spec {
+            edge: true,
+            ..Spec::new(RTT)
+        });
+        let mut chain = chain(&path, true, false).await;
+        assert!(call(&path, &chain).await, "the reply did not arrive whole");
+        let line = chain.edge.next_connection().await;
         assert_eq!(line["pooled"], true, "{line}");
-        let line = far.next_connection().await;
+        let line = chain.far.next_connection().await;
         assert_eq!(line["outcome"], "forwarded", "{line}");
         assert_eq!(line["sni"], NAME, "{line}");
         let client = line["client"].as_str().unwrap();
@@ -443,6 +501,45 @@ async fn a_tls_client_beside_an_edge_reaches_the_upstream_across_the_long_path()
             peer.starts_with(&format!("{}:", longpath::CLIENT)),
             "{line}"
         );
+    })
+    .await
+}
+
+/// With Fast Open on the long leg, the second connection's PROXY header and hello ride in
+/// its SYN (the first fetches the cookie): the far side's kernel counts SYN data accepted.
+#[tokio::test]
+async fn fast_open_carries_the_header_and_hello_in_the_syn() {
+    within(async {
+        let path = path(Spec {
+            edge: true,
+            ..Spec::new(RTT)
+        });
+        let chain = chain(&path, false, true).await;
+        for _ in 0..3 {
+            assert!(call(&path, &chain).await, "the reply did not arrive whole");
+        }
+        assert!(tcp_ext(&path, Host::Relay, "TCPFastOpenPassive") >= 2);
+        assert!(tcp_ext(&path, Host::Edge, "TCPFastOpenActive") >= 2);
+    })
+    .await
+}
+
+/// A path that drops SYNs with data: every call still completes, the kernel falling back
+/// to a plain SYN after its timeout, and no data in a SYN reached the far side.
+#[tokio::test]
+async fn fast_open_survives_a_path_that_drops_syn_data() {
+    within(async {
+        let path = path(Spec {
+            edge: true,
+            drop_syn_data: true,
+            ..Spec::new(RTT)
+        });
+        let chain = chain(&path, false, true).await;
+        for _ in 0..3 {
+            assert!(call(&path, &chain).await, "a call failed");
+        }
+        assert_eq!(tcp_ext(&path, Host::Relay, "TCPFastOpenPassive"), 0);
+        assert!(path.up.lost.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     })
     .await
 }

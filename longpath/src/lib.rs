@@ -12,7 +12,7 @@
 mod line;
 mod sys;
 
-pub use line::{Direction, Fate, Schedule};
+pub use line::{Direction, Fate, Schedule, syn_with_data};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -69,6 +69,9 @@ pub struct Spec {
     pub seed: u64,
     /// A fourth namespace, an edge relay's, between the clients and the long path.
     pub edge: bool,
+    /// Drop TCP SYNs that carry data towards the relay, as middleboxes that break TCP Fast
+    /// Open do.
+    pub drop_syn_data: bool,
 }
 
 impl Spec {
@@ -83,6 +86,7 @@ impl Spec {
             jitter: Duration::ZERO,
             seed: 1,
             edge: false,
+            drop_syn_data: false,
         }
     }
 
@@ -266,10 +270,15 @@ impl Path {
         let up = Schedule::new(spec.direction(spec.up_loss), seeds[0]);
         let down = Schedule::new(spec.direction(spec.down_loss), seeds[1]);
         let (client_in, relay_in) = (client_tun.try_clone()?, relay_tun.try_clone()?);
+        path.threads.extend(path.carry(
+            client_in,
+            relay_tun,
+            up,
+            path.up.clone(),
+            spec.drop_syn_data,
+        ));
         path.threads
-            .extend(path.carry(client_in, relay_tun, up, path.up.clone()));
-        path.threads
-            .extend(path.carry(relay_in, client_tun, down, path.down.clone()));
+            .extend(path.carry(relay_in, client_tun, down, path.down.clone(), false));
         Ok(path)
     }
 
@@ -281,6 +290,7 @@ impl Path {
         mut to: File,
         mut schedule: Schedule,
         counts: Arc<Counts>,
+        drop_syn_data: bool,
     ) -> [JoinHandle<()>; 2] {
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
         let stop = self.stop.clone();
@@ -293,6 +303,10 @@ impl Path {
                     continue;
                 }
                 let Ok(n) = from.read(&mut buf) else { return };
+                if drop_syn_data && syn_with_data(&buf[..n]) {
+                    counts.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 match schedule.admit(Instant::now(), n) {
                     Fate::Deliver(due) => {
                         if tx.send((due, buf[..n].to_vec())).is_err() {

@@ -83,9 +83,51 @@ impl Schedule {
     }
 }
 
+/// Whether `packet` (an IPv4 packet as a TUN device carries it) is a TCP SYN carrying
+/// data: what a middlebox that breaks TCP Fast Open drops. Pure.
+pub fn syn_with_data(packet: &[u8]) -> bool {
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    let header = usize::from(first & 0x0f) * 4;
+    if first >> 4 != 4 || packet.len() < header + 20 || packet[9] != 6 {
+        return false;
+    }
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]])).min(packet.len());
+    let tcp = &packet[header..];
+    let offset = usize::from(tcp[12] >> 4) * 4;
+    let syn = tcp[13] & 0x02 != 0;
+    syn && total > header + offset
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An IPv4 TCP packet with `flags` and `payload` bytes after a 20-byte TCP header.
+    fn tcp_packet(flags: u8, payload: usize) -> Vec<u8> {
+        let total = 20 + 20 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[9] = 6;
+        p[20 + 12] = 5 << 4;
+        p[20 + 13] = flags;
+        p
+    }
+
+    #[test]
+    fn only_a_syn_with_data_is_one() {
+        assert!(syn_with_data(&tcp_packet(0x02, 300)));
+        assert!(!syn_with_data(&tcp_packet(0x02, 0)), "a plain SYN");
+        assert!(!syn_with_data(&tcp_packet(0x12, 0)), "a SYN-ACK");
+        assert!(!syn_with_data(&tcp_packet(0x18, 300)), "data");
+        let mut udp = tcp_packet(0x02, 300);
+        udp[9] = 17;
+        assert!(!syn_with_data(&udp));
+        assert!(!syn_with_data(&[0x45, 0, 0]), "cut short");
+        assert!(!syn_with_data(&[]));
+    }
 
     fn direction() -> Direction {
         Direction {

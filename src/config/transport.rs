@@ -5,7 +5,8 @@
 //!
 //! ```json
 //! "tcp": { "congestion": "bbr", "notsent_lowat": 16384,
-//!          "keepalive": { "idle_s": 60, "interval_s": 10, "count": 6 }, "user_timeout_s": 60 }
+//!          "keepalive": { "idle_s": 60, "interval_s": 10, "count": 6 }, "user_timeout_s": 60,
+//!          "fast_open": false }
 //! ```
 
 use super::values::{Bounded, Object, invalid, parse_string};
@@ -22,6 +23,7 @@ struct TcpFile {
     notsent_lowat: Option<Bounded<1, { i32::MAX as u64 }>>,
     keepalive: Option<Object<KeepaliveFile>>,
     user_timeout_s: Option<Bounded<0, 86_400>>,
+    fast_open: Option<bool>,
 }
 
 /// Bounds as the kernel has them (`TCP_KEEPIDLE` and `TCP_KEEPINTVL` up to 32,767 s,
@@ -49,6 +51,7 @@ impl<'de> Deserialize<'de> for Tcp {
                 count: k.count.map_or(default.count, |b| b.0 as u32),
             }),
             user_timeout: file.user_timeout_s.map(|b| Duration::from_secs(b.0)),
+            fast_open: file.fast_open,
         })
     }
 }
@@ -82,7 +85,7 @@ mod tests {
     fn every_key_is_optional_and_keepalive_keys_default_one_by_one() {
         assert_eq!(parse("{}").unwrap(), Tcp::default());
         let tcp = parse(
-            r#"{"congestion": "bbr", "notsent_lowat": 16384, "keepalive": {"idle_s": 30}, "user_timeout_s": 45}"#,
+            r#"{"congestion": "bbr", "notsent_lowat": 16384, "keepalive": {"idle_s": 30}, "user_timeout_s": 45, "fast_open": true}"#,
         )
         .unwrap();
         assert_eq!(
@@ -95,6 +98,7 @@ mod tests {
                     ..Keepalive::DEFAULT
                 }),
                 user_timeout: Some(Duration::from_secs(45)),
+                fast_open: Some(true),
             }
         );
     }
@@ -111,6 +115,7 @@ mod tests {
             ),
             (r#"{"user_timeout": 5}"#, "unknown field `user_timeout`"),
             (r#"{"keepalive": [60]}"#, "an object"),
+            (r#"{"fast_open": "yes"}"#, "a boolean"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");

@@ -168,6 +168,9 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
         admin = config.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "snirelay starting"
     );
+    for gap in crate::net::transport::fast_open_gaps(&config) {
+        tracing::warn!("{gap}");
+    }
     for pinned in &overrides {
         if config
             .rules

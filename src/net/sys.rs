@@ -1,9 +1,11 @@
 //! The system calls tokio and socket2 do not make for us: splice(2) for zero-copy
 //! forwarding (bytes move from one socket into a pipe and on into the other without passing
 //! through user space, through rustix's safe calls), and taking ownership of the listening
-//! sockets systemd hands over, SO_RCVLOWAT, which neither socket2 nor rustix sets, and
+//! sockets systemd hands over, SO_RCVLOWAT and the TCP Fast Open options, which neither
+//! socket2 nor rustix sets, and
 //! TCP_INFO, which neither reads. This is the only module with `unsafe`: the adoption of
-//! descriptors this process was given, that one `setsockopt` and that one `getsockopt`.
+//! descriptors this process was given, one `setsockopt` for integer options and one
+//! `getsockopt`.
 
 use crate::net::transport::TcpInfo;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
@@ -124,13 +126,41 @@ pub fn tcp_info_of(fd: std::os::fd::RawFd) -> io::Result<TcpInfo> {
 /// buffer and grows the buffer to fit; 1 is the default.
 pub fn set_receive_low_water(socket: &impl AsFd, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int(socket, libc::SOL_SOCKET, libc::SO_RCVLOWAT, value)
+}
+
+/// Sets TCP_FASTOPEN on a listening socket: up to `queue` connections whose SYN carried
+/// data may wait to be accepted (the kernel answers them with data at once). Takes effect
+/// where `net.ipv4.tcp_fastopen` has its server bit (2).
+pub fn set_fast_open(listener: &impl AsFd, queue: u16) -> io::Result<()> {
+    set_int(
+        listener,
+        libc::IPPROTO_TCP,
+        libc::TCP_FASTOPEN,
+        libc::c_int::from(queue),
+    )
+}
+
+/// Sets TCP_FASTOPEN_CONNECT on a socket before it connects: with a cookie from an earlier
+/// connection to the same server, `connect` returns at once and the first write goes out in
+/// the SYN; without one, it connects as usual and asks for a cookie.
+pub fn set_fast_open_connect(socket: &impl AsFd) -> io::Result<()> {
+    set_int(socket, libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1)
+}
+
+fn set_int(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes at the pointer, which points at
     // `value`, alive for the whole call; the descriptor is borrowed, so it stays open.
     let status = unsafe {
         libc::setsockopt(
             socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
+            level,
+            name,
             (&raw const value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )

@@ -103,6 +103,10 @@ pub fn apply_to_listener<'s>(
     tcp: &Tcp,
 ) -> Result<Option<CongestionError>, CongestionError> {
     let socket = socket.into();
+    if tcp.fast_open == Some(true) {
+        // Best effort: where the sysctl lacks the server bit, start-up says so.
+        let _ = crate::net::sys::set_fast_open(&*socket, FAST_OPEN_QUEUE);
+    }
     if tcp.congestion.is_some() {
         return apply(socket, tcp, None).map(|()| None);
     }
@@ -190,10 +194,70 @@ pub fn refusals(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// Connections whose SYN carried data that may wait to be accepted on a Fast Open
+/// listener.
+pub const FAST_OPEN_QUEUE: u16 = 256;
+const FAST_OPEN_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_fastopen";
+
+/// What this host's `net.ipv4.tcp_fastopen` lacks for the Fast Open that `config` asks for,
+/// a line each.
+pub fn fast_open_gaps(config: &Config) -> Vec<String> {
+    let value = std::fs::read_to_string(FAST_OPEN_SYSCTL)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    let on = |tcp: &Tcp| tcp.fast_open == Some(true);
+    let serving = config.listen.iter().any(|l| on(&l.tcp));
+    let connecting =
+        on(&config.upstream_tcp) || config.rules.iter().any(|r| r.tcp.as_ref().is_some_and(on));
+    missing_fast_open(serving, connecting, value)
+}
+
+/// Pure: what `value` of `net.ipv4.tcp_fastopen` lacks for listeners (`serving`, bit 2) and
+/// upstream sockets (`connecting`, bit 1) that ask for Fast Open.
+fn missing_fast_open(serving: bool, connecting: bool, value: u32) -> Vec<String> {
+    let mut gaps = Vec::new();
+    let wanted = u32::from(connecting) | u32::from(serving) << 1;
+    if wanted & !value != 0 {
+        let mut parts = Vec::new();
+        if serving && value & 2 == 0 {
+            parts.push("listeners take no data in a SYN");
+        }
+        if connecting && value & 1 == 0 {
+            parts.push("upstream connections send none");
+        }
+        gaps.push(format!(
+            "\"fast_open\" is set but net.ipv4.tcp_fastopen is {value}, so {}: set it to {} (sysctl -w net.ipv4.tcp_fastopen={0}, and in /etc/sysctl.d/)",
+            parts.join(" and "),
+            value | wanted
+        ));
+    }
+    gaps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn fast_open_needs_the_sysctl_bit_of_each_side() {
+        assert!(missing_fast_open(false, false, 0).is_empty());
+        assert!(missing_fast_open(true, true, 3).is_empty());
+        assert!(missing_fast_open(false, true, 1).is_empty());
+        let server = missing_fast_open(true, false, 1);
+        assert!(
+            server[0].contains("is 1, so listeners take no data in a SYN: set it to 3"),
+            "{server:?}"
+        );
+        let both = missing_fast_open(true, true, 0);
+        assert!(
+            both[0].contains(
+                "listeners take no data in a SYN and upstream connections send none: set it to 3"
+            ),
+            "{both:?}"
+        );
+    }
 
     /// The congestion control a socket uses, by name.
     fn congestion<'s>(socket: impl Into<SockRef<'s>>) -> io::Result<String> {
@@ -261,6 +325,7 @@ mod tests {
                 count: 3,
             }),
             user_timeout: Some(Duration::from_secs(45)),
+            fast_open: None,
         };
         apply(&listener, &tcp, None).unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

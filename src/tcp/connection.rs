@@ -297,6 +297,14 @@ async fn reach(
     .map_err(|_| Rejection::DnsTimeout)??;
     let remaining = deadline.saturating_duration_since(Instant::now());
     record.dns(answered_from);
+    let fast_open = route
+        .rule
+        .and_then(|rule| rule.tcp.as_ref()?.fast_open)
+        .or(settings.config.upstream_tcp.fast_open)
+        == Some(true);
+    if fast_open {
+        return Ok(Box::pin(connect::happy_eyeballs_fast_open(&targets, remaining)).await?);
+    }
     Ok(Box::pin(connect::happy_eyeballs(&targets, remaining)).await?)
 }
 
