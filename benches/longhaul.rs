@@ -9,8 +9,10 @@
 //! With `--targets snirelay,edge,edge-nopool`, the clients reach the far relay through an
 //! edge relay beside them (`longpath`'s fourth namespace, sub-millisecond away), which
 //! holds the long path's near end: `edge` keeps 4 ready connections to the far relay,
-//! `edge-nopool` connects for each client, as a chain of plain relays would. Both send a
-//! PROXY v2 header; the far relay trusts the edge's address and waits a minute for it.
+//! `edge-nopool` connects for each client, as a chain of plain relays would, and
+//! `edge-tfo` connects for each client with TCP Fast Open on the long leg (the sysctl set on
+//! both hosts; the first connection fetches the cookie). All send a PROXY v2 header; the
+//! far relay trusts the edge's address and waits a minute for it.
 //!
 //! Per loss and run (a run is a seed for the losses), each relay gets its own path, all
 //! four at once: `snirelay` with its defaults, `snirelay-cubic` (its listener set to CUBIC),
@@ -24,7 +26,10 @@
 //!   median of five;
 //! - `1mib_s`, `10mib_s`: a 1 MiB and a 10 MiB response on a connection already open;
 //! - `idle1_ms`, `idle10_ms`: on that warm connection, a 32 KiB answer after 1 s and 10 s
-//!   of quiet (slow start after idle).
+//!   of quiet (slow start after idle);
+//! - `grpc_ms`: a gRPC call on a new connection (grpcio both ends, `benches/grpc_call.py`),
+//!   from creating the channel to the answer, median of five; left out without grpcio
+//!   (`cargo xtask test-deps` installs it).
 //!
 //! A figure that takes longer than `--cap-s` is shown as `>cap`. Needs root.
 
@@ -41,6 +46,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const NAME: &str = "a.example.com";
+/// The gRPC upstream's name, and where it listens beside the HTTPS one.
+const GRPC_NAME: &str = "grpc.example.com";
+const GRPC_AT: &str = "10.78.0.2:8443";
 const RTT: Duration = Duration::from_millis(180);
 const RATE: u64 = 20_000_000;
 const TARGETS: [&str; 4] = ["snirelay", "snirelay-cubic", "nginx", "haproxy"];
@@ -73,7 +81,7 @@ impl Drop for AllowCubic {
 /// The relays under test (an edge and its far relay, or one), killed on drop (SIGTERM:
 /// nginx's master stops its workers then), and the directory of their configuration,
 /// removed then.
-struct Target(Vec<Child>, #[allow(dead_code)] tempfile::TempDir);
+struct Target(Vec<Child>, #[allow(dead_code)] Option<tempfile::TempDir>);
 
 impl Drop for Target {
     fn drop(&mut self) {
@@ -133,13 +141,20 @@ fn until_listening(path: &Path, host: Host, addr: SocketAddr, name: &str) {
 }
 
 /// A far relay taking the edge's PROXY headers at `listen`, and in front of it, for
-/// clients, an edge relay with (`edge`) or without (`edge-nopool`) ready connections.
+/// clients, an edge relay with (`edge`) or without (`edge-nopool`) ready connections, or
+/// with TCP Fast Open on the long leg (`edge-tfo`).
 fn start_edge(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let edge = longpath::CLIENT;
+    let fast_open = name == "edge-tfo";
+    if fast_open {
+        for host in [Host::Edge, Host::Relay] {
+            path.sysctl(host, "net.ipv4.tcp_fastopen=3").unwrap();
+        }
+    }
     let far = format!(
-        r#"{{"listen": [{{"addr": "{listen}", "proxy_protocol": "v2", "trusted_proxies": ["{edge}/32"], "proxy_header_wait_s": 60}}],
-            "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}]}}"#
+        r#"{{"listen": [{{"addr": "{listen}", "proxy_protocol": "v2", "trusted_proxies": ["{edge}/32"], "proxy_header_wait_s": 60, "tcp": {{"fast_open": {fast_open}}}}}],
+            "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}, {{"name": "{GRPC_NAME}", "upstream": "{GRPC_AT}"}}]}}"#
     );
     let far = spawn(
         snirelay(path, Host::Relay, dir.path(), "far.json", &far),
@@ -155,8 +170,8 @@ fn start_edge(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr)
     };
     let at = entry(name);
     let edge = format!(
-        r#"{{"listen": ["{at}"], {pools}
-            "allow": [{{"name": "{NAME}", "upstream": "{listen}", "send_proxy": "v2"}}]}}"#
+        r#"{{"listen": ["{at}"], {pools} "upstream_tcp": {{"fast_open": {fast_open}}},
+            "allow": [{{"name": "{NAME}", "upstream": "{listen}", "send_proxy": "v2"}}, {{"name": "{GRPC_NAME}", "upstream": "{listen}", "send_proxy": "v2"}}]}}"#
     );
     let edge = spawn(
         snirelay(path, Host::Edge, dir.path(), "edge.json", &edge),
@@ -166,7 +181,7 @@ fn start_edge(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr)
     if name == "edge" {
         until_pool_full(path);
     }
-    Target(vec![edge, far], dir)
+    Target(vec![edge, far], Some(dir))
 }
 
 /// Waits until the edge's pool holds its connections, from its /metrics.
@@ -209,7 +224,7 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
                 _ => "",
             };
             let config = format!(
-                r#"{{"listen": [{{"addr": "{listen}"{tcp}}}], "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}]}}"#
+                r#"{{"listen": [{{"addr": "{listen}"{tcp}}}], "allow": [{{"name": "{NAME}", "upstream": "{upstream}"}}, {{"name": "{GRPC_NAME}", "upstream": "{GRPC_AT}"}}]}}"#
             );
             snirelay(path, Host::Relay, dir.path(), "rules.json", &config)
         }
@@ -218,7 +233,7 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
             let config = format!(
                 "load_module {module};\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
                  error_log {d}/error.log error;\nevents {{ worker_connections 1024; }}\n\
-                 stream {{\n  map $ssl_preread_server_name $up {{ {NAME} {upstream}; default 127.0.0.1:1; }}\n\
+                 stream {{\n  map $ssl_preread_server_name $up {{ {NAME} {upstream}; {GRPC_NAME} {GRPC_AT}; default 127.0.0.1:1; }}\n\
                  server {{ listen {listen}; ssl_preread on; proxy_pass $up; }}\n}}\n"
             );
             std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
@@ -232,7 +247,9 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
                  frontend fe\n  bind {listen}\n  tcp-request inspect-delay 5s\n\
                  tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
                  use_backend be if {{ req.ssl_sni -i {NAME} }}\n\
-                 backend be\n  server s1 {upstream}\n"
+                 use_backend grpc if {{ req.ssl_sni -i {GRPC_NAME} }}\n\
+                 backend be\n  server s1 {upstream}\n\
+                 backend grpc\n  server s1 {GRPC_AT}\n"
             );
             std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
             let mut cmd = path.command(Host::Relay, "/usr/sbin/haproxy");
@@ -241,7 +258,7 @@ fn start(path: &Path, name: &str, listen: SocketAddr, upstream: SocketAddr) -> T
         }
     };
     let child = spawn(cmd, name);
-    let target = Target(vec![child], dir);
+    let target = Target(vec![child], Some(dir));
     until_listening(path, Host::Relay, listen, name);
     target
 }
@@ -290,6 +307,71 @@ async fn upstream(path: &Path, pki: &pki::Pki) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A python3 with grpcio (the one `cargo xtask test-deps` installs it for), else `None`:
+/// the gRPC figure is then left out, with a line saying so.
+fn grpc_python() -> Option<std::path::PathBuf> {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python3");
+    let found = Command::new(&python)
+        .args(["-c", "import grpc"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("no grpcio (`cargo xtask test-deps` installs it): the gRPC figure is left out");
+    }
+    found.then_some(python)
+}
+
+fn grpc_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/grpc_call.py")
+}
+
+/// The gRPC upstream in the upstream namespace, with a certificate for GRPC_NAME in `dir`;
+/// killed on drop.
+fn grpc_upstream(path: &Path, python: &std::path::Path, dir: &std::path::Path) -> Target {
+    use std::io::BufRead;
+    pki::openssl_self_signed(dir, GRPC_NAME);
+    let mut child = path
+        .command(Host::Upstream, python)
+        .arg(grpc_script())
+        .args(["serve", GRPC_AT])
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "serving", "the gRPC upstream did not start");
+    Target(vec![child], None)
+}
+
+/// `n` gRPC calls from the client side to `at`, each on a new connection: milliseconds
+/// from the channel's creation to the answer.
+fn grpc_calls(
+    path: &Path,
+    python: &std::path::Path,
+    at: SocketAddr,
+    dir: &std::path::Path,
+    n: usize,
+) -> Vec<f64> {
+    let out = path
+        .command(Host::Client, python)
+        .arg(grpc_script())
+        .args(["call", &at.to_string(), GRPC_NAME])
+        .arg(dir.join("cert.pem"))
+        .arg(n.to_string())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 fn request(bytes: usize) -> Vec<u8> {
@@ -350,15 +432,8 @@ async fn measure(name: &'static str, loss: f64, seed: u64, cap: Duration) -> Sam
         .unwrap()
         .expect("the long path needs root");
     let path = Arc::new(path);
-    let status = path
-        .command(Host::Relay, "sysctl")
-        .args(["-qw", "net.ipv4.tcp_congestion_control=cubic"])
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cannot default the relay namespace to cubic"
-    );
+    path.sysctl(Host::Relay, "net.ipv4.tcp_congestion_control=cubic")
+        .expect("cannot default the relay namespace to cubic");
     let pki = Arc::new(pki::pki(&[NAME]));
     let upstream = upstream(&path, &pki).await;
     let listen = SocketAddr::from((longpath::RELAY, 443));
@@ -382,6 +457,24 @@ async fn measure(name: &'static str, loss: f64, seed: u64, cap: Duration) -> Sam
     }
     sample.insert("ttfb_ms", median(&mut ttfb));
     sample.insert("ttfb_rtt", median(&mut ttfb) / RTT.as_millis() as f64);
+    if let Some(python) = grpc_python() {
+        let (on, dir) = (path.clone(), tempfile::tempdir().unwrap());
+        let calls = tokio::task::spawn_blocking(move || {
+            let _server = grpc_upstream(&on, &python, dir.path());
+            grpc_calls(&on, &python, listen, dir.path(), 5)
+        })
+        .await
+        .unwrap();
+        let mut calls = calls;
+        sample.insert(
+            "grpc_ms",
+            if calls.is_empty() {
+                f64::NAN
+            } else {
+                median(&mut calls)
+            },
+        );
+    }
     let timed = tokio::time::timeout(cap, async {
         let mut tls = connect(&path, listen, &pki).await;
         let one = exchange(&mut tls, 1 << 20).await.1;
@@ -471,6 +564,7 @@ fn print_table(
     let keys = [
         "ttfb_ms",
         "ttfb_rtt",
+        "grpc_ms",
         "1mib_s",
         "10mib_s",
         "idle1_ms",
@@ -492,6 +586,14 @@ fn print_table(
     println!("|---|---|{}---|", "---|".repeat(targets.len()));
     for &loss in losses {
         for key in keys {
+            let measured = targets.iter().any(|&name| {
+                results
+                    .get(&((loss * 100.0) as u64, name))
+                    .is_some_and(|f| f.contains_key(key))
+            });
+            if !measured {
+                continue;
+            }
             let mut row = Vec::new();
             for &name in targets {
                 let values = results

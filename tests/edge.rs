@@ -12,10 +12,8 @@ mod common;
 use common::traffic::{SMALL_REQUEST, exchange, serve_upstream};
 use common::{RelayProcess, Upstream, http_get, pki};
 use serde_json::json;
-use snirelay::config::Config;
+use snirelay::lifecycle::Started;
 use snirelay::lifecycle::shutdown::Stopper;
-use snirelay::lifecycle::{self, Options, Started};
-use snirelay::reload::Fixed;
 use snirelay::state::Relay;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -259,19 +257,7 @@ async fn far_trusting(dir: &std::path::Path, trusted: &str, header_wait_s: Optio
         "timeouts": { "hello_ms": 1000, "drain_s": 0 }
     })
     .to_string();
-    let path = dir.join("rules.json");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::parse(&text, &path).unwrap();
-    lifecycle::start(Options {
-        config,
-        text,
-        path,
-        fixed: Fixed::default(),
-        overrides: Vec::new(),
-        upgrade_socket: None,
-    })
-    .await
-    .unwrap()
+    common::start_in_process(dir, &text).await
 }
 
 /// [`far_trusting`] loopback.

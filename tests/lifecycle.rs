@@ -3,9 +3,9 @@
 //! connection is one that never sends, so each wait ends on a timer, at an exact virtual
 //! time. Real signals to a real process are `tests/fleet.rs` and `tests/operate.rs`.
 
-use snirelay::config::Config;
-use snirelay::lifecycle::{self, Options, Started};
-use snirelay::reload::Fixed;
+mod common;
+
+use snirelay::lifecycle::Started;
 use snirelay::state::Relay;
 use std::path::Path;
 use std::time::Duration;
@@ -23,19 +23,7 @@ async fn started(dir: &Path) -> Started {
   "allow": ["a.example.com"],
   "timeouts": {"lb_grace_s": 5, "drain_s": 30, "hello_ms": 600000}
 }"#;
-    let path = dir.join("rules.json");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::parse(text, &path).unwrap();
-    lifecycle::start(Options {
-        config,
-        text: text.to_owned(),
-        path,
-        fixed: Fixed::default(),
-        overrides: Vec::new(),
-        upgrade_socket: None,
-    })
-    .await
-    .unwrap()
+    common::start_in_process(dir, text).await
 }
 
 /// How many connections ended with `reason`, from /metrics' text.

@@ -56,6 +56,24 @@ impl Stage {
     }
 }
 
+/// A relay pinning NAME to `upstream` with `config` changed by `edit`, listening on a
+/// loopback port and offering its sockets at `socket`.
+async fn with_upgrade_socket(
+    upstream: &Upstream,
+    socket: &std::path::Path,
+    edit: impl FnOnce(&mut Value),
+) -> RelayProcess {
+    let mut config = pinned_config(&[NAME], upstream.addr);
+    edit(&mut config);
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ];
+    RelayProcess::start_with(config, &args).await
+}
+
 /// Waits until `relay` has forwarded a connection.
 async fn forwards(relay: &mut RelayProcess) {
     while relay.next_connection().await["outcome"] != "forwarded" {}
@@ -190,17 +208,12 @@ async fn a_socket_activated_restart_refuses_nothing_and_finishes_every_transfer(
 async fn a_relay_stopped_by_a_signal_closes_its_listeners_with_an_upgrade_socket_too() {
     common::within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
-        let mut config = pinned_config(&[NAME], upstream.addr);
-        config["timeouts"]["drain_s"] = 30.into();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("upgrade.sock");
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--upgrade-socket",
-            socket.to_str().unwrap(),
-        ];
-        let mut relay = RelayProcess::start_with(config, &args).await;
+        let mut relay = with_upgrade_socket(&upstream, &socket, |config| {
+            config["timeouts"]["drain_s"] = 30.into();
+        })
+        .await;
         let _live = common::send_and_close(relay.addr(), &common::hellogen::hello_for(NAME)).await;
         let _upstream_side = upstream.accept().await;
         relay.signal("TERM");
@@ -220,14 +233,7 @@ async fn the_upgrade_socket_gets_its_directory_and_is_gone_after_a_clean_stop() 
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         let socket = run.join("upgrade.sock");
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--upgrade-socket",
-            socket.to_str().unwrap(),
-        ];
-        let mut relay =
-            RelayProcess::start_with(pinned_config(&[NAME], upstream.addr), &args).await;
+        let mut relay = with_upgrade_socket(&upstream, &socket, |_| {}).await;
         let mode = std::fs::metadata(&run).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{mode:o}");
         relay
@@ -283,14 +289,7 @@ async fn a_relay_stopped_while_a_new_one_hangs_mid_upgrade_exits() {
         let upstream = Upstream::bind("127.0.0.1").await;
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("upgrade.sock");
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--upgrade-socket",
-            socket.to_str().unwrap(),
-        ];
-        let mut relay =
-            RelayProcess::start_with(pinned_config(&[NAME], upstream.addr), &args).await;
+        let mut relay = with_upgrade_socket(&upstream, &socket, |_| {}).await;
         relay
             .next_message("upgrade: offering the sockets to the next relay")
             .await;

@@ -369,6 +369,22 @@ impl Path {
         })
     }
 
+    /// Sets a sysctl (`name=value`) in `host`'s namespace, as `sysctl -w` would: the
+    /// per-namespace ones (congestion control, TCP Fast Open) apply to that host only.
+    pub fn sysctl(&self, host: Host, setting: &str) -> io::Result<()> {
+        let out = self
+            .command(host, "sysctl")
+            .args(["-qw", setting])
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "sysctl -w {setting}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+
     /// A command that runs `program` inside `host`'s namespace.
     pub fn command(&self, host: Host, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new("ip");

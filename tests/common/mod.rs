@@ -33,6 +33,24 @@ pub fn binary() -> &'static str {
     })
 }
 
+/// The relay in this process on `text` (written to `dir`/rules.json), started but not yet
+/// serving, for tests on tokio's paused clock.
+pub async fn start_in_process(dir: &std::path::Path, text: &str) -> snirelay::lifecycle::Started {
+    let path = dir.join("rules.json");
+    std::fs::write(&path, text).unwrap();
+    let config = snirelay::config::Config::parse(text, &path).unwrap();
+    snirelay::lifecycle::start(snirelay::lifecycle::Options {
+        config,
+        text: text.to_owned(),
+        path,
+        fixed: snirelay::reload::Fixed::default(),
+        overrides: Vec::new(),
+        upgrade_socket: None,
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs a test body, failing it (instead of hanging the suite) if it does not finish in
 /// `PATIENCE`.
 pub async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
