@@ -161,10 +161,18 @@ pub fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) ->
     }
 }
 
-pub fn check(path: &Path, far: Option<&Path>) -> ExitCode {
+/// The other end of an edge relay's long leg, for `check` to compare with.
+pub enum Other {
+    /// The far relay's rules file: the checked one is the edge's.
+    Far(PathBuf),
+    /// An edge relay's rules file: the checked one is the far relay's.
+    Edge(PathBuf),
+}
+
+pub fn check(path: &Path, other: Option<&Other>) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
-            let mismatched = far.is_some_and(|far| check_pair(path, &config, far));
+            let mismatched = other.is_some_and(|other| check_pair(path, &config, other));
             // A closed stdout (`snirelay check | head -1`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(cli::check::summary(path, &config).as_bytes());
             for warning in cli::check::warnings(&config) {
@@ -197,22 +205,25 @@ pub fn check(path: &Path, far: Option<&Path>) -> ExitCode {
     }
 }
 
-/// An edge's rules at `path` against its far relay's at `far`: says what does not fit, and
-/// whether anything did not.
-fn check_pair(path: &Path, edge: &Config, far: &Path) -> bool {
-    match Config::load(far) {
-        Ok(far_config) => {
-            let problems = cli::edge::pair(edge, &far_config);
-            for problem in &problems {
-                eprintln!("{} with {}: {problem}", path.display(), far.display());
-            }
-            !problems.is_empty()
-        }
+/// The rules at `path` against the other end's: says what does not fit, and whether
+/// anything did not.
+fn check_pair(path: &Path, config: &Config, other: &Other) -> bool {
+    let (Other::Far(file) | Other::Edge(file)) = other;
+    let theirs = match Config::load(file) {
+        Ok(theirs) => theirs,
         Err(e) => {
             eprintln!("{e}");
-            true
+            return true;
         }
+    };
+    let problems = match other {
+        Other::Far(_) => cli::edge::pair(config, &theirs),
+        Other::Edge(_) => cli::edge::pair(&theirs, config),
+    };
+    for problem in &problems {
+        eprintln!("{} with {}: {problem}", path.display(), file.display());
     }
+    !problems.is_empty()
 }
 
 pub fn doctor(proc: &Path, strict: bool, sysctl: bool) -> ExitCode {

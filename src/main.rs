@@ -83,8 +83,11 @@ enum Command {
         config: Option<PathBuf>,
         /// For an edge relay: the far relay's rules file, to check that its listener waits
         /// longer for a PROXY header than the edge keeps a ready connection.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "edge")]
         far: Option<PathBuf>,
+        /// For a far relay: an edge relay's rules file, the same check from this side.
+        #[arg(long, value_name = "FILE")]
+        edge: Option<PathBuf>,
     },
     /// From a client machine: a TLS handshake through the relay for NAME (or, with --all,
     /// for every exact name in the rules), and who answered.
@@ -177,8 +180,15 @@ fn rules_file(given: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { config, far } => match rules_file(config) {
-            Ok(path) => commands::check(&path, far.as_deref()),
+        Command::Check { config, far, edge } => match rules_file(config) {
+            Ok(path) => {
+                let other = match (far, edge) {
+                    (Some(far), _) => Some(commands::Other::Far(far)),
+                    (None, Some(edge)) => Some(commands::Other::Edge(edge)),
+                    (None, None) => None,
+                };
+                commands::check(&path, other.as_ref())
+            }
             Err(code) => code,
         },
         Command::Probe {

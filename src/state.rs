@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::limits::Counters;
 use crate::policy::DestinationPolicy;
-use crate::pool::Pools;
+use crate::pool::{Connecting, Pools};
 use crate::resolve::{Override, Resolver};
 use crate::telemetry::live::Live;
 use crate::telemetry::metrics::Metrics;
@@ -93,7 +93,7 @@ impl Relay {
     pub fn replace(&self, config: Config) -> Result<(), String> {
         let current = self.settings();
         let next = Settings::new(config, &self.listeners, &self.pins, Some(&current))?;
-        self.start_pools(&next.config);
+        self.start_pools(&next);
         *self
             .settings
             .write()
@@ -101,14 +101,15 @@ impl Relay {
         Ok(())
     }
 
-    /// Fills the pools `config` lists, keeps those it still lists, closes the rest.
-    pub fn start_pools(&self, config: &Config) {
-        self.pools.reconcile(
-            &config.pools,
-            &config.upstream_tcp,
-            config.timeouts.connect,
-            &self.metrics,
-        );
+    /// Fills the pools `settings` list, keeps those they still list, closes the rest.
+    pub fn start_pools(&self, settings: &Settings) {
+        let how = Connecting {
+            tcp: settings.config.upstream_tcp.clone(),
+            deadline: settings.config.timeouts.connect,
+            resolver: settings.resolver.clone(),
+        };
+        self.pools
+            .reconcile(&settings.config.pools, how, &self.metrics);
     }
 
     /// An edge relay's ready connections to its far relays.

@@ -599,8 +599,9 @@ fn the_example_rules_files_pass_check_and_are_in_the_docs() {
     }
 }
 
-/// An edge relay's rules against its far relay's: the shipped pair fits; a far listener
-/// that gives up on a silent connection before the edge retires it is an error.
+/// An edge relay's rules against its far relay's, from either side: the shipped pair fits;
+/// a far listener that gives up on a silent connection before the edge retires it is an
+/// error.
 #[test]
 fn check_far_compares_an_edges_pools_with_the_far_relays_listener() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -630,11 +631,29 @@ fn check_far_compares_an_edges_pools_with_the_far_relays_listener() {
         "--far",
         short.to_str().unwrap(),
     ]);
+    let too_short = "pool 198.51.100.20:443: max_idle_s (30 s) must be shorter than the far listener 0.0.0.0:443's proxy_header_wait_s (20 s)";
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains(
-            "pool 198.51.100.20:443: max_idle_s (30 s) must be shorter than the far listener 0.0.0.0:443's proxy_header_wait_s (20 s)"
-        ),
+        text(&out.stderr).contains(too_short),
+        "{}",
+        text(&out.stderr)
+    );
+    // The same, from the far relay's side.
+    let from_far = |far: &Path| {
+        snirelay(&[
+            "check",
+            "--config",
+            far.to_str().unwrap(),
+            "--edge",
+            edge.to_str().unwrap(),
+        ])
+    };
+    let out = from_far(&far);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = from_far(&short);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(too_short),
         "{}",
         text(&out.stderr)
     );

@@ -103,14 +103,19 @@ async fn far_relay(upstream: SocketAddr) -> RelayProcess {
 
 /// An edge relay with a pool of `size` to `far`, connections retired after `max_idle_s`.
 async fn edge_relay(far: SocketAddr, size: usize, max_idle_s: u64) -> RelayProcess {
+    edge_relay_to(&far.to_string(), size, max_idle_s, &[]).await
+}
+
+/// [`edge_relay`] to `far` as written (an address or a name), with `args` for the relay.
+async fn edge_relay_to(far: &str, size: usize, max_idle_s: u64, args: &[&str]) -> RelayProcess {
     let config = json!({
         "listen": ["127.0.0.1:0"],
         "admin": "127.0.0.1:0",
-        "pools": [{ "upstream": far.to_string(), "size": size, "max_idle_s": max_idle_s }],
-        "allow": [{ "name": NAME, "upstream": far.to_string(), "send_proxy": "v2" }],
+        "pools": [{ "upstream": far, "size": size, "max_idle_s": max_idle_s }],
+        "allow": [{ "name": NAME, "upstream": far, "send_proxy": "v2" }],
         "timeouts": { "hello_ms": 5000, "drain_s": 1 }
     });
-    RelayProcess::start_with(config, &[]).await
+    RelayProcess::start_with(config, args).await
 }
 
 /// The value of `series` (a whole series name with its labels) in `admin`'s /metrics.
@@ -142,7 +147,7 @@ async fn upstream() -> (SocketAddr, Arc<common::Pki>) {
     (addr, pki)
 }
 
-fn pool_series(name: &str, far: SocketAddr) -> String {
+fn pool_series(name: &str, far: impl std::fmt::Display) -> String {
     format!("snirelay_{name}{{upstream=\"{far}\"}}")
 }
 
@@ -178,6 +183,29 @@ async fn a_client_through_edge_and_far_relays_rides_a_ready_connection() {
         assert_eq!(metric(&admin, &used).await, 1);
         let missed = pool_series("pool_misses_total", forwarder.addr);
         assert_eq!(metric(&admin, &missed).await, 0);
+    })
+    .await
+}
+
+/// A pool to a far relay given by name, resolved as a pinned rule's upstream is (here
+/// through a `--resolve` pin).
+#[tokio::test]
+async fn a_pool_reaches_a_far_relay_given_by_name() {
+    common::within(async {
+        let (upstream, pki) = upstream().await;
+        let relay_far = far_relay(upstream).await;
+        let forwarder = Forwarder::start(relay_far.addr()).await;
+        let far = "far.example.net:443";
+        let pin = format!("far.example.net={}", forwarder.addr);
+        let mut edge = edge_relay_to(far, 2, 30, &["--resolve", &pin]).await;
+        let admin = edge.admin_addr().await;
+        until_metric(&admin, &pool_series("pool_ready", far), 2).await;
+        assert!(exchange(edge.addr(), CLIENT, NAME, &pki, SMALL_REQUEST).await);
+        let line = edge.next_connection().await;
+        assert_eq!(line["pooled"], true, "{line}");
+        assert_eq!(line["upstream"], forwarder.addr.to_string(), "{line}");
+        let carried = forwarder.carried.lock().unwrap().clone();
+        assert!(carried.len() == 1 && carried[0] < 2, "{carried:?}");
     })
     .await
 }

@@ -3,18 +3,13 @@
 
 use crate::config::{Config, Listener, PoolSpec};
 use crate::rules::{Host, Rule};
-use std::net::SocketAddr;
 
 /// The rules whose connections `pool` carries: those pinned to its upstream.
 fn riders<'c>(config: &'c Config, pool: &PoolSpec) -> Vec<&'c Rule> {
     config
         .rules
         .iter()
-        .filter(|rule| {
-            rule.upstream.as_ref().is_some_and(|up| {
-                matches!(up.host, Host::Ip(ip) if SocketAddr::new(ip, up.port) == pool.upstream)
-            })
-        })
+        .filter(|rule| rule.upstream.as_ref() == Some(&pool.upstream))
         .collect()
 }
 
@@ -42,7 +37,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         let riders = riders(config, pool);
         if riders.is_empty() {
             warnings.push(format!(
-                "pool {}: no rule's upstream is {0}, so its ready connections are never used",
+                "pool {0}: no rule's upstream is {0}, so its ready connections are never used",
                 pool.upstream
             ));
         }
@@ -63,13 +58,17 @@ pub fn warnings(config: &Config) -> Vec<String> {
 }
 
 /// The far listeners that take `pool`'s connections: the same port, on its address or
-/// on every address.
+/// on every address (for an upstream given by name, on any address).
 fn takers<'f>(far: &'f Config, pool: &PoolSpec) -> Vec<&'f Listener> {
+    let up = &pool.upstream;
     far.listen
         .iter()
         .filter(|l| {
-            l.addr.port() == pool.upstream.port()
-                && (l.addr.ip() == pool.upstream.ip() || l.addr.ip().is_unspecified())
+            l.addr.port() == up.port
+                && match up.host {
+                    Host::Ip(ip) => l.addr.ip() == ip || l.addr.ip().is_unspecified(),
+                    Host::Name(_) => true,
+                }
         })
         .collect()
 }
@@ -170,5 +169,19 @@ mod tests {
         assert!(pair(&edge, &plain)[0].contains("takes no PROXY header"));
         let elsewhere = far(r#""10.20.0.5:8443""#);
         assert!(pair(&edge, &elsewhere)[0].contains("no listener"));
+    }
+
+    #[test]
+    fn a_pool_may_name_its_far_relay() {
+        let edge = config(
+            r#"{ "pools": [{ "upstream": "far.example.com:443", "size": 4, "max_idle_s": 30 }],
+                 "allow": [{ "name": "a.example.com", "upstream": "FAR.example.com:443", "send_proxy": "v2" }] }"#,
+        );
+        assert!(warnings(&edge).is_empty(), "{:?}", warnings(&edge));
+        let far = config(
+            r#"{ "listen": [{ "addr": "10.20.0.5:443", "proxy_protocol": "v2", "trusted_proxies": ["10.30.0.0/16"], "proxy_header_wait_s": 60 }],
+                 "allow": ["a.example.com"] }"#,
+        );
+        assert!(pair(&edge, &far).is_empty(), "{:?}", pair(&edge, &far));
     }
 }

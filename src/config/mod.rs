@@ -53,7 +53,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// What happens to names no rule allows, where a listener does not say.
     pub mode: Mode,
-    /// Ready connections kept to fixed upstreams (an edge relay's, to the far relay).
+    /// Ready connections kept to pinned upstreams (an edge relay's, to the far relay).
     pub pools: Vec<PoolSpec>,
 }
 

@@ -1,4 +1,4 @@
-//! The `pools` array: ready connections an edge relay keeps to a fixed upstream (the far
+//! The `pools` array: ready connections an edge relay keeps to a pinned upstream (the far
 //! relay), so a new client connection does not pay the long leg's TCP handshake.
 //!
 //! ```json
@@ -6,18 +6,18 @@
 //! ```
 
 use super::values::{Bounded, invalid, parse_string};
+use crate::rules::Upstream;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Ready connections to one upstream. A rule whose `upstream` is this address takes its
+/// Ready connections to one upstream. A rule whose `upstream` is the same takes its
 /// connections from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
-    /// The upstream, an address (a pool connects before any name is known).
-    pub upstream: SocketAddr,
+    /// The far relay, by address or by name (resolved as a pinned rule's would be).
+    pub upstream: Upstream,
     /// How many connections to keep established.
     pub size: usize,
     /// A connection unused this long is closed and replaced; shorter than the far side's
@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_IDLE_S: u64 = 30;
 #[serde(deny_unknown_fields)]
 struct PoolFile {
     #[serde(deserialize_with = "upstream")]
-    upstream: SocketAddr,
+    upstream: Upstream,
     size: Bounded<1, 1024>,
     #[serde(default = "default_max_idle")]
     max_idle_s: Bounded<1, 3_600>,
@@ -42,10 +42,10 @@ fn default_max_idle() -> Bounded<1, 3_600> {
     Bounded(DEFAULT_MAX_IDLE_S)
 }
 
-fn upstream<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    const EXPECTED: &str = "the far relay's address and port, like \"10.20.0.5:443\" (an address: a pool connects before any name is known)";
+fn upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Upstream, D::Error> {
+    const EXPECTED: &str = "the far relay's address or name and its port, like \"10.20.0.5:443\" or \"far.example.com:443\"";
     parse_string(d, EXPECTED, |text| {
-        text.parse().map_err(|_| invalid(text, EXPECTED))
+        text.parse().map_err(|()| invalid(text, EXPECTED))
     })
 }
 

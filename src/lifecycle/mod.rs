@@ -100,7 +100,7 @@ impl Started {
         // Ready before any accept loop says it is listening, so whoever saw that line finds
         // /readyz agreeing.
         self.relay.set_phase(Phase::Serving);
-        self.relay.start_pools(&self.relay.settings().config);
+        self.relay.start_pools(&self.relay.settings());
         let server = Server::start(self.listeners, &self.relay);
         shutdown::serve(server, self.relay, self.requests).await;
     }

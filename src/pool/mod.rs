@@ -1,4 +1,4 @@
-//! An edge relay's ready connections to fixed upstreams (the far relay): established ahead
+//! An edge relay's ready connections to pinned upstreams (the far relay): established ahead
 //! of need, so a new client connection does not wait a long round trip for the TCP
 //! handshake. A client connection takes the newest ready one that is still open and
 //! silent; with none, it connects as it would without a pool, never waiting for one.
@@ -12,6 +12,9 @@ pub mod schedule;
 use crate::config::PoolSpec;
 use crate::connect::happy_eyeballs;
 use crate::net::transport;
+use crate::policy::DestinationPolicy;
+use crate::resolve::Resolver;
+use crate::rules::{Host, Route, Upstream};
 use crate::tcp_options::Tcp;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::pool::PoolCounters;
@@ -34,8 +37,8 @@ pub const SWEEP: Duration = Duration::from_secs(1);
 /// What a client connection found for its upstream.
 #[derive(Debug)]
 pub enum Ready {
-    /// A ready connection, open and silent a moment ago.
-    Taken(TcpStream),
+    /// A ready connection, open and silent a moment ago, and the address it reached.
+    Taken(TcpStream, SocketAddr),
     /// The upstream has a pool, with nothing ready in it.
     Empty,
     /// No pool serves the upstream.
@@ -51,8 +54,9 @@ pub struct Pools {
 impl Pools {
     /// Makes the running pools what `specs` says: a pool whose settings are unchanged keeps
     /// its connections, one no longer listed closes them, a new one starts filling. New
-    /// connections get `tcp`; each is given `connect` to connect.
-    pub fn reconcile(&self, specs: &[PoolSpec], tcp: &Tcp, connect: Duration, metrics: &Metrics) {
+    /// connections get `tcp`; each is given `connect` to resolve (with `resolver`, for an
+    /// upstream given by name) and connect.
+    pub fn reconcile(&self, specs: &[PoolSpec], how: Connecting, metrics: &Metrics) {
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
         pools.retain(|pool| {
             let keep = specs.contains(&pool.spec);
@@ -65,16 +69,18 @@ impl Pools {
             if pools.iter().any(|pool| pool.spec == *spec) {
                 continue;
             }
-            let pool = Arc::new(Pool::new(*spec, metrics.pools.of(spec.upstream)));
-            tokio::spawn(keep_filled(pool.clone(), tcp.clone(), connect));
+            let counters = metrics.pools.of(spec.upstream.to_string());
+            let pool = Arc::new(Pool::new(spec.clone(), counters));
+            tokio::spawn(keep_filled(pool.clone(), how.clone()));
             pools.push(pool);
         }
     }
 
-    /// A ready connection to `upstream`, if a pool serves it and has one.
-    pub fn take(&self, upstream: SocketAddr) -> Ready {
+    /// A ready connection to `host` and `port`, if a pool serves them and has one.
+    pub fn take(&self, host: &Host, port: u16) -> Ready {
         let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
-        match pools.iter().find(|pool| pool.spec.upstream == upstream) {
+        let serves = |up: &Upstream| up.port == port && up.host == *host;
+        match pools.iter().find(|pool| serves(&pool.spec.upstream)) {
             Some(pool) => pool.take(),
             None => Ready::NoPool,
         }
@@ -89,9 +95,21 @@ impl Pools {
     }
 }
 
+/// How a pool makes its connections, from the settings in force when it started.
+#[derive(Clone)]
+pub struct Connecting {
+    /// TCP settings of each new connection (the file's `upstream_tcp`).
+    pub tcp: Tcp,
+    /// For resolving and connecting, together (`connect_ms`).
+    pub deadline: Duration,
+    /// Resolves an upstream given by name, pins included.
+    pub resolver: Arc<Resolver>,
+}
+
 /// A connection waiting for a client.
 struct Waiting {
     stream: TcpStream,
+    addr: SocketAddr,
     since: Instant,
 }
 
@@ -114,11 +132,11 @@ struct Pool {
 impl Pool {
     fn new(spec: PoolSpec, counters: PoolCounters) -> Pool {
         Pool {
-            spec,
             state: Mutex::new(State {
                 waiting: Vec::with_capacity(spec.size),
                 refill: Refill::new(spec.size),
             }),
+            spec,
             taken: Notify::new(),
             stop: CancellationToken::new(),
             counters,
@@ -138,7 +156,7 @@ impl Pool {
         while let Some(waiting) = state.waiting.pop() {
             if open_and_silent(&waiting.stream) {
                 state.refill.proved();
-                found = Ready::Taken(waiting.stream);
+                found = Ready::Taken(waiting.stream, waiting.addr);
                 break;
             }
             self.counters.discarded.inc();
@@ -147,7 +165,7 @@ impl Pool {
         self.counters.ready.set(state.waiting.len() as i64);
         drop(state);
         match found {
-            Ready::Taken(_) => self.counters.used.inc(),
+            Ready::Taken(..) => self.counters.used.inc(),
             _ => self.counters.misses.inc(),
         };
         self.taken.notify_one();
@@ -185,10 +203,11 @@ impl Pool {
         (start, wake)
     }
 
-    fn add(&self, stream: TcpStream) {
+    fn add(&self, stream: TcpStream, addr: SocketAddr) {
         let mut state = self.state();
         state.waiting.push(Waiting {
             stream,
+            addr,
             since: Instant::now(),
         });
         self.counters.ready.set(state.waiting.len() as i64);
@@ -204,23 +223,17 @@ impl Pool {
 }
 
 /// Keeps `pool` filled until it is stopped, then closes what waits in it.
-async fn keep_filled(pool: Arc<Pool>, tcp: Tcp, connect: Duration) {
-    let upstream = pool.spec.upstream;
+async fn keep_filled(pool: Arc<Pool>, how: Connecting) {
+    let upstream = pool.spec.upstream.clone();
     let mut opening = JoinSet::new();
     loop {
         let (start, wake) = pool.tend(Instant::now(), opening.len());
         for _ in 0..start {
-            let tcp = tcp.clone();
-            opening.spawn(async move {
-                let (stream, _) = happy_eyeballs(&[upstream], connect).await?;
-                // Checked when the rules were loaded: nothing here can refuse it.
-                let _ = transport::apply(&stream, &tcp, None);
-                Ok::<_, crate::connect::ConnectError>(stream)
-            });
+            opening.spawn(connect(upstream.clone(), how.clone()));
         }
         tokio::select! {
             Some(done) = opening.join_next(), if !opening.is_empty() => match done {
-                Ok(Ok(stream)) => pool.add(stream),
+                Ok(Ok((stream, addr))) => pool.add(stream, addr),
                 Ok(Err(e)) => {
                     if pool.failed() {
                         tracing::warn!(%upstream, error = %e, "pool: cannot connect to the upstream; clients connect themselves meanwhile");
@@ -236,6 +249,30 @@ async fn keep_filled(pool: Arc<Pool>, tcp: Tcp, connect: Duration) {
     let mut state = pool.state();
     state.waiting.clear();
     pool.counters.ready.set(0);
+}
+
+/// One new connection to `upstream`: resolved as a pinned rule's upstream is (an operator's
+/// choice, so no destination policy), then connected, within the connect deadline.
+async fn connect(upstream: Upstream, how: Connecting) -> Result<(TcpStream, SocketAddr), String> {
+    let route = Route {
+        rule: None,
+        host: upstream.host,
+        port: upstream.port,
+        pinned: true,
+    };
+    let give_up = Instant::now() + how.deadline;
+    let policy = DestinationPolicy::default();
+    let (targets, _) = tokio::time::timeout_at(give_up, how.resolver.destinations(&route, &policy))
+        .await
+        .map_err(|_| "DNS did not answer within the connect timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let left = give_up.saturating_duration_since(Instant::now());
+    let (stream, addr) = happy_eyeballs(&targets, left)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Checked when the rules were loaded: nothing here can refuse it.
+    let _ = transport::apply(&stream, &how.tcp, None);
+    Ok((stream, addr))
 }
 
 /// Whether a waiting connection is still open and the upstream has said nothing: a peek

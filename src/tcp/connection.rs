@@ -12,8 +12,7 @@ use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::pool::Ready;
 use crate::proxy::{self, Header, ParsedHeader};
-use crate::resolve::Source;
-use crate::rules::{Host, Route};
+use crate::rules::Route;
 use crate::state::{Relay, Settings};
 use crate::tcp::forward;
 use crate::telemetry::live::{Id, LiveConnection};
@@ -267,7 +266,7 @@ async fn read_header(
 }
 
 /// The upstream connection for `route`: where an edge relay keeps ready connections to
-/// this fixed upstream, the newest one; otherwise (or with none ready) resolved and
+/// this pinned upstream, the newest one; otherwise (or with none ready) resolved and
 /// connected as always, never waiting for the pool.
 async fn reach(
     route: &Route<'_>,
@@ -275,18 +274,13 @@ async fn reach(
     relay: &Relay,
     record: &mut ConnectionRecord,
 ) -> Result<(TcpStream, SocketAddr), Rejection> {
-    let fixed = match route.host {
-        Host::Ip(ip) => Some(SocketAddr::new(ip, route.port)),
-        Host::Name(_) => None,
-    };
-    match fixed.map(|addr| (relay.pools().take(addr), addr)) {
-        Some((Ready::Taken(upstream), addr)) => {
+    match relay.pools().take(&route.host, route.port) {
+        Ready::Taken(upstream, addr) => {
             record.pooled(true);
-            record.dns(Source::Operator);
             return Ok((upstream, addr));
         }
-        Some((Ready::Empty, _)) => record.pooled(false),
-        Some((Ready::NoPool, _)) | None => {}
+        Ready::Empty => record.pooled(false),
+        Ready::NoPool => {}
     }
     let deadline = Instant::now() + settings.config.timeouts.connect;
     let (targets, answered_from) = timeout_at(

@@ -1,27 +1,16 @@
 //! An edge relay's pools of ready connections: how many wait now, and what became of the
 //! connections clients asked for.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::fmt::Write;
-use std::net::SocketAddr;
 
-/// A pool's upstream as a label value, written as it is encoded.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct UpstreamAddr(SocketAddr);
-
-impl EncodeLabelValue for UpstreamAddr {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        write!(encoder, "{}", self.0)
-    }
-}
-
+/// A pool's upstream as the file writes it: one label value per configured pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
-    upstream: UpstreamAddr,
+    upstream: String,
 }
 
 /// The pools' metrics, by upstream: one label value per configured pool.
@@ -74,10 +63,8 @@ impl PoolMetrics {
     }
 
     /// The counters of the pool for `upstream`, at 0 until it counts.
-    pub fn of(&self, upstream: SocketAddr) -> PoolCounters {
-        let label = UpstreamLabel {
-            upstream: UpstreamAddr(upstream),
-        };
+    pub fn of(&self, upstream: String) -> PoolCounters {
+        let label = UpstreamLabel { upstream };
         PoolCounters {
             ready: self.ready.get_or_create(&label).clone(),
             used: self.used.get_or_create(&label).clone(),
