@@ -16,6 +16,10 @@ const V2_PREAMBLE: usize = 16;
 const V1_PREFIX: &[u8] = b"PROXY ";
 /// Alibaba Cloud PrivateLink: the consumer's VPC and endpoint.
 const TLV_ALIBABA_PRIVATELINK: u8 = 0xE1;
+/// The subtypes Alibaba Cloud puts first in each `0xE1` TLV, one TLV per id.
+const ALIBABA_SUBTYPE_VPC_ID: u8 = 0x01;
+const ALIBABA_SUBTYPE_ENDPOINT_ID: u8 = 0x02;
+const ALIBABA_SUBTYPE_ENDPOINT_SERVICE_ID: u8 = 0x03;
 /// AWS PrivateLink: subtype 0x01 carries the VPC endpoint id.
 const TLV_AWS: u8 = 0xEA;
 const AWS_SUBTYPE_VPCE_ID: u8 = 0x01;
@@ -58,9 +62,16 @@ pub enum Header {
 /// The TLVs worth a log field; every other TLV is skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tlvs {
-    /// Alibaba Cloud's `0xE1` (VPC id and endpoint id): text where printable, else hex.
+    /// Every Alibaba Cloud `0xE1` TLV, in order, separated by spaces: each as text where
+    /// printable, else hex (its subtype byte included).
     pub alibaba_privatelink: Option<Box<str>>,
-    /// AWS's `0xEA` VPC endpoint id.
+    /// Alibaba Cloud's `0xE1` subtype `0x01`: the client's VPC id.
+    pub alibaba_vpc_id: Option<Box<str>>,
+    /// Alibaba Cloud's `0xE1` subtype `0x02`: the PrivateLink endpoint id.
+    pub alibaba_endpoint_id: Option<Box<str>>,
+    /// Alibaba Cloud's `0xE1` subtype `0x03`: the endpoint service id.
+    pub alibaba_endpoint_service_id: Option<Box<str>>,
+    /// AWS's `0xEA` subtype `0x01`: the VPC endpoint id (the one subtype AWS defines).
     pub aws_vpce_id: Option<Box<str>>,
 }
 
@@ -167,7 +178,26 @@ fn parse_v2(received: &[u8]) -> Result<Option<ParsedHeader>, ProxyError> {
     for tlv in header.tlvs() {
         let tlv = tlv.map_err(|_| ProxyError::Malformed("tlv"))?;
         match (tlv.kind, tlv.value.split_first()) {
-            (TLV_ALIBABA_PRIVATELINK, _) => tlvs.alibaba_privatelink = Some(text(&tlv.value)),
+            (TLV_ALIBABA_PRIVATELINK, subtyped) => {
+                let all = match tlvs.alibaba_privatelink.take() {
+                    Some(before) => format!("{before} {}", text(&tlv.value)).into(),
+                    None => text(&tlv.value),
+                };
+                tlvs.alibaba_privatelink = Some(all);
+                let field = match subtyped {
+                    Some((&ALIBABA_SUBTYPE_VPC_ID, id)) => Some((&mut tlvs.alibaba_vpc_id, id)),
+                    Some((&ALIBABA_SUBTYPE_ENDPOINT_ID, id)) => {
+                        Some((&mut tlvs.alibaba_endpoint_id, id))
+                    }
+                    Some((&ALIBABA_SUBTYPE_ENDPOINT_SERVICE_ID, id)) => {
+                        Some((&mut tlvs.alibaba_endpoint_service_id, id))
+                    }
+                    _ => None,
+                };
+                if let Some((field, id)) = field {
+                    *field = Some(text(id));
+                }
+            }
             (TLV_AWS, Some((&AWS_SUBTYPE_VPCE_ID, id))) => tlvs.aws_vpce_id = Some(text(id)),
             _ => {}
         }

@@ -90,6 +90,7 @@ fn v2_proxy_and_local_on_every_prefix_with_cloud_tlvs() {
             tlvs: Tlvs {
                 alibaba_privatelink: Some("vpc-2ze0abc ep-2zei123".into()),
                 aws_vpce_id: Some("vpce-08d2bf15fac5001c9".into()),
+                ..Tlvs::default()
             }
         }
     );
@@ -104,6 +105,32 @@ fn v2_proxy_and_local_on_every_prefix_with_cloud_tlvs() {
     };
     assert_eq!(tlvs.aws_vpce_id, None);
     assert_eq!(tlvs.alibaba_privatelink.as_deref(), Some("00ff"));
+
+    // A regression: Alibaba Cloud sends one 0xE1 TLV per id, each led by its subtype, and
+    // only the last one was kept (and shown in hex, for its subtype byte).
+    let alibaba = v2_with_tlvs(
+        source,
+        destination,
+        &[
+            (0xE1, b"\x01vpc-2ze0abc"),
+            (0xE1, b"\x02ep-2zei123"),
+            (0xE1, b"\x03epsrv-2ze9xyz"),
+            (0xEA, b"\x01vpce-0abc"),
+        ],
+    );
+    let parsed = assert_every_prefix(&alibaba, Accept::V2);
+    let Header::Proxy { tlvs, .. } = parsed.header else {
+        panic!("not a PROXY header");
+    };
+    assert_eq!(tlvs.alibaba_vpc_id.as_deref(), Some("vpc-2ze0abc"));
+    assert_eq!(tlvs.alibaba_endpoint_id.as_deref(), Some("ep-2zei123"));
+    assert_eq!(
+        tlvs.alibaba_endpoint_service_id.as_deref(),
+        Some("epsrv-2ze9xyz")
+    );
+    assert_eq!(tlvs.aws_vpce_id.as_deref(), Some("vpce-0abc"));
+    let all = tlvs.alibaba_privatelink.as_deref().unwrap();
+    assert_eq!(all.split(' ').count(), 3, "{all}");
 
     let local = v2::Builder::with_addresses(
         v2::Version::Two | Command::Local,
@@ -347,7 +374,14 @@ mod relay {
                 c["max_connections_per_client"] = 1.into();
             })
             .await;
-            let header = v2_from("192.0.2.7:51000", &[(0xEA, b"\x01vpce-0abc")]);
+            let header = v2_from(
+                "192.0.2.7:51000",
+                &[
+                    (0xEA, b"\x01vpce-0abc"),
+                    (0xE1, b"\x01vpc-2ze0abc"),
+                    (0xE1, b"\x02ep-2zei123"),
+                ],
+            );
             let _first = send(relay.addr(), &header).await;
             let mut conn = upstream.accept().await;
             // The upstream gets the hello, never the header.
@@ -376,6 +410,8 @@ mod relay {
             assert_eq!(line["outcome"], "forwarded");
             assert_eq!(line["client"], "192.0.2.7:51000");
             assert_eq!(line["aws_vpce_id"], "vpce-0abc");
+            assert_eq!(line["alibaba_vpc_id"], "vpc-2ze0abc", "{line}");
+            assert_eq!(line["alibaba_endpoint_id"], "ep-2zei123", "{line}");
             let (_, metrics) = http_get(&admin, "/metrics").await;
             assert!(metrics.contains(r#"snirelay_connections_total{outcome="rejected",reason="too_many_from_client"} 1"#), "{metrics}");
         })

@@ -117,7 +117,69 @@ fn test_deps() -> Result<(), String> {
     Ok(())
 }
 
+/// What this machine has of what a release for some architectures needs.
+#[derive(Debug, Default)]
+struct Found {
+    /// `rustup target list --installed`.
+    targets: Vec<String>,
+    /// Programs on PATH, by name.
+    programs: Vec<&'static str>,
+}
+
+impl Found {
+    fn here() -> Found {
+        let targets = run(Command::new("rustup").args(["target", "list", "--installed"]))
+            .map(|out| out.lines().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let on_path = |name: &str| {
+            std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join(name).is_file())
+            })
+        };
+        let programs = [
+            "musl-gcc",
+            "aarch64-linux-gnu-gcc",
+            "cargo-deb",
+            "cargo-generate-rpm",
+        ]
+        .into_iter()
+        .filter(|name| on_path(name))
+        .collect();
+        Found { targets, programs }
+    }
+}
+
+/// The commands that install what `found` lacks for a release of `wanted`, in order. Pure.
+fn missing(found: &Found, wanted: &[&str]) -> Vec<String> {
+    let mut commands = Vec::new();
+    for arch in ARCHES.iter().filter(|a| wanted.contains(&a.name)) {
+        if !found.targets.iter().any(|t| t == arch.target) {
+            commands.push(format!("rustup target add {}", arch.target));
+        }
+        let (compiler, package) = match arch.name {
+            "x86_64" => ("musl-gcc", "musl-tools"),
+            _ => ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+        };
+        if !found.programs.contains(&compiler) {
+            commands.push(format!("apt-get install {package}"));
+        }
+    }
+    for tool in ["cargo-deb", "cargo-generate-rpm"] {
+        if !found.programs.contains(&tool) {
+            commands.push(format!("cargo install {tool} --locked"));
+        }
+    }
+    commands
+}
+
 fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
+    let lacking = missing(&Found::here(), wanted);
+    if !lacking.is_empty() {
+        return Err(format!(
+            "this machine lacks what the release needs; run, then try again:\n  {}",
+            lacking.join("\n  ")
+        ));
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace root")?
@@ -288,4 +350,40 @@ fn newest(dir: &Path, suffix: &str) -> Result<PathBuf, String> {
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
         .ok_or_else(|| format!("no *{suffix} in {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A regression: on a fresh machine `dist` compiled for minutes and then failed with
+    /// rustc's "can't find crate for `core`"; it now names every command first.
+    #[test]
+    fn the_release_names_what_a_fresh_machine_lacks_before_compiling() {
+        let fresh = Found::default();
+        assert_eq!(
+            missing(&fresh, &["x86_64"]),
+            [
+                "rustup target add x86_64-unknown-linux-musl",
+                "apt-get install musl-tools",
+                "cargo install cargo-deb --locked",
+                "cargo install cargo-generate-rpm --locked",
+            ]
+        );
+        let ready = Found {
+            targets: vec![
+                "x86_64-unknown-linux-gnu".into(),
+                "x86_64-unknown-linux-musl".into(),
+            ],
+            programs: vec!["musl-gcc", "cargo-deb", "cargo-generate-rpm"],
+        };
+        assert!(missing(&ready, &["x86_64"]).is_empty());
+        assert_eq!(
+            missing(&ready, &["x86_64", "aarch64"]),
+            [
+                "rustup target add aarch64-unknown-linux-musl",
+                "apt-get install gcc-aarch64-linux-gnu",
+            ]
+        );
+    }
 }
