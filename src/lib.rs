@@ -27,6 +27,7 @@ pub mod outcome;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod reach;
 pub mod reload;
 pub mod resolve;
 pub mod rules;

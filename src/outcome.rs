@@ -7,6 +7,7 @@ use crate::hello::HelloError;
 use crate::limits::LimitExceeded;
 use crate::net::read::ReadError;
 use crate::proxy::ProxyError;
+use crate::reach::ReachError;
 use crate::resolve::ResolveError;
 use std::io;
 
@@ -142,6 +143,17 @@ impl Rejection {
             | Self::NotAllowed => Side::Client,
             Self::DnsTimeout | Self::Resolve(_) | Self::Connect(_) => Side::Upstream,
             Self::Limit(_) | Self::Shutdown => Side::Relay,
+        }
+    }
+}
+
+/// A destination that could not be reached, in the words a connection ends with.
+impl From<ReachError> for Rejection {
+    fn from(e: ReachError) -> Rejection {
+        match e {
+            ReachError::DnsTimeout => Rejection::DnsTimeout,
+            ReachError::Resolve(e) => Rejection::Resolve(e),
+            ReachError::Connect(e) => Rejection::Connect(e),
         }
     }
 }

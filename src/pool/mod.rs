@@ -10,9 +10,9 @@
 pub mod schedule;
 
 use crate::config::PoolSpec;
-use crate::connect::happy_eyeballs;
 use crate::net::transport;
 use crate::policy::DestinationPolicy;
+use crate::reach::reach;
 use crate::resolve::Resolver;
 use crate::rules::{Host, Route, Upstream};
 use crate::tcp_options::Tcp;
@@ -260,14 +260,9 @@ async fn connect(upstream: Upstream, how: Connecting) -> Result<(TcpStream, Sock
         port: upstream.port,
         pinned: true,
     };
-    let give_up = Instant::now() + how.deadline;
     let policy = DestinationPolicy::default();
-    let (targets, _) = tokio::time::timeout_at(give_up, how.resolver.destinations(&route, &policy))
-        .await
-        .map_err(|_| "DNS did not answer within the connect timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let left = give_up.saturating_duration_since(Instant::now());
-    let (stream, addr) = happy_eyeballs(&targets, left)
+    // Never Fast Open: a deferred connect would leave a ready connection unconnected.
+    let (stream, addr, _) = reach(&how.resolver, &route, &policy, how.deadline, false)
         .await
         .map_err(|e| e.to_string())?;
     // Checked when the rules were loaded: nothing here can refuse it.

@@ -2,7 +2,7 @@
 //! decide, resolve, connect, forward, log.
 
 use crate::config::{Listener, ProxyProtocol};
-use crate::connect::{self, ConnectError};
+use crate::connect::ConnectError;
 use crate::decide::{Decision, decide};
 use crate::hello::{HelloError, HelloReader};
 use crate::limits::Slot;
@@ -12,6 +12,7 @@ use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::pool::Ready;
 use crate::proxy::{self, Header, ParsedHeader};
+use crate::reach;
 use crate::rules::Route;
 use crate::state::{Relay, Settings};
 use crate::tcp::forward;
@@ -197,7 +198,7 @@ async fn open(
         record.rule(rule.label.clone());
     }
 
-    let (upstream, addr) = Box::pin(reach(&route, settings, relay, record)).await?;
+    let (upstream, addr) = Box::pin(upstream_for(&route, settings, relay, record)).await?;
     record.connected(addr);
     // Checked when the rules were loaded: nothing here can refuse it.
     let _ = transport::apply(
@@ -268,7 +269,7 @@ async fn read_header(
 /// The upstream connection for `route`: where an edge relay keeps ready connections to
 /// this pinned upstream, the newest one; otherwise (or with none ready) resolved and
 /// connected as always, never waiting for the pool.
-async fn reach(
+async fn upstream_for(
     route: &Route<'_>,
     settings: &Settings,
     relay: &Relay,
@@ -282,24 +283,22 @@ async fn reach(
         Ready::Empty => record.pooled(false),
         Ready::NoPool => {}
     }
-    let deadline = Instant::now() + settings.config.timeouts.connect;
-    let (targets, answered_from) = timeout_at(
-        deadline,
-        Box::pin(settings.resolver.destinations(route, &settings.policy)),
-    )
-    .await
-    .map_err(|_| Rejection::DnsTimeout)??;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    record.dns(answered_from);
     let fast_open = route
         .rule
         .and_then(|rule| rule.tcp.as_ref()?.fast_open)
         .or(settings.config.upstream_tcp.fast_open)
         == Some(true);
-    if fast_open {
-        return Ok(Box::pin(connect::happy_eyeballs_fast_open(&targets, remaining)).await?);
-    }
-    Ok(Box::pin(connect::happy_eyeballs(&targets, remaining)).await?)
+    let within = settings.config.timeouts.connect;
+    let (upstream, addr, answered_from) = reach::reach(
+        &settings.resolver,
+        route,
+        &settings.policy,
+        within,
+        fast_open,
+    )
+    .await?;
+    record.dns(answered_from);
+    Ok((upstream, addr))
 }
 
 /// Tells a TLS client its name is not served, so its error says so, then closes cleanly.
