@@ -8,23 +8,63 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// A rule's name: exact, or `*.suffix` (any depth below `suffix`, not `suffix` itself).
+/// A rule's name: exact, `*.suffix` (any depth below `suffix`, not `suffix` itself), or
+/// `*tail.parent` (one label that ends in `tail` and is longer than it, directly under
+/// `parent`: `*-aiplatform.googleapis.com` takes `us-central1-aiplatform.googleapis.com`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Pattern {
     /// Matches this name only.
     Exact(Hostname),
     /// Holds the suffix of `*.suffix`.
     Wildcard(Hostname),
+    /// `*tail.parent`: holds `tail.parent`, the pattern without its `*`.
+    Label(LabelPattern),
+}
+
+/// The `tail.parent` of a `*tail.parent` pattern, in normal form (a host name's rules: the
+/// pattern with any letter in place of the `*` is a valid host name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LabelPattern(Box<str>);
+
+impl LabelPattern {
+    /// `tail.parent`, the text a name's end must equal.
+    pub fn key(&self) -> &str {
+        &self.0
+    }
+
+    /// The part of the leftmost label the pattern fixes (`-aiplatform`).
+    pub fn tail(&self) -> &str {
+        self.0.split_once('.').map_or(&self.0, |(tail, _)| tail)
+    }
+
+    /// The name the matched names sit directly under (`googleapis.com`).
+    pub fn parent(&self) -> &str {
+        self.0.split_once('.').map_or("", |(_, parent)| parent)
+    }
+
+    /// Whether `name` is one label ending in the tail (and longer) under the parent.
+    pub fn matches(&self, name: &str) -> bool {
+        let first = name.find('.').unwrap_or(name.len());
+        first > self.tail().len() && name.ends_with(self.key())
+    }
 }
 
 impl FromStr for Pattern {
     type Err = HostnameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.strip_prefix("*.") {
-            Some(suffix) => suffix.parse().map(Pattern::Wildcard),
-            None => s.parse().map(Pattern::Exact),
+        if let Some(suffix) = s.strip_prefix("*.") {
+            return suffix.parse().map(Pattern::Wildcard);
         }
+        let Some(rest) = s.strip_prefix('*') else {
+            return s.parse().map(Pattern::Exact);
+        };
+        // `*tail.parent`: valid when `a` in the star's place makes a host name with a dot.
+        if !rest.contains('.') || rest.starts_with('.') {
+            return Err(HostnameError::BadByte(b'*'));
+        }
+        let name: Hostname = format!("a{rest}").parse()?;
+        Ok(Pattern::Label(LabelPattern(name.as_str()[1..].into())))
     }
 }
 
@@ -33,6 +73,7 @@ impl fmt::Display for Pattern {
         match self {
             Pattern::Exact(name) => write!(f, "{name}"),
             Pattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+            Pattern::Label(label) => write!(f, "*{}", label.key()),
         }
     }
 }
@@ -154,6 +195,11 @@ pub struct Rules {
     rules: Vec<Rule>,
     exact: HashMap<Box<str>, usize>,
     wildcard: HashMap<Box<str>, usize>,
+    /// Label patterns by `tail.parent`.
+    label: HashMap<Box<str>, usize>,
+    /// Bit `n` set: some label pattern has a tail of `n` bytes (1 to 62), so a name is
+    /// looked up once per tail length in use, never once per byte of its first label.
+    tail_lengths: u64,
 }
 
 impl Rules {
@@ -169,24 +215,48 @@ impl Rules {
     /// Adds one rule, refusing a duplicate pattern.
     pub fn push(&mut self, rule: Rule) -> Result<(), DuplicateRule> {
         let (map, key) = match &rule.pattern {
-            Pattern::Exact(name) => (&mut self.exact, name),
-            Pattern::Wildcard(suffix) => (&mut self.wildcard, suffix),
+            Pattern::Exact(name) => (&mut self.exact, name.as_str()),
+            Pattern::Wildcard(suffix) => (&mut self.wildcard, suffix.as_str()),
+            Pattern::Label(label) => (&mut self.label, label.key()),
         };
-        if map.contains_key(key.as_str()) {
+        if map.contains_key(key) {
             return Err(DuplicateRule(rule.pattern));
         }
-        map.insert(key.as_str().into(), self.rules.len());
+        map.insert(key.into(), self.rules.len());
+        if let Pattern::Label(label) = &rule.pattern {
+            self.tail_lengths |= 1 << label.tail().len();
+        }
         self.rules.push(rule);
         Ok(())
     }
 
-    /// The rule for `name`: an exact rule beats any wildcard; a longer wildcard beats a
-    /// shorter one. Costs one hash lookup per label of `name`.
+    /// The rule for `name`, the most specific first: an exact rule, then a label pattern
+    /// (the longest tail first), then wildcards (the longest suffix first). Costs one hash
+    /// lookup per label of `name` and one per tail length in use.
     pub fn find(&self, name: &Hostname) -> Option<&Rule> {
-        match self.exact.get(name.as_str()) {
-            Some(index) => Some(&self.rules[*index]),
-            None => self.find_wildcard(name.parent_suffixes()),
+        if let Some(index) = self.exact.get(name.as_str()) {
+            return Some(&self.rules[*index]);
         }
+        self.find_label(name.as_str(), usize::MAX)
+            .or_else(|| self.find_wildcard(name.parent_suffixes()))
+    }
+
+    /// The label pattern with the longest tail shorter than `below` bytes that matches
+    /// `name`.
+    pub fn find_label(&self, name: &str, below: usize) -> Option<&Rule> {
+        let first = name.find('.')?;
+        let mut lengths = self.tail_lengths;
+        while lengths != 0 {
+            let tail = 63 - lengths.leading_zeros() as usize;
+            lengths &= !(1 << tail);
+            if tail < first
+                && tail < below
+                && let Some(index) = self.label.get(&name[first - tail..])
+            {
+                return Some(&self.rules[*index]);
+            }
+        }
+        None
     }
 
     /// The longest wildcard rule whose suffix is among `suffixes` (given longest first).
@@ -324,6 +394,69 @@ mod tests {
         );
         assert_eq!(matched(&rules, "googleapis.com"), None);
         assert_eq!(matched(&rules, "evilgoogleapis.com"), None);
+    }
+
+    #[test]
+    fn a_label_pattern_takes_one_label_ending_in_its_tail() {
+        let rules = Rules::new(vec![
+            rule("*.googleapis.com"),
+            rule("*-aiplatform.googleapis.com"),
+            rule("*platform.googleapis.com"),
+            rule("europe-west4-aiplatform.googleapis.com"),
+        ])
+        .unwrap();
+        for (name, rule) in [
+            (
+                "us-central1-aiplatform.googleapis.com",
+                "*-aiplatform.googleapis.com",
+            ),
+            ("x-aiplatform.googleapis.com", "*-aiplatform.googleapis.com"),
+            ("aiplatform.googleapis.com", "*platform.googleapis.com"),
+            ("cloudplatform.googleapis.com", "*platform.googleapis.com"),
+            (
+                "europe-west4-aiplatform.googleapis.com",
+                "europe-west4-aiplatform.googleapis.com",
+            ),
+            ("a.b-aiplatform.googleapis.com", "*.googleapis.com"),
+            ("platform.googleapis.com", "*.googleapis.com"),
+        ] {
+            assert_eq!(matched(&rules, name).as_deref(), Some(rule), "{name}");
+        }
+        let alone = Rules::new(vec![rule("*-aiplatform.googleapis.com")]).unwrap();
+        for name in [
+            "a.b-aiplatform.googleapis.com",
+            "b-aiplatform.example.com",
+            "b-aiplatform.x.googleapis.com",
+            "aiplatform.googleapis.com",
+            "googleapis.com",
+        ] {
+            assert_eq!(matched(&alone, name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn label_patterns_are_host_names_with_a_star_in_front() {
+        let ok = |s: &str| s.parse::<Pattern>().unwrap().to_string();
+        assert_eq!(
+            ok("*-AIPlatform.GoogleAPIs.com."),
+            "*-aiplatform.googleapis.com"
+        );
+        assert_eq!(ok("*x.example"), "*x.example");
+        for bad in [
+            "*", "*-", "*-a", "*.", "*..com", "*-a..com", "**.com", "*a*.com", "*a_b.com",
+            "a*.com", "*a.1.2",
+        ] {
+            assert!(bad.parse::<Pattern>().is_err(), "{bad}");
+        }
+        let long = format!("*{}.com", "a".repeat(62));
+        assert!(long.parse::<Pattern>().is_ok());
+        assert!(
+            format!("*{}.com", "a".repeat(63))
+                .parse::<Pattern>()
+                .is_err()
+        );
+        let err = Rules::new(vec![rule("*-A.example.com"), rule("*-a.example.com.")]).unwrap_err();
+        assert_eq!(err.to_string(), "duplicate rule \"*-a.example.com\"");
     }
 
     #[test]

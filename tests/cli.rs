@@ -59,7 +59,9 @@ fn check_accepts_valid_files_and_summarises_them() {
     ]);
     let summary = text(&out.stdout);
     assert!(
-        summary.contains("rules: 7 (5 exact, 2 wildcard; of which 3 pinned to an upstream)"),
+        summary.contains(
+            "rules: 8 (5 exact, 2 wildcard, 1 label pattern; of which 3 pinned to an upstream)"
+        ),
         "{summary}"
     );
     assert!(

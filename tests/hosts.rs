@@ -9,10 +9,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-/// Exact names, a wildcard, a wildcard inside it, a name under a wildcard, and a name that
-/// is a wildcard's parent.
+/// Exact names, a wildcard, a wildcard inside it, a name under a wildcard, a name that
+/// is a wildcard's parent, and a label pattern.
 const RULES: &str = r#"{"allow": [
     "translation.googleapis.com",
+    "*-aiplatform.googleapis.com",
     "storage.googleapis.com",
     "*.storage.googleapis.com",
     "*.eu.storage.googleapis.com",
@@ -54,6 +55,10 @@ fn the_hosts_format_has_both_families_and_the_mapped_form_without_ipv6() {
         block.contains(
             "\n10.20.0.5 translation.googleapis.com\n::ffff:10.20.0.5 translation.googleapis.com\n"
         ),
+        "{block}"
+    );
+    assert!(
+        block.contains("# *-aiplatform.googleapis.com: this format cannot match part of a label;"),
         "{block}"
     );
     let block = hosts(dir.path(), "hosts", &["fd00::5", "10.20.0.5"]);
@@ -118,6 +123,8 @@ fn each_dns_format_passes_its_servers_own_check() {
         "        fd00::5 translation.googleapis.com",
         "    template IN AAAA storage.googleapis.com {",
         "        match \"^.+[.]storage[.]googleapis[.]com[.]$\"",
+        "    template IN A googleapis.com {",
+        "        match \"^[^.]+[-]aiplatform[.]googleapis[.]com[.]$\"",
     ] {
         assert!(corefile.lines().any(|l| l == line), "{line}\n{corefile}");
     }

@@ -10,7 +10,9 @@ pub fn destination(rule: &Rule, upstream_port: u16) -> String {
     let to = match (&rule.upstream, &rule.pattern) {
         (Some(up), _) => format!("{up} (pinned)"),
         (None, Pattern::Exact(name)) => format!("{name}:{upstream_port} (DNS)"),
-        (None, Pattern::Wildcard(_)) => format!("the requested name:{upstream_port} (DNS)"),
+        (None, Pattern::Wildcard(_) | Pattern::Label(_)) => {
+            format!("the requested name:{upstream_port} (DNS)")
+        }
     };
     match rule.send_proxy {
         Some(crate::proxy::Version::V1) => format!("{to}, PROXY v1 header first"),
@@ -19,22 +21,58 @@ pub fn destination(rule: &Rule, upstream_port: u16) -> String {
     }
 }
 
-/// Rules that change nothing: a name or wildcard already allowed by a broader wildcard with
-/// the same destination.
+/// The next broader rule that allows every name `rule` allows: the one that would take
+/// them if `rule` were gone.
+fn broader<'a>(config: &'a Config, rule: &Rule) -> Option<&'a Rule> {
+    let rules = &config.rules;
+    match &rule.pattern {
+        Pattern::Exact(name) => rules
+            .find_label(name.as_str(), usize::MAX)
+            .or_else(|| rules.find_wildcard(name.parent_suffixes())),
+        Pattern::Wildcard(suffix) => rules.find_wildcard(suffix.parent_suffixes()),
+        // A shorter tail that ends this one, or a wildcard over the parent.
+        Pattern::Label(label) => rules
+            .find_label(&format!("a{}", label.key()), label.tail().len())
+            .or_else(|| {
+                let parent = label.parent();
+                let above = parent.match_indices('.').map(|(dot, _)| &parent[dot + 1..]);
+                rules.find_wildcard(std::iter::once(parent).chain(above))
+            }),
+    }
+}
+
+/// Rules that change nothing: a name or pattern already allowed by a broader one with the
+/// same destination.
 pub fn redundant(config: &Config) -> Vec<String> {
+    overlaps(config, true)
+}
+
+/// Rules that shadow a broader one: the names both allow go where the narrower one says,
+/// not where the broader one would send them.
+pub fn shadowing(config: &Config) -> Vec<String> {
+    overlaps(config, false)
+}
+
+fn overlaps(config: &Config, same: bool) -> Vec<String> {
     let mut notes = Vec::new();
     for rule in config.rules.iter() {
-        let covered_by = match &rule.pattern {
-            Pattern::Exact(name) => config.rules.find_wildcard(name.parent_suffixes()),
-            Pattern::Wildcard(suffix) => config.rules.find_wildcard(suffix.parent_suffixes()),
+        let Some(broader) = broader(config, rule) else {
+            continue;
         };
-        if let Some(broader) = covered_by
-            && broader.upstream == rule.upstream
+        let alike = broader.upstream == rule.upstream
             && broader.send_proxy == rule.send_proxy
-        {
+            && broader.tcp == rule.tcp;
+        if alike && same {
             notes.push(format!(
                 "\"{}\" is already allowed by \"{}\" with the same destination",
                 rule.pattern, broader.pattern
+            ));
+        } else if !alike && !same {
+            notes.push(format!(
+                "\"{}\" shadows \"{}\": the names both allow go to {}",
+                rule.pattern,
+                broader.pattern,
+                destination(rule, config.upstream_port)
             ));
         }
     }
@@ -75,9 +113,12 @@ pub fn warnings(config: &Config) -> Vec<String> {
         ));
     }
     for rule in config.rules.iter() {
-        if let Pattern::Wildcard(suffix) = &rule.pattern
-            && !suffix.as_str().contains('.')
-        {
+        let parent = match &rule.pattern {
+            Pattern::Wildcard(suffix) => Some(suffix.as_str()),
+            Pattern::Label(label) => Some(label.parent()),
+            Pattern::Exact(_) => None,
+        };
+        if parent.is_some_and(|parent| !parent.contains('.')) {
             warnings.push(format!(
                 "\"{}\" allows every name under a top-level domain",
                 rule.pattern
@@ -129,7 +170,7 @@ pub fn summary(path: &Path, config: &Config) -> String {
         limits.max_pending_hellos,
     ));
     text.push_str(&crate::cli::edge::summary(config));
-    text.push_str("  effective rules, in the order a name is matched (exact names, then wildcards, longest first):\n");
+    text.push_str("  effective rules, in the order a name is matched (exact names, then label patterns and wildcards, longest first):\n");
     for rule in match_order(config) {
         let to = destination(rule, config.upstream_port);
         text.push_str(&format!("    {} -> {to}\n", rule.pattern));
@@ -137,17 +178,22 @@ pub fn summary(path: &Path, config: &Config) -> String {
     for note in redundant(config) {
         text.push_str(&format!("  redundant: {note}\n"));
     }
+    for note in shadowing(config) {
+        text.push_str(&format!("  shadows: {note}\n"));
+    }
     text
 }
 
 /// The rules as matching consults them: exact names (alphabetically: at most one can
-/// match), then wildcards from the longest suffix to the shortest (the longest match wins).
+/// match), then label patterns from the longest tail to the shortest, then wildcards from
+/// the longest suffix to the shortest (the longest match wins).
 fn match_order(config: &Config) -> Vec<&crate::rules::Rule> {
     let mut rules: Vec<_> = config.rules.iter().collect();
     rules.sort_by_key(|rule| match &rule.pattern {
         Pattern::Exact(name) => (0, 0, name.as_str().to_owned()),
+        Pattern::Label(label) => (1, usize::MAX - label.tail().len(), label.key().to_owned()),
         Pattern::Wildcard(suffix) => (
-            1,
+            2,
             usize::MAX - suffix.as_str().len(),
             suffix.as_str().to_owned(),
         ),
@@ -160,6 +206,11 @@ fn overview(path: &Path, config: &Config) -> String {
         .rules
         .iter()
         .filter(|r| matches!(r.pattern, Pattern::Wildcard(_)))
+        .count();
+    let labels = config
+        .rules
+        .iter()
+        .filter(|r| matches!(r.pattern, Pattern::Label(_)))
         .count();
     let pinned = config.rules.iter().filter(|r| r.upstream.is_some()).count();
     let list = |addrs: &[SocketAddr]| {
@@ -185,13 +236,17 @@ fn overview(path: &Path, config: &Config) -> String {
         private.join(", ")
     };
     format!(
-        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard; of which {pinned} pinned to an upstream)\n  \
+        "{path}: ok\n  rules: {total} ({exact} exact, {wildcards} wildcard{labels}; of which {pinned} pinned to an upstream)\n  \
          listen: {listen}\n  upstream port: {port}\n  \
          timeouts: hello {hello} ms, connect {connect} ms, idle {idle} s, drain {drain} s, lb grace {grace} s\n  \
          max hello bytes: {max}\n  resolver: {resolver}\n  private destinations: {private}\n  mode: {mode}\n",
         path = path.display(),
         total = config.rules.len(),
-        exact = config.rules.len() - wildcards,
+        exact = config.rules.len() - wildcards - labels,
+        labels = match labels {
+            0 => String::new(),
+            n => format!(", {n} label pattern"),
+        },
         listen = config
             .listen
             .iter()
@@ -231,6 +286,50 @@ mod tests {
                 "\"*.deep.example.com\" is already allowed by \"*.example.com\" with the same destination",
             ]
         );
+    }
+
+    #[test]
+    fn label_patterns_are_redundant_or_shadow_like_the_other_kinds() {
+        let c = config(
+            r#"{"allow": ["*.googleapis.com", "*platform.googleapis.com",
+                {"name": "*-aiplatform.googleapis.com", "upstream": "10.0.0.1:443"},
+                {"name": "us-aiplatform.googleapis.com", "upstream": "10.0.0.1:443"},
+                "eu-aiplatform.googleapis.com"]}"#,
+        );
+        assert_eq!(
+            redundant(&c),
+            [
+                "\"*platform.googleapis.com\" is already allowed by \"*.googleapis.com\" with the same destination",
+                "\"us-aiplatform.googleapis.com\" is already allowed by \"*-aiplatform.googleapis.com\" with the same destination",
+            ]
+        );
+        assert_eq!(
+            shadowing(&c),
+            [
+                "\"*-aiplatform.googleapis.com\" shadows \"*platform.googleapis.com\": the names both allow go to 10.0.0.1:443 (pinned)",
+                "\"eu-aiplatform.googleapis.com\" shadows \"*-aiplatform.googleapis.com\": the names both allow go to eu-aiplatform.googleapis.com:443 (DNS)",
+            ]
+        );
+        let text = summary(Path::new("t.json"), &c);
+        assert!(
+            text.contains("rules: 5 (2 exact, 1 wildcard, 2 label pattern;"),
+            "{text}"
+        );
+        let order: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("    ")?.split(" -> ").next())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "eu-aiplatform.googleapis.com",
+                "us-aiplatform.googleapis.com",
+                "*-aiplatform.googleapis.com",
+                "*platform.googleapis.com",
+                "*.googleapis.com"
+            ]
+        );
+        assert!(warnings(&config(r#"{"allow": ["*-a.com"]}"#))[0].contains("top-level domain"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Where a format's wildcard differs from the allowlist's `*.d` (any name under `d`, not
 //! `d` itself), the output says how and does what keeps them equal where the server can.
 
-use super::targets::{RelayAddrs, names};
+use super::targets::{RelayAddrs, label_notes, labels, names};
 use crate::config::Config;
 use std::fmt::Write;
 
@@ -38,6 +38,7 @@ pub fn dnsmasq(config: &Config, relay: RelayAddrs, source: &str) -> String {
              address=/*.{suffix}/{v4}\naddress=/*.{suffix}/{v6}"
         );
     }
+    label_notes(&mut out, "#", config);
     out
 }
 
@@ -80,6 +81,7 @@ pub fn unbound(config: &Config, relay: RelayAddrs, source: &str) -> String {
              local-data: \"{suffix}. {TTL} IN AAAA {v6}\""
         );
     }
+    label_notes(&mut out, "    #", config);
     out
 }
 
@@ -105,11 +107,13 @@ pub fn bind_rpz(config: &Config, relay: RelayAddrs, source: &str) -> String {
     for owner in owners {
         let _ = writeln!(out, "{owner} A {v4}\n{owner} AAAA {v6}");
     }
+    label_notes(&mut out, ";", config);
     out
 }
 
 /// CoreDNS: the `hosts` plugin for exact names, a `template` per family for wildcards,
-/// whose pattern matches names under `d` only, as the allowlist does.
+/// whose pattern matches names under `d` only, as the allowlist does, and for label
+/// patterns, whose pattern matches one label ending in the tail.
 pub fn coredns(config: &Config, relay: RelayAddrs, source: &str) -> String {
     let RelayAddrs { v4, v6 } = relay;
     let mut out = String::new();
@@ -123,12 +127,24 @@ pub fn coredns(config: &Config, relay: RelayAddrs, source: &str) -> String {
         }
         let _ = writeln!(out, "        ttl {TTL}\n        fallthrough\n    }}");
     }
-    for suffix in &wildcards {
-        let pattern = suffix.replace('.', "[.]");
+    let templates = wildcards
+        .iter()
+        .map(|suffix| {
+            (
+                suffix.as_str(),
+                format!("^.+[.]{}[.]$", suffix.replace('.', "[.]")),
+            )
+        })
+        .chain(labels(config).into_iter().map(|label| {
+            let tail = label.tail().replace('-', "[-]");
+            let parent = label.parent().replace('.', "[.]");
+            (label.parent(), format!("^[^.]+{tail}[.]{parent}[.]$"))
+        }));
+    for (zone, pattern) in templates {
         for (kind, ip) in [("A", v4.to_string()), ("AAAA", v6.to_string())] {
             let _ = writeln!(
                 out,
-                "    template IN {kind} {suffix} {{\n        match \"^.+[.]{pattern}[.]$\"\n        \
+                "    template IN {kind} {zone} {{\n        match \"{pattern}\"\n        \
                  answer \"{{{{ .Name }}}} {TTL} IN {kind} {ip}\"\n        fallthrough\n    }}"
             );
         }

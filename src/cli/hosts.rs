@@ -7,7 +7,7 @@
 //! `address=` lines for), gets Google's real IPv6 address and goes around the relay.
 
 use super::dns;
-use super::targets::{RelayAddrs, names};
+use super::targets::{RelayAddrs, label_notes, labels, names};
 use crate::config::Config;
 use std::fmt::Write;
 
@@ -67,6 +67,7 @@ pub fn hosts_block(config: &Config, relay: RelayAddrs, source: &str) -> String {
             "# *.{suffix}: /etc/hosts has no wildcards; add the names you use, like\n#   {v4} example.{suffix}\n#   {v6} example.{suffix}\n#   or serve them from DNS (snirelay hosts --format dnsmasq, unbound, bind, coredns)"
         );
     }
+    label_notes(&mut out, "#", config);
     out
 }
 
@@ -76,6 +77,7 @@ fn json(config: &Config, relay: RelayAddrs) -> String {
         "relay": { "ipv4": relay.v4.to_string(), "ipv6": relay.v6.to_string() },
         "names": exact,
         "wildcards": wildcards.iter().map(|s| format!("*.{s}")).collect::<Vec<_>>(),
+        "patterns": labels(config).iter().map(|l| format!("*{}", l.key())).collect::<Vec<_>>(),
     });
     format!("{value:#}\n")
 }

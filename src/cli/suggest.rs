@@ -142,6 +142,7 @@ pub fn propose(seen: &Seen, rules: Option<&Rules>) -> Vec<String> {
         for rule in rules.iter() {
             allowed_domains.insert(domain(match &rule.pattern {
                 Pattern::Exact(name) | Pattern::Wildcard(name) => name.as_str(),
+                Pattern::Label(label) => label.parent(),
             }));
         }
     }

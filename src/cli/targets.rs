@@ -49,9 +49,35 @@ pub(super) fn names(config: &Config) -> (Vec<String>, Vec<String>) {
         match &rule.pattern {
             Pattern::Exact(name) => exact.push(name.to_string()),
             Pattern::Wildcard(suffix) => wildcards.push(suffix.to_string()),
+            Pattern::Label(_) => {}
         }
     }
     (exact, wildcards)
+}
+
+/// The label patterns (`*-aiplatform.googleapis.com`) of `config`'s rules, in rule order.
+pub(super) fn labels(config: &Config) -> Vec<&crate::rules::LabelPattern> {
+    config
+        .rules
+        .iter()
+        .filter_map(|rule| match &rule.pattern {
+            Pattern::Label(label) => Some(label),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a format that cannot match part of a label says for each label pattern, as
+/// comment lines starting with `comment`.
+pub(super) fn label_notes(out: &mut String, comment: &str, config: &Config) {
+    for label in labels(config) {
+        out.push_str(&format!(
+            "{comment} *{key}: this format cannot match part of a label; list the names you use
+             {comment}   (like example{key}), or point clients at a CONNECT listener instead
+",
+            key = label.key()
+        ));
+    }
 }
 
 #[cfg(test)]

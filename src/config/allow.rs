@@ -1,4 +1,5 @@
-//! The `allow` array: names, wildcards and `{name, upstream}` objects, no duplicates.
+//! The `allow` array: names, wildcards, label patterns and `{name, upstream}` objects, no
+//! duplicates.
 
 use super::values::{invalid, parse_string};
 use crate::proxy::Version;
@@ -29,8 +30,7 @@ impl<'de> Deserialize<'de> for AllowList {
     }
 }
 
-const PATTERN_EXPECTED: &str =
-    "a host name like \"api.example.com\" or a wildcard like \"*.example.com\"";
+const PATTERN_EXPECTED: &str = "a host name like \"api.example.com\", a wildcard like \"*.example.com\" or a label pattern like \"*-api.example.com\"";
 const UPSTREAM_EXPECTED: &str = "host:port or ip:port, like \"private.googleapis.com:443\"";
 
 /// Reads one rule (a pattern string, or `{ "name": ..., "upstream": ... }`) into the
