@@ -20,6 +20,7 @@ pub mod connect;
 pub mod decide;
 pub mod hello;
 pub mod hostname;
+pub mod http_connect;
 pub mod lifecycle;
 pub mod limits;
 pub mod net;
