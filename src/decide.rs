@@ -3,6 +3,7 @@
 
 use crate::config::Mode;
 use crate::hello::ClientHello;
+use crate::hostname::Hostname;
 use crate::outcome::Rejection;
 use crate::rules::{Host, Route, Rules};
 
@@ -26,18 +27,38 @@ pub fn decide<'a>(
     upstream_port: u16,
     mode: Mode,
 ) -> Decision<'a> {
-    match (rules.route(&hello.sni, upstream_port), mode) {
+    decide_name(rules, &hello.sni, upstream_port, mode)
+}
+
+fn decide_name<'a>(rules: &'a Rules, name: &Hostname, port: u16, mode: Mode) -> Decision<'a> {
+    match (rules.route(name, port), mode) {
         (Some(route), _) => Decision::Forward(route),
         (None, Mode::Enforce) => Decision::Refuse(Rejection::NotAllowed),
         // As if a rule allowed the name without a pinned upstream: the client chose the
         // host, so the destination policy applies to it.
         (None, Mode::Monitor) => Decision::WouldRefuse(Route {
             rule: None,
-            host: Host::Name(hello.sni.clone()),
-            port: upstream_port,
+            host: Host::Name(name.clone()),
+            port,
             pinned: false,
         }),
     }
+}
+
+/// Decides a CONNECT request for `host:port` against `rules` in `mode`: the port must be
+/// among `ports` (in either mode: monitor mode learns names, not ports); the name is decided
+/// as a hello's would be, a name without a pinned upstream going to the port asked for.
+pub fn decide_connect<'a>(
+    rules: &'a Rules,
+    host: &Hostname,
+    port: u16,
+    ports: &[u16],
+    mode: Mode,
+) -> Decision<'a> {
+    if !ports.contains(&port) {
+        return Decision::Refuse(Rejection::PortNotAllowed);
+    }
+    decide_name(rules, host, port, mode)
 }
 
 #[cfg(test)]
@@ -111,6 +132,57 @@ mod tests {
         assert!(matches!(
             decide(&rules, &hello("tts.googleapis.com"), 443, Mode::Monitor),
             Decision::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn a_connect_request_needs_a_listed_port_in_either_mode_then_goes_where_it_asked() {
+        let rules = rules(&[
+            ("*.googleapis.com", None),
+            ("tts.googleapis.com", Some("10.1.2.3:4443")),
+        ]);
+        let name = |s: &str| s.parse::<Hostname>().unwrap();
+        for mode in [Mode::Enforce, Mode::Monitor] {
+            let Decision::Refuse(rejection) =
+                decide_connect(&rules, &name("a.googleapis.com"), 80, &[443, 8443], mode)
+            else {
+                panic!("a port not listed was let through");
+            };
+            assert_eq!(rejection.reason(), "port_not_allowed");
+        }
+        let Decision::Forward(route) = decide_connect(
+            &rules,
+            &name("a.googleapis.com"),
+            8443,
+            &[443, 8443],
+            Mode::Enforce,
+        ) else {
+            panic!("refused an allowed name");
+        };
+        assert_eq!(
+            (route.host.to_string(), route.port),
+            ("a.googleapis.com".into(), 8443)
+        );
+        let Decision::Forward(route) = decide_connect(
+            &rules,
+            &name("tts.googleapis.com"),
+            443,
+            &[443],
+            Mode::Enforce,
+        ) else {
+            panic!("refused a pinned name");
+        };
+        assert_eq!(
+            (route.host.to_string(), route.port),
+            ("10.1.2.3".into(), 4443)
+        );
+        assert!(matches!(
+            decide_connect(&rules, &name("example.org"), 443, &[443], Mode::Enforce),
+            Decision::Refuse(Rejection::NotAllowed)
+        ));
+        assert!(matches!(
+            decide_connect(&rules, &name("example.org"), 443, &[443], Mode::Monitor),
+            Decision::WouldRefuse(_)
         ));
     }
 }

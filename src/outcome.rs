@@ -4,6 +4,7 @@
 
 use crate::connect::ConnectError;
 use crate::hello::HelloError;
+use crate::http_connect::RequestError;
 use crate::limits::LimitExceeded;
 use crate::net::read::ReadError;
 use crate::proxy::ProxyError;
@@ -66,6 +67,17 @@ pub enum Rejection {
     /// The name matches no rule.
     #[error("name not on the allowlist")]
     NotAllowed,
+    /// A CONNECT request the relay does not take: not CONNECT, malformed, too large, or
+    /// naming an IP address.
+    #[error("CONNECT request refused: {0}")]
+    BadConnect(#[from] RequestError),
+    /// A CONNECT request for a port the listener's `connect_ports` does not list.
+    #[error("port not in the listener's connect_ports")]
+    PortNotAllowed,
+    /// After a CONNECT, a ClientHello for another name than the one the request named
+    /// (domain fronting).
+    #[error("the ClientHello names another host than the CONNECT request")]
+    SniMismatch,
     /// DNS did not answer within the connect deadline.
     #[error("DNS lookup did not finish within the connect timeout")]
     DnsTimeout,
@@ -98,6 +110,9 @@ impl Rejection {
             Self::ClientError(_) => "client_error",
             Self::Hello(e) => e.reason(),
             Self::NotAllowed => NOT_ALLOWED,
+            Self::BadConnect(_) => "bad_connect",
+            Self::PortNotAllowed => "port_not_allowed",
+            Self::SniMismatch => "sni_mismatch",
             Self::DnsTimeout => "dns_failed",
             Self::Resolve(e) => e.reason(),
             Self::Connect(_) => "upstream_unreachable",
@@ -121,6 +136,7 @@ impl Rejection {
         match self {
             Self::Hello(e) => Some(e.detail()),
             Self::BadProxyHeader(e) => Some(e.detail()),
+            Self::BadConnect(e) => Some(e.detail()),
             Self::DnsTimeout => Some("timeout"),
             Self::Connect(e) => Some(e.detail()),
             _ => None,
@@ -140,9 +156,36 @@ impl Rejection {
             | Self::ClientClosed
             | Self::ClientError(_)
             | Self::Hello(_)
-            | Self::NotAllowed => Side::Client,
+            | Self::NotAllowed
+            | Self::BadConnect(_)
+            | Self::PortNotAllowed
+            | Self::SniMismatch => Side::Client,
             Self::DnsTimeout | Self::Resolve(_) | Self::Connect(_) => Side::Upstream,
             Self::Limit(_) | Self::Shutdown => Side::Relay,
+        }
+    }
+}
+
+impl Rejection {
+    /// The HTTP status a CONNECT client is refused with: 4xx for what it asked, 502 and
+    /// 504 for an upstream that could not be reached (504: in time), 503 for the relay's
+    /// own limits and shutdown.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::BadConnect(e) => e.status(),
+            Self::HelloTimeout => 408,
+            Self::DnsTimeout | Self::Connect(ConnectError::Timeout(_)) => 504,
+            Self::Resolve(_) | Self::Connect(_) => 502,
+            Self::Limit(LimitExceeded::PerClient) => 429,
+            Self::Limit(_) | Self::Shutdown => 503,
+            Self::ClientClosed | Self::ClientError(_) | Self::Hello(_) | Self::ProxyLocal => 400,
+            Self::PoolUnused => 400,
+            Self::ClientDenied
+            | Self::ProxyUntrusted
+            | Self::BadProxyHeader(_)
+            | Self::NotAllowed
+            | Self::PortNotAllowed
+            | Self::SniMismatch => 403,
         }
     }
 }
@@ -309,6 +352,9 @@ pub const OUTCOMES: &[(&str, &str)] = &[
     ("rejected", "no_sni"),
     ("rejected", "bad_sni"),
     ("rejected", "not_allowed"),
+    ("rejected", "bad_connect"),
+    ("rejected", "port_not_allowed"),
+    ("rejected", "sni_mismatch"),
     ("rejected", "dns_failed"),
     ("rejected", "forbidden_destination"),
     ("rejected", "upstream_unreachable"),

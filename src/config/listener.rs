@@ -1,8 +1,10 @@
 //! The `listen` array: each entry an address string, or an object that also says whether
-//! the listener takes the PROXY protocol and from which balancers.
+//! the listener takes the PROXY protocol and from which balancers, and whether its clients
+//! open with a TLS hello or an HTTP CONNECT request.
 
 use super::values::{Bounded, Mode, Network, invalid, parse_string};
-use crate::proxy::Accept;
+use crate::http_connect::DEFAULT_MAX_REQUEST;
+use crate::proxy::Accept as ProxyVersions;
 use crate::tcp_options::Tcp;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -24,6 +26,8 @@ pub struct Listener {
     pub mode: Option<Mode>,
     /// TCP settings of its client-facing sockets.
     pub tcp: Tcp,
+    /// What its clients open with.
+    pub accept: Accept,
 }
 
 impl Listener {
@@ -35,15 +39,34 @@ impl Listener {
             proxy: None,
             mode: None,
             tcp: Tcp::default(),
+            accept: Accept::Tls,
         }
     }
+}
+
+/// What a listener's clients open with (`"accept"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accept {
+    /// The TLS ClientHello, its server name chosen by the client's DNS or hosts file.
+    Tls,
+    /// An HTTP CONNECT request naming the host (`https_proxy`), then the hello.
+    Connect(Tunnel),
+}
+
+/// A CONNECT listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The ports a CONNECT request may name (`"connect_ports"`, default 443).
+    pub ports: Vec<u16>,
+    /// The largest request head read (`"max_request_bytes"`, default 8 KiB).
+    pub max_request: usize,
 }
 
 /// The PROXY protocol settings of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyProtocol {
     /// Which versions are accepted.
-    pub accept: Accept,
+    pub accept: ProxyVersions,
     /// Peers allowed to send a header; any other peer is closed before a byte is read.
     pub trusted: Vec<IpNet>,
     /// How long a connection may stay silent before its header, when set: an edge relay's
@@ -86,7 +109,7 @@ impl<'de> Deserialize<'de> for ListenList {
     }
 }
 
-/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "proxy_protocol": ..., "trusted_proxies": [...], "proxy_header_wait_s": ..., "mode": ... }`.
+/// One entry: `"0.0.0.0:443"` or `{ "addr": ..., "accept": ..., "proxy_protocol": ..., "trusted_proxies": [...], "proxy_header_wait_s": ..., "mode": ... }`.
 struct Entry(Listener);
 
 impl<'de> Deserialize<'de> for Entry {
@@ -102,7 +125,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(
-            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...], \"mode\": ..., \"tcp\": {...}}",
+            "a listen address like \"0.0.0.0:443\" or an object {\"addr\": ..., \"accept\": ..., \"proxy_protocol\": ..., \"trusted_proxies\": [...], \"mode\": ..., \"tcp\": {...}}",
         )
     }
 
@@ -119,14 +142,46 @@ impl<'de> Visitor<'de> for EntryVisitor {
             #[serde(deserialize_with = "addr")]
             addr: SocketAddr,
             name: Option<FdName>,
-            proxy_protocol: Option<AcceptWord>,
+            proxy_protocol: Option<VersionsWord>,
             trusted_proxies: Option<Vec<Network>>,
             mode: Option<Mode>,
             #[serde(default)]
             tcp: Tcp,
             proxy_header_wait_s: Option<Bounded<1, 3_600>>,
+            accept: Option<AcceptWord>,
+            connect_ports: Option<Vec<Bounded<1, 65_535>>>,
+            max_request_bytes: Option<Bounded<256, 65_536>>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        let accept = match obj.accept {
+            None | Some(AcceptWord::Tls) => {
+                if obj.connect_ports.is_some() || obj.max_request_bytes.is_some() {
+                    return Err(de::Error::custom(format!(
+                        "listener {}: connect_ports and max_request_bytes are for a CONNECT listener; add \"accept\": \"connect\"",
+                        obj.addr
+                    )));
+                }
+                Accept::Tls
+            }
+            Some(AcceptWord::Connect) => {
+                let ports: Vec<u16> = match obj.connect_ports {
+                    None => vec![443],
+                    Some(ports) => ports.iter().map(|&Bounded(p)| p as u16).collect(),
+                };
+                if ports.is_empty() {
+                    return Err(de::Error::custom(format!(
+                        "listener {}: connect_ports is empty, so every request would be refused; list the ports clients may ask for, like [443]",
+                        obj.addr
+                    )));
+                }
+                Accept::Connect(Tunnel {
+                    ports,
+                    max_request: obj
+                        .max_request_bytes
+                        .map_or(DEFAULT_MAX_REQUEST, |Bounded(n)| n as usize),
+                })
+            }
+        };
         let header_wait = obj
             .proxy_header_wait_s
             .map(|Bounded(s)| Duration::from_secs(s));
@@ -138,7 +193,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 )));
             }
             (None, None) => None,
-            (Some(AcceptWord(accept)), Some(trusted)) if !trusted.is_empty() => {
+            (Some(VersionsWord(accept)), Some(trusted)) if !trusted.is_empty() => {
                 Some(ProxyProtocol {
                     accept,
                     trusted: trusted.into_iter().map(|n| n.0).collect(),
@@ -164,6 +219,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             proxy,
             mode: obj.mode,
             tcp: obj.tcp,
+            accept,
         }))
     }
 }
@@ -196,15 +252,33 @@ impl<'de> Deserialize<'de> for FdName {
 }
 
 /// `"v1"`, `"v2"` or `"any"`.
-struct AcceptWord(Accept);
+struct VersionsWord(ProxyVersions);
 
-impl<'de> Deserialize<'de> for AcceptWord {
+impl<'de> Deserialize<'de> for VersionsWord {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         const EXPECTED: &str = "\"v1\", \"v2\" or \"any\"";
         parse_string(d, EXPECTED, |text| match text {
-            "v1" => Ok(AcceptWord(Accept::V1)),
-            "v2" => Ok(AcceptWord(Accept::V2)),
-            "any" => Ok(AcceptWord(Accept::Any)),
+            "v1" => Ok(VersionsWord(ProxyVersions::V1)),
+            "v2" => Ok(VersionsWord(ProxyVersions::V2)),
+            "any" => Ok(VersionsWord(ProxyVersions::Any)),
+            _ => Err(invalid(text, EXPECTED)),
+        })
+    }
+}
+
+/// `"tls"` or `"connect"`.
+enum AcceptWord {
+    Tls,
+    Connect,
+}
+
+impl<'de> Deserialize<'de> for AcceptWord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str =
+            "\"tls\" (a ClientHello first) or \"connect\" (an HTTP CONNECT request first)";
+        parse_string(d, EXPECTED, |text| match text {
+            "tls" => Ok(AcceptWord::Tls),
+            "connect" => Ok(AcceptWord::Connect),
             _ => Err(invalid(text, EXPECTED)),
         })
     }
@@ -215,9 +289,9 @@ impl fmt::Display for Listener {
         write!(f, "{}", self.addr)?;
         if let Some(proxy) = &self.proxy {
             let version = match proxy.accept {
-                Accept::V1 => "v1",
-                Accept::V2 => "v2",
-                Accept::Any => "v1 or v2",
+                ProxyVersions::V1 => "v1",
+                ProxyVersions::V2 => "v2",
+                ProxyVersions::Any => "v1 or v2",
             };
             let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
             write!(f, " (PROXY {version} from {}", trusted.join(", "))?;
@@ -225,6 +299,10 @@ impl fmt::Display for Listener {
                 write!(f, ", waiting up to {}s for it", wait.as_secs())?;
             }
             f.write_str(")")?;
+        }
+        if let Accept::Connect(tunnel) = &self.accept {
+            let ports: Vec<String> = tunnel.ports.iter().map(|p| p.to_string()).collect();
+            write!(f, " (HTTP CONNECT to port {})", ports.join(", "))?;
         }
         if let Some(mode) = self.mode {
             write!(f, " ({} mode)", mode.word())?;

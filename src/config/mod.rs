@@ -11,7 +11,7 @@ mod transport;
 mod values;
 
 pub use crate::tcp_options::{Keepalive, Tcp};
-pub use listener::{Listener, ProxyProtocol};
+pub use listener::{Accept, Listener, ProxyProtocol, Tunnel};
 pub use pools::PoolSpec;
 pub use values::Mode;
 

@@ -2,6 +2,7 @@ use super::*;
 use crate::connect::ConnectError;
 use crate::hello::HelloError;
 use crate::hostname::HostnameError;
+use crate::http_connect::RequestError;
 use crate::policy::Forbidden;
 use crate::proxy::ProxyError;
 use std::time::Duration;
@@ -38,6 +39,15 @@ fn examples() -> Vec<Rejection> {
         Rejection::Hello(HelloError::NoSni),
         Rejection::Hello(HelloError::SniNotOneHostName),
         Rejection::NotAllowed,
+        Rejection::BadConnect(RequestError::NotConnect),
+        Rejection::BadConnect(RequestError::RequestLine),
+        Rejection::BadConnect(RequestError::Version),
+        Rejection::BadConnect(RequestError::Target),
+        Rejection::BadConnect(RequestError::IpLiteral),
+        Rejection::BadConnect(RequestError::Header),
+        Rejection::BadConnect(RequestError::TooLarge),
+        Rejection::PortNotAllowed,
+        Rejection::SniMismatch,
         Rejection::DnsTimeout,
         Rejection::Resolve(ResolveError::Dns {
             name: "a.example.com".parse().unwrap(),
@@ -72,6 +82,9 @@ fn examples() -> Vec<Rejection> {
         HostnameError::IpLiteral,
     ] {
         examples.push(Rejection::Hello(HelloError::BadSni(bad)));
+        if bad != HostnameError::IpLiteral {
+            examples.push(Rejection::BadConnect(RequestError::BadHost(bad)));
+        }
     }
     for rejection in &examples {
         match rejection {
@@ -85,6 +98,9 @@ fn examples() -> Vec<Rejection> {
             | Rejection::ClientError(_)
             | Rejection::Hello(_)
             | Rejection::NotAllowed
+            | Rejection::BadConnect(_)
+            | Rejection::PortNotAllowed
+            | Rejection::SniMismatch
             | Rejection::DnsTimeout
             | Rejection::Resolve(_)
             | Rejection::Connect(_)
@@ -189,4 +205,32 @@ fn the_documented_reason_table_matches_the_words_the_code_logs() {
             );
         }
     }
+}
+
+#[test]
+fn a_connect_client_is_told_a_status_that_says_whose_fault_it_was() {
+    for rejection in examples() {
+        let status = rejection.http_status();
+        let expected = match rejection.side() {
+            Side::Client => 400..500,
+            Side::Upstream => 502..505,
+            Side::Relay => 429..504,
+        };
+        assert!(expected.contains(&status), "{rejection:?}: {status}");
+    }
+    let refused = Rejection::Connect(ConnectError::Failed {
+        addr: "192.0.2.1:443".parse().unwrap(),
+        source: io::ErrorKind::ConnectionRefused.into(),
+    });
+    assert_eq!(refused.http_status(), 502);
+    assert_eq!(
+        Rejection::Connect(ConnectError::Timeout(Duration::ZERO)).http_status(),
+        504
+    );
+    assert_eq!(Rejection::DnsTimeout.http_status(), 504);
+    assert_eq!(Rejection::NotAllowed.http_status(), 403);
+    assert_eq!(
+        Rejection::BadConnect(RequestError::NotConnect).http_status(),
+        405
+    );
 }

@@ -1,40 +1,29 @@
-//! One connection, top to bottom: read the PROXY header (from a balancer) and the hello,
-//! decide, resolve, connect, forward, log.
+//! One connection, top to bottom: read the PROXY header (from a balancer) and the hello
+//! (on a CONNECT listener, the request first: `tunnel`), decide, resolve, connect, forward,
+//! log.
 
-use crate::config::{Listener, ProxyProtocol};
+use super::steps::{
+    Reached, UNRECOGNIZED_NAME_ALERT, read_header, read_hello, refuse, upstream_for,
+};
+use super::tunnel::open_tunnel;
+use crate::config::{Accept, Listener, Mode};
 use crate::connect::ConnectError;
 use crate::decide::{Decision, decide};
-use crate::hello::{HelloError, HelloReader};
 use crate::limits::Slot;
-use crate::net::read::{Parsed, ReadError, read_until};
 use crate::net::transport::{self, Legs};
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
-use crate::pool::Ready;
-use crate::proxy::{self, Header, ParsedHeader};
-use crate::reach;
-use crate::rules::Route;
+use crate::proxy::{self, Header};
 use crate::state::{Relay, Settings};
 use crate::tcp::forward;
 use crate::telemetry::live::{Id, LiveConnection};
 use crate::telemetry::record::ConnectionRecord;
-use socket2::SockRef;
 use std::future::Future;
-use std::io;
-use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// A fatal TLS alert record: level 2 (fatal), description 112 (unrecognized_name).
-const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-/// After the alert, read what the client still sends for at most this long, so the close is
-/// a FIN and not a reset that could make the client's kernel discard the alert.
-const ALERT_LINGER: Duration = Duration::from_secs(1);
-const ALERT_LINGER_BYTES: usize = 64 * 1024;
 
 /// One connection, start to end, logged once.
 ///
@@ -163,43 +152,35 @@ async fn open(
         slot.claim_client(record.client().ip(), &config.limits)?;
     }
 
-    let mut reader = HelloReader::new(config.max_hello_bytes);
-    let hello = timeout_at(
-        hello_deadline,
-        Box::pin(read_until(
-            &client,
-            &mut received,
-            config.max_hello_bytes,
-            move |bytes| {
-                Ok::<_, HelloError>(match reader.advance(bytes)? {
-                    Some(hello) => Parsed::Found(hello),
-                    None => Parsed::Missing(reader.missing(bytes)),
-                })
-            },
-        )),
-    )
-    .await
-    .map_err(|_| Rejection::HelloTimeout)??;
-    slot.hello_done();
-    record.hello(&hello);
-
-    let route = match decide(&config.rules, &hello, config.upstream_port, mode) {
-        Decision::Forward(route) => route,
-        Decision::WouldRefuse(route) => {
-            record.would_refuse();
-            route
+    let (hello, route, upstream, addr) = match &listener.accept {
+        Accept::Tls => {
+            let opening = open_tls(
+                &client,
+                &mut received,
+                hello_deadline,
+                mode,
+                settings,
+                relay,
+                slot,
+                record,
+            );
+            Box::pin(opening).await?
         }
-        Decision::Refuse(rejection) => {
-            Box::pin(refuse_with_alert(client)).await;
-            return Err(rejection);
+        Accept::Connect(tunnel) => {
+            let opening = open_tunnel(
+                &client,
+                &mut received,
+                hello_deadline,
+                tunnel,
+                mode,
+                settings,
+                relay,
+                slot,
+                record,
+            );
+            Box::pin(opening).await?
         }
     };
-    if let Some(rule) = route.rule {
-        record.rule(rule.label.clone());
-    }
-
-    let (upstream, addr) = Box::pin(upstream_for(&route, settings, relay, record)).await?;
-    record.connected(addr);
     // Checked when the rules were loaded: nothing here can refuse it.
     let _ = transport::apply(
         &upstream,
@@ -228,99 +209,41 @@ async fn open(
     Ok((client, upstream, received, entry))
 }
 
-/// The PROXY header, by the hello deadline or, on a listener that waits longer for it (an
-/// edge relay's ready connections), by its own wait.
-async fn read_header(
+/// A TLS listener's connection, from the hello to the upstream: read the hello, decide its
+/// name, connect.
+#[allow(clippy::too_many_arguments)]
+async fn open_tls<'s>(
     client: &TcpStream,
     received: &mut Vec<u8>,
-    proxy: &ProxyProtocol,
-    hello_deadline: Instant,
-    draining: &CancellationToken,
-) -> Result<ParsedHeader, Rejection> {
-    let waits = proxy.header_wait.is_some();
-    let deadline = proxy
-        .header_wait
-        .map_or(hello_deadline, |wait| Instant::now() + wait);
-    let read = tokio::select! {
-        read = timeout_at(
-            deadline,
-            read_until(client, received, proxy::V2_MAX, |bytes| {
-                proxy::parse(bytes, proxy.accept).map(Parsed::from)
-            }),
-        ) => Some(read),
-        // A relay that stops accepting lets an edge's idle ready connections go at once,
-        // so the edge reconnects to whoever accepts now.
-        () = draining.cancelled(), if waits => None,
-    };
-    match read {
-        // Not a byte: a ready connection the edge retired, kept past the wait, or let go
-        // by a draining relay.
-        None | Some(Err(_) | Ok(Err(ReadError::Closed | ReadError::Io(_))))
-            if waits && received.is_empty() =>
-        {
-            Err(Rejection::PoolUnused)
-        }
-        None => Err(Rejection::Shutdown),
-        Some(Err(_)) => Err(Rejection::HelloTimeout),
-        Some(Ok(read)) => Ok(read?),
-    }
-}
-
-/// The upstream connection for `route`: where an edge relay keeps ready connections to
-/// this pinned upstream, the newest one; otherwise (or with none ready) resolved and
-/// connected as always, never waiting for the pool.
-async fn upstream_for(
-    route: &Route<'_>,
-    settings: &Settings,
+    deadline: Instant,
+    mode: Mode,
+    settings: &'s Settings,
     relay: &Relay,
+    slot: &mut Slot,
     record: &mut ConnectionRecord,
-) -> Result<(TcpStream, SocketAddr), Rejection> {
-    match relay.pools().take(&route.host, route.port) {
-        Ready::Taken(upstream, addr) => {
-            record.pooled(true);
-            return Ok((upstream, addr));
-        }
-        Ready::Empty => record.pooled(false),
-        Ready::NoPool => {}
-    }
-    let fast_open = route
-        .rule
-        .and_then(|rule| rule.tcp.as_ref()?.fast_open)
-        .or(settings.config.upstream_tcp.fast_open)
-        == Some(true);
-    let within = settings.config.timeouts.connect;
-    let (upstream, addr, answered_from) = reach::reach(
-        &settings.resolver,
-        route,
-        &settings.policy,
-        within,
-        fast_open,
-    )
-    .await?;
-    record.dns(answered_from);
-    Ok((upstream, addr))
-}
+) -> Result<Reached<'s>, Rejection> {
+    let config = &settings.config;
+    let hello = read_hello(client, received, deadline, config.max_hello_bytes).await?;
+    slot.hello_done();
+    record.hello(&hello);
 
-/// Tells a TLS client its name is not served, so its error says so, then closes cleanly.
-async fn refuse_with_alert(client: TcpStream) {
-    let _ = client.try_write(&UNRECOGNIZED_NAME_ALERT);
-    let _ = SockRef::from(&client).shutdown(Shutdown::Write);
-    let _ = timeout(ALERT_LINGER, async {
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < ALERT_LINGER_BYTES {
-            if client.readable().await.is_err() {
-                return;
-            }
-            match client.try_read(&mut sink) {
-                Ok(0) => return,
-                Ok(n) => drained += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
+    let route = match decide(&config.rules, &hello, config.upstream_port, mode) {
+        Decision::Forward(route) => route,
+        Decision::WouldRefuse(route) => {
+            record.would_refuse();
+            route
         }
-    })
-    .await;
+        Decision::Refuse(rejection) => {
+            refuse(client, UNRECOGNIZED_NAME_ALERT).await;
+            return Err(rejection);
+        }
+    };
+    if let Some(rule) = route.rule {
+        record.rule(rule.label.clone());
+    }
+    let (upstream, addr) = Box::pin(upstream_for(&route, settings, relay, record)).await?;
+    record.connected(addr);
+    Ok((hello, route, upstream, addr))
 }
 
 #[cfg(test)]
@@ -329,6 +252,7 @@ mod tests {
     use crate::config::Config;
     use crate::net::read::tests::pair;
     use std::path::Path;
+    use std::time::Duration;
 
     /// Budgets, in bytes, for what one connection's task holds. The connection future is
     /// what an idle forwarded connection keeps for hours: it stays small because
@@ -336,15 +260,15 @@ mod tests {
     /// arguments twice) and because `open`, whose phases are boxed one by one, is itself
     /// boxed and freed before forwarding.
     ///
-    /// Each budget is the size measured with rustc 1.95 (952, 464 and 496 bytes) plus
+    /// Each budget is the size measured with rustc 1.95 (960, 240 and 496 bytes) plus
     /// [`MARGIN`]: a newer compiler may lay the state out a little differently, and that
     /// must not fail here, while a real growth (a field kept across an await, a phase no
     /// longer boxed, an `async fn`) still does. Past the budget: measure again and say why
     /// in the commit, or undo it.
     const MARGIN: usize = 32;
-    const CONNECTION_FUTURE_BUDGET: usize = 952 + MARGIN;
+    const CONNECTION_FUTURE_BUDGET: usize = 960 + MARGIN;
     const COPY_FUTURE_BUDGET: usize = 496 + MARGIN;
-    const OPEN_FUTURE_BUDGET: usize = 464 + MARGIN;
+    const OPEN_FUTURE_BUDGET: usize = 240 + MARGIN;
 
     #[tokio::test]
     async fn a_connection_task_stays_within_its_memory_budget() {

@@ -4,3 +4,5 @@ pub mod activity;
 pub mod connection;
 pub mod forward;
 pub mod server;
+mod steps;
+mod tunnel;

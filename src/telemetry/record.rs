@@ -32,6 +32,9 @@ pub struct ConnectionRecord {
     /// most connections have none, and the log lives as long as the connection.
     via: Option<Box<(SocketAddr, Tlvs)>>,
     listener: SocketAddr,
+    /// On a CONNECT listener: the `host:port` the request named, and when it was read.
+    /// Boxed, as `via`: the record lives as long as the connection.
+    request: Option<Box<(Box<str>, Duration)>>,
     hello: Option<HelloFields>,
     hello_done: Option<Duration>,
     rule: Option<Arc<str>>,
@@ -53,6 +56,7 @@ impl ConnectionRecord {
             client,
             via: None,
             listener,
+            request: None,
             hello: None,
             hello_done: None,
             rule: None,
@@ -84,6 +88,14 @@ impl ConnectionRecord {
     /// The client as the log names it: the socket's peer, or the one a PROXY header named.
     pub fn client(&self) -> SocketAddr {
         self.client
+    }
+
+    /// A CONNECT request for `host:port` is read.
+    pub fn requested(&mut self, host: &crate::hostname::Hostname, port: u16) {
+        self.request = Some(Box::new((
+            format!("{host}:{port}").into(),
+            self.started.elapsed(),
+        )));
     }
 
     /// The hello is complete. Its names are copied for the line only when the line can be
@@ -144,7 +156,13 @@ impl ConnectionRecord {
     pub fn emit(self, result: Result<Transfer, Rejection>, legs: Legs, metrics: &Metrics) {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let total = self.started.elapsed();
-        let connect = self.connect_done.zip(self.hello_done).map(|(c, h)| c - h);
+        // From what decided the destination (the request, on a CONNECT listener; else the
+        // hello) to the upstream connection.
+        let decided = self.request.as_ref().map(|r| r.1).or(self.hello_done);
+        let connect = self
+            .connect_done
+            .zip(decided)
+            .map(|(c, d)| c.saturating_sub(d));
         let hello = self.hello.as_ref();
         let Outcome {
             outcome,
@@ -199,6 +217,7 @@ impl ConnectionRecord {
             alibaba_endpoint_id = tlvs.and_then(|t| t.alibaba_endpoint_id.as_deref()),
             alibaba_endpoint_service_id = tlvs.and_then(|t| t.alibaba_endpoint_service_id.as_deref()),
             aws_vpce_id = tlvs.and_then(|t| t.aws_vpce_id.as_deref()),
+            connect = self.request.as_ref().map(|r| &*r.0),
             sni = hello.map(|h| &*h.sni),
             alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
             tls = hello.map(|h| &*h.tls),
@@ -214,6 +233,7 @@ impl ConnectionRecord {
             bytes_up = transfer.map(|t| t.up),
             bytes_down = transfer.map(|t| t.down),
             bytes_spliced = transfer.map(|t| t.spliced),
+            request_ms = self.request.as_ref().map(|r| ms(r.1)),
             hello_ms = self.hello_done.map(ms),
             connect_ms = connect.map(ms),
             total_ms = ms(total),

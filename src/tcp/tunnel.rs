@@ -1,0 +1,93 @@
+//! A CONNECT listener's connection, from the request to the checked hello: read the
+//! request, decide the name it asks for, connect, answer `200`, then read the ClientHello
+//! and hold it to the name asked for. Every refusal before the `200` is an HTTP answer the
+//! client's own error shows; after it, a TLS alert.
+
+use super::steps::{Reached, UNRECOGNIZED_NAME_ALERT, read_hello, refuse, upstream_for, write_all};
+use crate::config::{Mode, Tunnel};
+use crate::decide::{Decision, decide_connect};
+use crate::http_connect::{self, ESTABLISHED};
+use crate::limits::Slot;
+use crate::net::read::{Parsed, read_until};
+use crate::outcome::Rejection;
+use crate::state::{Relay, Settings};
+use crate::telemetry::record::ConnectionRecord;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+
+/// From the CONNECT request (read by `deadline`, after whatever `received` holds) to the
+/// hello, checked against the request, with the upstream connected.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn open_tunnel<'s>(
+    client: &TcpStream,
+    received: &mut Vec<u8>,
+    deadline: Instant,
+    tunnel: &Tunnel,
+    mode: Mode,
+    settings: &'s Settings,
+    relay: &Relay,
+    slot: &mut Slot,
+    record: &mut ConnectionRecord,
+) -> Result<Reached<'s>, Rejection> {
+    let config = &settings.config;
+    let limit = tunnel.max_request;
+    let read = read_until(client, received, limit, |bytes| {
+        http_connect::parse(bytes, limit).map(Parsed::from)
+    });
+    let request = match timeout_at(deadline, read).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return Err(answer(client, e.into()).await),
+        Err(_) => return Err(answer(client, Rejection::HelloTimeout).await),
+    };
+    received.drain(..request.len);
+    record.requested(&request.host, request.port);
+
+    let decision = decide_connect(
+        &config.rules,
+        &request.host,
+        request.port,
+        &tunnel.ports,
+        mode,
+    );
+    let route = match decision {
+        Decision::Forward(route) => route,
+        Decision::WouldRefuse(route) => {
+            record.would_refuse();
+            route
+        }
+        Decision::Refuse(rejection) => return Err(answer(client, rejection).await),
+    };
+    if let Some(rule) = route.rule {
+        record.rule(rule.label.clone());
+    }
+    let (upstream, addr) = match Box::pin(upstream_for(&route, settings, relay, record)).await {
+        Ok(reached) => reached,
+        Err(rejection) => return Err(answer(client, rejection).await),
+    };
+    record.connected(addr);
+    write_all(client, ESTABLISHED)
+        .await
+        .map_err(Rejection::ClientError)?;
+
+    // The hello comes a round trip after the 200: its deadline starts now.
+    let hello_deadline = Instant::now() + config.timeouts.hello;
+    let hello = read_hello(client, received, hello_deadline, config.max_hello_bytes).await?;
+    slot.hello_done();
+    record.hello(&hello);
+    if hello.sni != request.host {
+        // The upstream, connected for the name asked for, never sees a byte of it.
+        drop(upstream);
+        refuse(client, UNRECOGNIZED_NAME_ALERT).await;
+        return Err(Rejection::SniMismatch);
+    }
+    Ok((hello, route, upstream, addr))
+}
+
+/// Answers a refused request with its status and reason, closes, and gives the rejection
+/// back for the log.
+async fn answer(client: &TcpStream, rejection: Rejection) -> Rejection {
+    let status = rejection.http_status();
+    let refusal = http_connect::refusal(status, rejection.reason(), &rejection.to_string(), false);
+    refuse(client, &refusal).await;
+    rejection
+}
