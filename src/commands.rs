@@ -2,6 +2,7 @@
 //! library's `cli` modules), print, and choose the exit code. Part of the binary, not the
 //! library.
 
+use crate::cli::probe::Via;
 use snirelay::cli;
 use snirelay::config::Config;
 use snirelay::net::transport;
@@ -104,7 +105,7 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 /// `probe --all`: every exact name in the rules, one line each; fails if any fails.
-pub fn probe_all(config: &Path, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+pub fn probe_all(config: &Path, via: &Via, cacert: Option<&Path>, limit: Duration) -> ExitCode {
     let config = match Config::load(config) {
         Ok(config) => config,
         Err(e) => {
@@ -116,7 +117,7 @@ pub fn probe_all(config: &Path, relay: &str, cacert: Option<&Path>, limit: Durat
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let lines = runtime.block_on(cli::probe::probe_all(&config.rules, relay, cacert, limit));
+    let lines = runtime.block_on(cli::probe::probe_all(&config.rules, via, cacert, limit));
     let mut out = String::new();
     let mut failed = false;
     for (name, line) in lines {
@@ -131,16 +132,21 @@ pub fn probe_all(config: &Path, relay: &str, cacert: Option<&Path>, limit: Durat
     }
 }
 
-pub fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) -> ExitCode {
+pub fn probe(name: &str, via: &Via, cacert: Option<&Path>, limit: Duration) -> ExitCode {
     let runtime = match small_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(cli::probe::probe(name, relay, cacert, limit)) {
+    match runtime.block_on(cli::probe::probe(name, via, cacert, limit)) {
         Ok(answer) => {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let tunnel = answer
+                .tunnel
+                .map(|t| format!("  CONNECT answered 200 in {:.1} ms\n", ms(t)))
+                .unwrap_or_default();
+            let relay = via.addr();
             let report = format!(
-                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n  {} handshake in {:.1} ms, ALPN: {}\n  \
+                "{name} via {relay}: ok\n  TCP connected in {:.1} ms\n{tunnel}  {} handshake in {:.1} ms, ALPN: {}\n  \
                  subject: {}\n  issuer: {}\n  valid: {} to {}\n",
                 ms(answer.connect),
                 answer.version,
@@ -155,7 +161,7 @@ pub fn probe(name: &str, relay: &str, cacert: Option<&Path>, limit: Duration) ->
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{name} via {relay}: {e}");
+            eprintln!("{name} via {}: {e}", via.addr());
             ExitCode::from(1)
         }
     }

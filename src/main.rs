@@ -101,9 +101,13 @@ enum Command {
         /// The rules file, for --all [default: ./rules.json, else /etc/snirelay/rules.json].
         #[arg(long, requires = "all")]
         config: Option<PathBuf>,
-        /// The relay: IP or host, with an optional port (default 443).
-        #[arg(long, value_name = "ADDR[:PORT]")]
-        relay: String,
+        /// The relay's TLS listener: IP or host, with an optional port (default 443).
+        #[arg(long, value_name = "ADDR[:PORT]", required_unless_present = "proxy")]
+        relay: Option<String>,
+        /// The relay's CONNECT listener instead: ask it for a tunnel to NAME, then shake
+        /// hands through it, as a client with https_proxy does.
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with = "relay")]
+        proxy: Option<String>,
         /// Trust this PEM CA file instead of the system's CAs.
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
@@ -135,6 +139,17 @@ enum Command {
         /// Read this /proc tree instead of the host's.
         #[arg(long, value_name = "DIR", default_value = "/proc")]
         proc: PathBuf,
+    },
+    /// Print the proxy settings a client process needs to reach the allowed names through
+    /// a CONNECT listener (https_proxy and the rest), instead of hosts lines.
+    Env {
+        /// The CONNECT listener as the clients reach it, like 10.20.0.5:3128.
+        #[arg(long, value_name = "ADDR:PORT")]
+        relay: String,
+        /// Another name (`.corp.example`), address or network that bypasses the relay
+        /// (repeatable), besides this machine and the cloud metadata servers.
+        #[arg(long = "no-proxy", value_name = "NAME")]
+        no_proxy: Vec<String>,
     },
     /// Print what points the client machines at the relay: /etc/hosts lines, or
     /// configuration for the DNS server they use.
@@ -196,14 +211,19 @@ fn main() -> ExitCode {
             all,
             config,
             relay,
+            proxy,
             cacert,
             timeout_s,
         } => {
             let limit = Duration::from_secs(timeout_s);
+            let via = match (relay, proxy) {
+                (_, Some(proxy)) => cli::probe::Via::Proxy(proxy),
+                (relay, None) => cli::probe::Via::Relay(relay.unwrap_or_default()),
+            };
             match name {
-                Some(name) if !all => commands::probe(&name, &relay, cacert.as_deref(), limit),
+                Some(name) if !all => commands::probe(&name, &via, cacert.as_deref(), limit),
                 _ => match rules_file(config) {
-                    Ok(path) => commands::probe_all(&path, &relay, cacert.as_deref(), limit),
+                    Ok(path) => commands::probe_all(&path, &via, cacert.as_deref(), limit),
                     Err(code) => code,
                 },
             }
@@ -215,6 +235,16 @@ fn main() -> ExitCode {
         } => match rules_file(config) {
             Ok(path) => commands::hosts(&relay, &path, format),
             Err(code) => code,
+        },
+        Command::Env { relay, no_proxy } => match cli::env::render(&relay, &no_proxy) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("{why}");
+                ExitCode::from(2)
+            }
         },
         Command::Suggest { logs, merge } => match merge.map(rules_file).transpose() {
             Ok(merge) => commands::suggest(&logs, merge.as_deref()),

@@ -269,6 +269,55 @@ async fn probe_reports_who_answered_or_exactly_why_not() {
     .await
 }
 
+/// `--proxy`: the probe asks a CONNECT listener for the tunnel, as a client with
+/// `https_proxy` does, and says what the listener answered when it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_through_a_connect_listener_reports_the_tunnel_or_the_refusal() {
+    within(async {
+        let pki = pki(&[NAME]);
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let mut config = pinned_config(&[NAME], upstream.addr);
+        config["listen"] = serde_json::json!([{"addr": "127.0.0.1:0", "accept": "connect"}]);
+        let mut relay = RelayProcess::start_with(config, &[]).await;
+        serve_https(upstream, &pki);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write_ca(dir.path(), &pki);
+        let at = relay.addr().to_string();
+        let run = |name: &'static str| {
+            let (at, ca) = (at.clone(), ca.clone());
+            tokio::task::spawn_blocking(move || probe(&[name, "--proxy", &at, "--cacert", &ca]))
+        };
+        let out = run(NAME).await.unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.starts_with(&format!("{NAME} via {at}: ok\n")),
+            "{said}"
+        );
+        assert!(said.contains("  CONNECT answered 200 in "), "{said}");
+        assert!(said.contains(&format!("subject: CN={NAME}")), "{said}");
+        let line = relay.next_connection().await;
+        assert_eq!(line["connect"], format!("{NAME}:443"), "{line}");
+        assert_eq!(line["reason"], "closed", "{line}");
+
+        let out = run("storage.googleapis.com").await.unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "the proxy answered 403 Forbidden: snirelay: not_allowed: name not on the allowlist"
+            ),
+            "{err}"
+        );
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_all_checks_every_exact_name_in_the_rules() {
     within(async {

@@ -12,35 +12,6 @@ use std::process::Command;
 
 const NAME: &str = "translation.googleapis.com";
 
-/// Whether this machine lets the test make namespaces (root, or a permissive sandbox).
-fn namespaces_permitted() -> bool {
-    Command::new("unshare")
-        .args(["--net", "--mount", "--fork", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A python3 that can import grpc: the one `cargo xtask test-deps` installs it for, else
-/// the one on PATH.
-fn grpcio_python() -> Option<std::path::PathBuf> {
-    let venv = common::tools_venv().join("python3");
-    let python = if venv.is_file() {
-        venv
-    } else {
-        "python3".into()
-    };
-    let found = Command::new(&python)
-        .args(["-c", "import grpc"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        common::cannot_run_here("grpcio is missing: `cargo xtask test-deps` installs it");
-        return None;
-    }
-    Some(python)
-}
-
 /// Runs the client in its own namespaces with `hosts` as its /etc/hosts.
 fn call_through_relay(python: &Path, dir: &Path, hosts: &str) -> Value {
     let hosts_file = dir.join(format!("hosts.{}", hosts.len()));
@@ -66,13 +37,10 @@ fn call_through_relay(python: &Path, dir: &Path, hosts: &str) -> Value {
 
 #[test]
 fn a_grpc_client_asks_no_aaaa_with_the_printed_block_and_reaches_the_upstream() {
-    let Some(python) = grpcio_python() else {
+    let Some(python) = common::python_with("grpc") else {
         return;
     };
-    if !namespaces_permitted() {
-        common::cannot_run_here(
-            "this machine does not permit network and mount namespaces (unshare)",
-        );
+    if !common::namespaces_permitted() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -81,7 +81,12 @@ fn block_after(file: &str, intro: &str) -> String {
 /// Every generated example in the docs is what the program prints for it today.
 #[test]
 fn the_generated_examples_in_the_docs_are_what_the_program_prints() {
-    let examples: [(&str, &str, &[&str]); 2] = [
+    let examples: [(&str, &str, &[&str]); 3] = [
+        (
+            "docs/clients.md",
+            "`snirelay env --relay 10.20.0.5:3128` prints:",
+            &["env", "--relay", "10.20.0.5:3128"],
+        ),
         (
             "README.md",
             "`snirelay hosts --relay 10.20.0.5` prints this block from the rules file:",

@@ -5,6 +5,7 @@ pub mod check;
 mod dns;
 pub mod doctor;
 pub mod edge;
+pub mod env;
 pub mod hosts;
 pub mod probe;
 pub mod rules_file;

@@ -1,5 +1,6 @@
 //! `snirelay probe`: run on a client machine, it makes a TLS handshake through the relay for
-//! one name and reports who answered, or exactly why there was no answer.
+//! one name (straight to a TLS listener, or through a CONNECT listener's tunnel) and reports
+//! who answered, or exactly why there was no answer.
 
 use crate::rules::{Pattern, Rules};
 use rustls::pki_types::pem::PemObject;
@@ -12,11 +13,31 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How the probe reaches the relay.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// A TLS listener (`--relay`): the hello goes straight to it.
+    Relay(String),
+    /// A CONNECT listener (`--proxy`): a CONNECT request first, then the hello.
+    Proxy(String),
+}
+
+impl Via {
+    /// The address as given.
+    pub fn addr(&self) -> &str {
+        match self {
+            Via::Relay(addr) | Via::Proxy(addr) => addr,
+        }
+    }
+}
+
 /// Who answered.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// Time to the TCP connection.
     pub connect: Duration,
+    /// Through a CONNECT listener: time from the TCP connection to its `200`.
+    pub tunnel: Option<Duration>,
     /// Time from TCP connection to the end of the TLS handshake.
     pub handshake: Duration,
     /// Negotiated TLS version, like `TLS 1.3`.
@@ -81,34 +102,52 @@ pub enum ProbeError {
     /// Too slow.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The CONNECT listener refused the tunnel.
+    #[error("the proxy answered {status}: {why}")]
+    Refused {
+        /// Its status line, like `403 Forbidden`.
+        status: String,
+        /// Its body's first line (the relay's says the reason and why), or its reason header.
+        why: String,
+    },
+    /// The CONNECT listener's answer is not HTTP.
+    #[error("the proxy's answer is not an HTTP response: {0:?}")]
+    NotHttp(String),
 }
 
 /// Connects to `relay` (`host`, `host:port`, `ip`, `ip:port` or `[ipv6]:port`; port 443 by
 /// default) and completes a handshake for `name`, trusting `cacert` or the system's CAs.
 pub async fn probe(
     name: &str,
-    relay: &str,
+    via: &Via,
     cacert: Option<&Path>,
     limit: Duration,
 ) -> Result<Answer, ProbeError> {
     let server_name =
         ServerName::try_from(name.to_owned()).map_err(|_| ProbeError::BadName(name.to_owned()))?;
     let connector = tokio_rustls::TlsConnector::from(client_config(cacert)?);
-    let target = with_default_port(relay);
+    let target = with_default_port(via.addr());
     let started = Instant::now();
     let work = async {
-        let tcp = TcpStream::connect(&target)
+        let mut tcp = TcpStream::connect(&target)
             .await
             .map_err(|source| ProbeError::Tcp {
                 relay: target.clone(),
                 source,
             })?;
         let connect = started.elapsed();
+        let tunnel = match via {
+            Via::Relay(_) => None,
+            Via::Proxy(_) => {
+                tunnel(&mut tcp, name, &target).await?;
+                Some(started.elapsed() - connect)
+            }
+        };
         let tls = connector
             .connect(server_name, tcp)
             .await
             .map_err(|e| explain(e, name))?;
-        let handshake = started.elapsed() - connect;
+        let handshake = started.elapsed() - connect - tunnel.unwrap_or_default();
         let (_, session) = tls.get_ref();
         let version = session
             .protocol_version()
@@ -119,9 +158,9 @@ pub async fn probe(
             .map(|p| String::from_utf8_lossy(p).into_owned());
         let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
         close(tls).await;
-        Ok((connect, handshake, version, alpn, leaf))
+        Ok((connect, tunnel, handshake, version, alpn, leaf))
     };
-    let (connect, handshake, version, alpn, leaf) = tokio::time::timeout(limit, work)
+    let (connect, tunnel, handshake, version, alpn, leaf) = tokio::time::timeout(limit, work)
         .await
         .map_err(|_| ProbeError::Timeout(limit))??;
     let leaf =
@@ -130,6 +169,7 @@ pub async fn probe(
         .map_err(|e| ProbeError::Certificate(format!("cannot parse it: {e}")))?;
     Ok(Answer {
         connect,
+        tunnel,
         handshake,
         version,
         alpn,
@@ -137,6 +177,54 @@ pub async fn probe(
         issuer: cert.issuer().to_string(),
         not_before: cert.validity().not_before.to_string(),
         not_after: cert.validity().not_after.to_string(),
+    })
+}
+
+/// Asks a CONNECT listener for a tunnel to `name`:443, as curl does, and reads its answer.
+async fn tunnel(tcp: &mut TcpStream, name: &str, proxy: &str) -> Result<(), ProbeError> {
+    let failed = |source| ProbeError::Tcp {
+        relay: proxy.to_owned(),
+        source,
+    };
+    let request = format!("CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.map_err(failed)?;
+    // Byte by byte up to the empty line: what follows a 200 is the server's TLS.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        let mut byte = [0u8];
+        if tcp.read(&mut byte).await.map_err(failed)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("HTTP/1."))
+        .and_then(|rest| rest.get(2..))
+        .map(str::trim)
+        .filter(|status| status.len() >= 3)
+        .ok_or_else(|| ProbeError::NotHttp(head.lines().next().unwrap_or_default().to_owned()))?;
+    if status.starts_with("200") {
+        return Ok(());
+    }
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(CLOSE_WAIT, tcp.take(4096).read_to_end(&mut body)).await;
+    let body = String::from_utf8_lossy(&body);
+    let reason = head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case("x-snirelay-reason")
+            .then(|| value.trim().to_owned())
+    });
+    let why = match (body.lines().next(), reason) {
+        (Some(line), _) if !line.is_empty() => line.to_owned(),
+        (_, Some(reason)) => reason,
+        _ => "no reason given".to_owned(),
+    };
+    Err(ProbeError::Refused {
+        status: status.to_owned(),
+        why,
     })
 }
 
@@ -161,7 +249,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// there is no one name to ask for.
 pub async fn probe_all(
     rules: &Rules,
-    relay: &str,
+    via: &Via,
     cacert: Option<&Path>,
     limit: Duration,
 ) -> Vec<(String, Result<String, String>)> {
@@ -170,18 +258,19 @@ pub async fn probe_all(
     for (index, rule) in rules.iter().enumerate() {
         let name = rule.pattern.to_string();
         if let Pattern::Exact(_) = rule.pattern {
-            let (relay, cacert) = (relay.to_owned(), cacert.map(Path::to_owned));
+            let (via, cacert) = (via.clone(), cacert.map(Path::to_owned));
             let asked = name.clone();
             running.spawn(async move {
-                let answer = probe(&asked, &relay, cacert.as_deref(), limit).await;
+                let answer = probe(&asked, &via, cacert.as_deref(), limit).await;
                 (index, answer)
             });
             lines.push((name, Err(String::new())));
         } else {
-            lines.push((
-                name,
-                Ok("skipped: a wildcard; probe a name under it".to_owned()),
-            ));
+            let why = match rule.pattern {
+                Pattern::Label(_) => "skipped: a label pattern; probe a name it matches",
+                _ => "skipped: a wildcard; probe a name under it",
+            };
+            lines.push((name, Ok(why.to_owned())));
         }
     }
     while let Some(Ok((index, answer))) = running.join_next().await {

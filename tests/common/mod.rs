@@ -132,6 +132,43 @@ pub fn tool(tool: &str) -> Option<PathBuf> {
     found
 }
 
+/// A python3 that imports every module in `modules` (comma-separated): the one
+/// `cargo xtask test-deps` installs them for, else the one on PATH; `None` (said, and failed
+/// under CI) when neither does.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let venv = tools_venv().join("python3");
+    let python = if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let found = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        cannot_run_here(&format!(
+            "python3 cannot import {modules}: `cargo xtask test-deps` installs them"
+        ));
+        return None;
+    }
+    Some(python)
+}
+
+/// Whether this machine lets a test make network and mount namespaces (root, or a
+/// permissive sandbox); said, and failed under CI, when it does not.
+pub fn namespaces_permitted() -> bool {
+    let permitted = Command::new("unshare")
+        .args(["--net", "--mount", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !permitted {
+        cannot_run_here("this machine does not permit network and mount namespaces (unshare)");
+    }
+    permitted
+}
+
 /// Whether `tool` is there ([`tool`]).
 pub fn available(name: &str) -> bool {
     tool(name).is_some()

@@ -90,9 +90,13 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 
 /// The Python tools the suite drives, pinned: kubernetes-validate checks the Kubernetes
 /// manifests against the API schemas it ships (no cluster), grpcio is the real gRPC client
-/// of tests/grpc_client.rs. Into a virtualenv under target/ (never committed), once: run
+/// of tests/grpc_client.rs and, with requests, of tests/proxy_clients.rs. Into a virtualenv under target/ (never committed), once: run
 /// again, it only checks. The tests find them there without any PATH change.
-const PYTHON_TOOLS: [&str; 2] = ["kubernetes-validate==1.37.0", "grpcio==1.85.3"];
+const PYTHON_TOOLS: [&str; 3] = [
+    "kubernetes-validate==1.37.0",
+    "grpcio==1.85.3",
+    "requests==2.32.3",
+];
 
 fn test_deps() -> Result<(), String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -103,14 +107,16 @@ fn test_deps() -> Result<(), String> {
     let python = venv.join("bin/python3");
     let ready = venv.join("bin/kubernetes-validate").is_file()
         && Command::new(&python)
-            .args(["-c", "import grpc"])
+            .args(["-c", "import grpc, requests"])
             .output()
             .is_ok_and(|o| o.status.success());
     if ready {
         eprintln!("xtask test-deps: {} has them already", venv.display());
         return Ok(());
     }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    if !python.is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(PYTHON_TOOLS))?;

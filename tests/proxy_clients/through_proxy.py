@@ -1,0 +1,162 @@
+"""Real proxy clients (curl, Python requests, grpcio) reaching NAME through snirelay's
+CONNECT listener, inside a network and mount namespace the test made for them (see
+tests/proxy_clients.rs) where no name can be looked up: /etc/hosts has localhost only, and
+resolv.conf names 127.0.0.1, where a server records every query and answers NXDOMAIN.
+The upstream runs on 127.0.0.2:8443 (HTTPS for curl and requests, then gRPC); the relay's
+CONNECT listener on 127.0.0.1:3128 pins NAME there (`--resolve`), so it asks no DNS either.
+
+Usage: through_proxy.py SNIRELAY WORKDIR
+Prints one JSON object: each client's result, the DNS queries seen, the relay's lines.
+"""
+
+import gc
+import http.server
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+
+import grpc
+import requests
+
+NAME = "translation.googleapis.com"
+METHOD = "/snirelay.test.Echo/Say"
+UPSTREAM = ("127.0.0.2", 8443)
+PROXY = "http://127.0.0.1:3128"
+
+
+def dns_server(seen):
+    """Answers every query with NXDOMAIN and records `NAME TYPE`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 53))
+    types = {1: "A", 28: "AAAA", 65: "HTTPS", 33: "SRV", 16: "TXT"}
+
+    def serve():
+        while True:
+            data, peer = sock.recvfrom(4096)
+            labels, i = [], 12
+            while data[i] != 0:
+                n = data[i]
+                labels.append(data[i + 1 : i + 1 + n].decode())
+                i += n + 1
+            qtype = struct.unpack("!H", data[i + 1 : i + 3])[0]
+            seen.append(f"{'.'.join(labels).lower()} {types.get(qtype, qtype)}")
+            flags = 0x8183  # response, recursion desired and available, NXDOMAIN
+            reply = data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + data[12 : i + 5]
+            sock.sendto(reply, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"hello"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def https_upstream(workdir):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem"))
+    server = http.server.ThreadingHTTPServer(UPSTREAM, Hello)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def grpc_upstream(workdir):
+    with open(os.path.join(workdir, "key.pem"), "rb") as f:
+        key = f.read()
+    with open(os.path.join(workdir, "cert.pem"), "rb") as f:
+        cert = f.read()
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2))
+    handler = grpc.method_handlers_generic_handler(
+        "snirelay.test.Echo",
+        {"Say": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req[::-1])},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_secure_port("%s:%d" % UPSTREAM, grpc.ssl_server_credentials([(key, cert)]))
+    server.start()
+    return server, cert
+
+
+def main():
+    snirelay, workdir = sys.argv[1:3]
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    hosts = os.path.join(workdir, "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 localhost\n")
+    subprocess.run(["mount", "--bind", hosts, "/etc/hosts"], check=True)
+    resolv = os.path.join(workdir, "resolv.conf")
+    with open(resolv, "w") as f:
+        f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    subprocess.run(["mount", "--bind", resolv, "/etc/resolv.conf"], check=True)
+
+    seen = []
+    dns_server(seen)
+    relay = subprocess.Popen(
+        [snirelay, "run", "--log-format", "json", "--config", os.path.join(workdir, "rules.json"),
+         "--resolve", f"{NAME}=127.0.0.2:8443"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    lines = []
+    for line in relay.stderr:
+        if '"listening"' in line:
+            break
+    reader = threading.Thread(target=lambda: lines.extend(relay.stderr), daemon=True)
+    reader.start()
+
+    os.environ["https_proxy"] = PROXY
+    cert_path = os.path.join(workdir, "cert.pem")
+    result = {}
+    server = https_upstream(workdir)
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", cert_path, f"https://{NAME}/"],
+        capture_output=True, text=True,
+    )
+    result["curl"] = {"ok": out.returncode == 0, "body": out.stdout, "error": out.stderr}
+    try:
+        answer = requests.get(f"https://{NAME}/", verify=cert_path, timeout=10)
+        result["requests"] = {"ok": answer.ok, "body": answer.text}
+        # requests leaves the tunnel's socket open until the response is collected; the
+        # relay would keep the connection until its drain ran out.
+        del answer
+        gc.collect()
+    except requests.RequestException as e:
+        result["requests"] = {"ok": False, "error": str(e)}
+    server.shutdown()
+    server.server_close()
+
+    server, cert = grpc_upstream(workdir)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert)
+        with grpc.secure_channel(f"{NAME}:443", credentials) as channel:
+            say = channel.unary_unary(METHOD)
+            result["grpcio"] = {"ok": True, "body": say(b"olleh", timeout=10).decode()}
+    except grpc.RpcError as e:
+        result["grpcio"] = {"ok": False, "error": f"{e.code()}: {e.details()}"}
+    server.stop(0)
+
+    relay.terminate()
+    relay.wait()
+    reader.join(5)
+    result["queries"] = seen
+    result["connections"] = [
+        json.loads(line) for line in lines if '"message":"connection"' in line
+    ]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
