@@ -194,7 +194,10 @@ pub fn check(path: &Path, other: Option<&Other>) -> ExitCode {
                     "warning: client-facing sockets would keep the kernel's default congestion control instead of {default}: {refused}"
                 );
             }
-            let refused = transport::refusals(&config);
+            let mut refused = transport::refusals(&config);
+            if let Err(users) = snirelay::users::load_all(&config) {
+                refused.push(users);
+            }
             for refusal in &refused {
                 eprintln!("{}: {refusal}", path.display());
             }

@@ -37,3 +37,4 @@ pub mod systemd;
 pub mod tcp;
 pub mod tcp_options;
 pub mod telemetry;
+pub mod users;

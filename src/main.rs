@@ -281,6 +281,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Read again when the relay starts; here, so a bad file is the config error it is.
+            if let Err(e) = snirelay::users::load_all(&config) {
+                eprintln!("snirelay: {e}");
+                return ExitCode::from(2);
+            }
             let overrides = Overrides { listen, admin };
             let result = run(config, text, path, overrides, resolve, upgrade_socket);
             // Every queued line out before the last word.

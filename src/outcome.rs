@@ -71,6 +71,10 @@ pub enum Rejection {
     /// naming an IP address.
     #[error("CONNECT request refused: {0}")]
     BadConnect(#[from] RequestError),
+    /// A CONNECT listener with a `users_file` got no credentials, malformed ones, or wrong
+    /// ones (the detail says which: `missing`, `malformed`, `wrong`).
+    #[error("proxy credentials {0}: the listener asks for a user in its users_file")]
+    ProxyAuthRequired(&'static str),
     /// A CONNECT request for a port the listener's `connect_ports` does not list.
     #[error("port not in the listener's connect_ports")]
     PortNotAllowed,
@@ -112,6 +116,7 @@ impl Rejection {
             Self::NotAllowed => NOT_ALLOWED,
             Self::BadConnect(_) => "bad_connect",
             Self::PortNotAllowed => "port_not_allowed",
+            Self::ProxyAuthRequired(_) => "proxy_auth_required",
             Self::SniMismatch => "sni_mismatch",
             Self::DnsTimeout => "dns_failed",
             Self::Resolve(e) => e.reason(),
@@ -137,6 +142,7 @@ impl Rejection {
             Self::Hello(e) => Some(e.detail()),
             Self::BadProxyHeader(e) => Some(e.detail()),
             Self::BadConnect(e) => Some(e.detail()),
+            Self::ProxyAuthRequired(detail) => Some(detail),
             Self::DnsTimeout => Some("timeout"),
             Self::Connect(e) => Some(e.detail()),
             _ => None,
@@ -159,6 +165,7 @@ impl Rejection {
             | Self::NotAllowed
             | Self::BadConnect(_)
             | Self::PortNotAllowed
+            | Self::ProxyAuthRequired(_)
             | Self::SniMismatch => Side::Client,
             Self::DnsTimeout | Self::Resolve(_) | Self::Connect(_) => Side::Upstream,
             Self::Limit(_) | Self::Shutdown => Side::Relay,
@@ -173,6 +180,7 @@ impl Rejection {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::BadConnect(e) => e.status(),
+            Self::ProxyAuthRequired(_) => 407,
             Self::HelloTimeout => 408,
             Self::DnsTimeout | Self::Connect(ConnectError::Timeout(_)) => 504,
             Self::Resolve(_) | Self::Connect(_) => 502,
@@ -354,6 +362,7 @@ pub const OUTCOMES: &[(&str, &str)] = &[
     ("rejected", "not_allowed"),
     ("rejected", "bad_connect"),
     ("rejected", "port_not_allowed"),
+    ("rejected", "proxy_auth_required"),
     ("rejected", "sni_mismatch"),
     ("rejected", "dns_failed"),
     ("rejected", "forbidden_destination"),

@@ -8,6 +8,7 @@ use crate::pool::{Connecting, Pools};
 use crate::resolve::{Override, Resolver};
 use crate::telemetry::live::Live;
 use crate::telemetry::metrics::Metrics;
+use crate::users::Accounts;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -21,6 +22,9 @@ pub struct Settings {
     pub resolver: Arc<Resolver>,
     /// Policy for DNS answers to client-supplied names.
     pub policy: DestinationPolicy,
+    /// The users of CONNECT listeners that ask for them, by the listener's address as
+    /// configured; read again at every reload.
+    pub users: Vec<(SocketAddr, Arc<Accounts>)>,
 }
 
 impl Settings {
@@ -45,11 +49,20 @@ impl Settings {
             private_allowed: config.private_destinations.clone(),
             listeners: listeners.to_vec(),
         };
+        let users = crate::users::load_all(&config)?;
         Ok(Settings {
             config,
             resolver,
             policy,
+            users,
         })
+    }
+
+    /// The users the listener configured at `addr` asks for, if it asks for any.
+    pub fn users_for(&self, addr: SocketAddr) -> Option<&Arc<Accounts>> {
+        self.users
+            .iter()
+            .find_map(|(at, accounts)| (*at == addr).then_some(accounts))
     }
 }
 

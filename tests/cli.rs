@@ -740,3 +740,70 @@ fn suggest_reads_plain_and_gzipped_logs_and_merges_a_file_check_accepts() {
         "example.org\n  www.example.org: 1 not_allowed\n\nproposed additions to allow:\n  \"www.example.org\"\n"
     );
 }
+
+/// A CONNECT listener's users file is read by `check` and at start-up: a weak entry (or a
+/// missing file) is an error naming the file and the line, and the relay does not start.
+#[test]
+fn check_and_run_refuse_a_users_file_with_a_weak_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        "# the team\nmd5user:$apr1$/eXR.9h4$gmfzeqG7TYpaervX.xtAm.\n",
+    )
+    .unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"{{"listen": [{{"addr": "127.0.0.1:0", "accept": "connect", "users_file": "{}"}}], "allow": ["a.example.com"]}}"#,
+            users.display()
+        ),
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let expected = format!(
+        "{}: line 2: md5user's password is an MD5 hash; only bcrypt (htpasswd -B) and argon2 hashes are accepted",
+        users.display()
+    );
+    let out = snirelay(&["check", "--config", rules]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = snirelay(&["run", "--config", rules]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::remove_file(&users).unwrap();
+    let out = snirelay(&["check", "--config", rules]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("users: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Relative paths depend on where the relay starts: refused where they are written.
+    std::fs::write(
+        dir.path().join("relative.json"),
+        r#"{"listen": [{"addr": "127.0.0.1:0", "accept": "connect", "users_file": "users"}], "allow": ["a.example.com"]}"#,
+    )
+    .unwrap();
+    let out = snirelay(&[
+        "check",
+        "--config",
+        dir.path().join("relative.json").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("expected an absolute path"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -318,3 +318,91 @@ async fn a_proxy_header_in_front_of_a_connect_request() {
     })
     .await
 }
+
+/// With a `users_file`: no credentials or wrong ones are 407 with `Proxy-Authenticate`
+/// (the detail says which), a user's are let through and named in the log. The file is
+/// read again at a reload.
+#[tokio::test]
+async fn a_users_file_asks_for_credentials_and_names_the_user() {
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        let real = common::fixture_dir().join("users/valid");
+        std::fs::copy(&real, &users).unwrap();
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let pinned = upstream.addr.to_string();
+        let mut relay = connect_relay(json!([{"name": NAME, "upstream": pinned}]), |c| {
+            c["listen"][0]["users_file"] = json!(users.to_str().unwrap());
+        })
+        .await;
+        let basic = |credentials: &str| {
+            use base64::Engine;
+            format!(
+                "CONNECT {NAME}:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
+            .into_bytes()
+        };
+        for (request, detail) in [
+            (connect(&format!("{NAME}:443")), "missing"),
+            (basic("app1:wrong"), "wrong"),
+            (basic("nobody:secret1"), "wrong"),
+            (
+                format!("CONNECT {NAME}:443 HTTP/1.1\r\nProxy-Authorization: Bearer x\r\n\r\n")
+                    .into_bytes(),
+                "malformed",
+            ),
+        ] {
+            let (mut client, head) = ask(&relay, &request).await;
+            assert!(head.starts_with("HTTP/1.1 407 "), "{head}");
+            assert!(
+                head.contains("\r\nProxy-Authenticate: Basic realm=\"snirelay\"\r\n"),
+                "{head}"
+            );
+            client.read_to_end(&mut Vec::new()).await.unwrap();
+            drop(client);
+            let log = relay.next_connection().await;
+            assert_eq!(
+                (field(&log, "reason"), field(&log, "detail")),
+                ("proxy_auth_required", detail),
+                "{log}"
+            );
+        }
+        assert!(upstream.untouched());
+        // bcrypt's and argon2's users both pass, twice each (the second from memory).
+        for credentials in [
+            "app1:secret1",
+            "app2:secret2",
+            "app1:secret1",
+            "app2:secret2",
+        ] {
+            let (mut client, head) = ask(&relay, &basic(credentials)).await;
+            assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+            client.write_all(&hello_for(NAME)).await.unwrap();
+            client.shutdown().await.unwrap();
+            upstream
+                .accept()
+                .await
+                .read_to_end(&mut Vec::new())
+                .await
+                .unwrap();
+            client.read_to_end(&mut Vec::new()).await.unwrap();
+            let log = relay.next_connection().await;
+            assert_eq!(field(&log, "outcome"), "forwarded", "{log}");
+            assert_eq!(field(&log, "user"), &credentials[..4], "{log}");
+        }
+        // A user removed from the file and a reload: refused from then on.
+        let only_app2: String = std::fs::read_to_string(&real)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("app1:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&users, only_app2).unwrap();
+        relay.signal("HUP");
+        relay.next_message("config reloaded").await;
+        let (_, head) = ask(&relay, &basic("app1:secret1")).await;
+        assert!(head.starts_with("HTTP/1.1 407 "), "{head}");
+    })
+    .await
+}

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// One listening address and how connections on it begin.
@@ -60,6 +61,9 @@ pub struct Tunnel {
     pub ports: Vec<u16>,
     /// The largest request head read (`"max_request_bytes"`, default 8 KiB).
     pub max_request: usize,
+    /// `"users_file"`: when set, a request must carry `Proxy-Authorization: Basic` for a
+    /// user in this htpasswd-style file (read at start-up and at each reload).
+    pub users_file: Option<PathBuf>,
 }
 
 /// The PROXY protocol settings of a listener.
@@ -151,13 +155,17 @@ impl<'de> Visitor<'de> for EntryVisitor {
             accept: Option<AcceptWord>,
             connect_ports: Option<Vec<Bounded<1, 65_535>>>,
             max_request_bytes: Option<Bounded<256, 65_536>>,
+            users_file: Option<UsersFile>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
         let accept = match obj.accept {
             None | Some(AcceptWord::Tls) => {
-                if obj.connect_ports.is_some() || obj.max_request_bytes.is_some() {
+                if obj.connect_ports.is_some()
+                    || obj.max_request_bytes.is_some()
+                    || obj.users_file.is_some()
+                {
                     return Err(de::Error::custom(format!(
-                        "listener {}: connect_ports and max_request_bytes are for a CONNECT listener; add \"accept\": \"connect\"",
+                        "listener {}: connect_ports, max_request_bytes and users_file are for a CONNECT listener; add \"accept\": \"connect\"",
                         obj.addr
                     )));
                 }
@@ -179,6 +187,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                     max_request: obj
                         .max_request_bytes
                         .map_or(DEFAULT_MAX_REQUEST, |Bounded(n)| n as usize),
+                    users_file: obj.users_file.map(|f| f.0),
                 })
             }
         };
@@ -266,6 +275,23 @@ impl<'de> Deserialize<'de> for VersionsWord {
     }
 }
 
+/// An absolute path: the relay may run from any directory.
+struct UsersFile(PathBuf);
+
+impl<'de> Deserialize<'de> for UsersFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str =
+            "an absolute path to an htpasswd-style file, like \"/etc/snirelay/users\"";
+        parse_string(d, EXPECTED, |text| {
+            let path = PathBuf::from(text);
+            match path.is_absolute() {
+                true => Ok(UsersFile(path)),
+                false => Err(invalid(text, EXPECTED)),
+            }
+        })
+    }
+}
+
 /// `"tls"` or `"connect"`.
 enum AcceptWord {
     Tls,
@@ -302,7 +328,11 @@ impl fmt::Display for Listener {
         }
         if let Accept::Connect(tunnel) = &self.accept {
             let ports: Vec<String> = tunnel.ports.iter().map(|p| p.to_string()).collect();
-            write!(f, " (HTTP CONNECT to port {})", ports.join(", "))?;
+            write!(f, " (HTTP CONNECT to port {}", ports.join(", "))?;
+            if let Some(users) = &tunnel.users_file {
+                write!(f, ", users from {}", users.display())?;
+            }
+            f.write_str(")")?;
         }
         if let Some(mode) = self.mode {
             write!(f, " ({} mode)", mode.word())?;

@@ -47,6 +47,9 @@ fn examples() -> Vec<Rejection> {
         Rejection::BadConnect(RequestError::Header),
         Rejection::BadConnect(RequestError::TooLarge),
         Rejection::PortNotAllowed,
+        Rejection::ProxyAuthRequired("missing"),
+        Rejection::ProxyAuthRequired("malformed"),
+        Rejection::ProxyAuthRequired("wrong"),
         Rejection::SniMismatch,
         Rejection::DnsTimeout,
         Rejection::Resolve(ResolveError::Dns {
@@ -100,6 +103,7 @@ fn examples() -> Vec<Rejection> {
             | Rejection::NotAllowed
             | Rejection::BadConnect(_)
             | Rejection::PortNotAllowed
+            | Rejection::ProxyAuthRequired(_)
             | Rejection::SniMismatch
             | Rejection::DnsTimeout
             | Rejection::Resolve(_)

@@ -172,6 +172,7 @@ async fn open(
                 &mut received,
                 hello_deadline,
                 tunnel,
+                settings.users_for(listener.addr),
                 mode,
                 settings,
                 relay,

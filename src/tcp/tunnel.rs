@@ -12,6 +12,8 @@ use crate::net::read::{Parsed, read_until};
 use crate::outcome::Rejection;
 use crate::state::{Relay, Settings};
 use crate::telemetry::record::ConnectionRecord;
+use crate::users::{Accounts, Verdict};
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
@@ -23,6 +25,7 @@ pub(super) async fn open_tunnel<'s>(
     received: &mut Vec<u8>,
     deadline: Instant,
     tunnel: &Tunnel,
+    users: Option<&Arc<Accounts>>,
     mode: Mode,
     settings: &'s Settings,
     relay: &Relay,
@@ -41,6 +44,17 @@ pub(super) async fn open_tunnel<'s>(
     };
     received.drain(..request.len);
     record.requested(&request.host, request.port);
+    if let Some(accounts) = users {
+        let verdict = timeout_at(deadline, who(accounts, request.authorization)).await;
+        match verdict.map_err(|_| Rejection::HelloTimeout) {
+            Ok(Verdict::User(user)) => record.user(&user),
+            Err(timeout) => return Err(answer(client, timeout).await),
+            Ok(refused) => {
+                let rejection = Rejection::ProxyAuthRequired(refused.detail());
+                return Err(answer(client, rejection).await);
+            }
+        }
+    }
 
     let decision = decide_connect(
         &config.rules,
@@ -83,11 +97,27 @@ pub(super) async fn open_tunnel<'s>(
     Ok((hello, route, upstream, addr))
 }
 
+/// Whose credentials these are: remembered, or verified off the event loop (a hash's work
+/// is milliseconds, by design).
+async fn who(accounts: &Arc<Accounts>, authorization: Option<String>) -> Verdict {
+    if let Some(user) = authorization
+        .as_deref()
+        .and_then(|a| accounts.remembered(a))
+    {
+        return Verdict::User(user);
+    }
+    let accounts = accounts.clone();
+    tokio::task::spawn_blocking(move || accounts.verify(authorization.as_deref()))
+        .await
+        .unwrap_or(Verdict::Wrong)
+}
+
 /// Answers a refused request with its status and reason, closes, and gives the rejection
 /// back for the log.
 async fn answer(client: &TcpStream, rejection: Rejection) -> Rejection {
     let status = rejection.http_status();
-    let refusal = http_connect::refusal(status, rejection.reason(), &rejection.to_string(), false);
+    let why = rejection.to_string();
+    let refusal = http_connect::refusal(status, rejection.reason(), &why, status == 407);
     refuse(client, &refusal).await;
     rejection
 }

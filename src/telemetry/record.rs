@@ -24,6 +24,13 @@ struct HelloFields {
     len: usize,
 }
 
+/// What the log line says of a CONNECT request.
+struct Request {
+    target: Box<str>,
+    at: Duration,
+    user: Option<Box<str>>,
+}
+
 /// The one log line a connection leaves, filled in as the connection goes.
 pub struct ConnectionRecord {
     started: Instant,
@@ -32,9 +39,10 @@ pub struct ConnectionRecord {
     /// most connections have none, and the log lives as long as the connection.
     via: Option<Box<(SocketAddr, Tlvs)>>,
     listener: SocketAddr,
-    /// On a CONNECT listener: the `host:port` the request named, and when it was read.
-    /// Boxed, as `via`: the record lives as long as the connection.
-    request: Option<Box<(Box<str>, Duration)>>,
+    /// On a CONNECT listener: the `host:port` the request named, when it was read, and
+    /// the user its credentials named. Boxed, as `via`: the record lives as long as the
+    /// connection.
+    request: Option<Box<Request>>,
     hello: Option<HelloFields>,
     hello_done: Option<Duration>,
     rule: Option<Arc<str>>,
@@ -92,10 +100,18 @@ impl ConnectionRecord {
 
     /// A CONNECT request for `host:port` is read.
     pub fn requested(&mut self, host: &crate::hostname::Hostname, port: u16) {
-        self.request = Some(Box::new((
-            format!("{host}:{port}").into(),
-            self.started.elapsed(),
-        )));
+        self.request = Some(Box::new(Request {
+            target: format!("{host}:{port}").into(),
+            at: self.started.elapsed(),
+            user: None,
+        }));
+    }
+
+    /// The request's credentials are those of `user`.
+    pub fn user(&mut self, user: &str) {
+        if let Some(request) = &mut self.request {
+            request.user = Some(user.into());
+        }
     }
 
     /// The hello is complete. Its names are copied for the line only when the line can be
@@ -158,7 +174,7 @@ impl ConnectionRecord {
         let total = self.started.elapsed();
         // From what decided the destination (the request, on a CONNECT listener; else the
         // hello) to the upstream connection.
-        let decided = self.request.as_ref().map(|r| r.1).or(self.hello_done);
+        let decided = self.request.as_ref().map(|r| r.at).or(self.hello_done);
         let connect = self
             .connect_done
             .zip(decided)
@@ -217,7 +233,8 @@ impl ConnectionRecord {
             alibaba_endpoint_id = tlvs.and_then(|t| t.alibaba_endpoint_id.as_deref()),
             alibaba_endpoint_service_id = tlvs.and_then(|t| t.alibaba_endpoint_service_id.as_deref()),
             aws_vpce_id = tlvs.and_then(|t| t.aws_vpce_id.as_deref()),
-            connect = self.request.as_ref().map(|r| &*r.0),
+            connect = self.request.as_ref().map(|r| &*r.target),
+            user = self.request.as_ref().and_then(|r| r.user.as_deref()),
             sni = hello.map(|h| &*h.sni),
             alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
             tls = hello.map(|h| &*h.tls),
@@ -233,7 +250,7 @@ impl ConnectionRecord {
             bytes_up = transfer.map(|t| t.up),
             bytes_down = transfer.map(|t| t.down),
             bytes_spliced = transfer.map(|t| t.spliced),
-            request_ms = self.request.as_ref().map(|r| ms(r.1)),
+            request_ms = self.request.as_ref().map(|r| ms(r.at)),
             hello_ms = self.hello_done.map(ms),
             connect_ms = connect.map(ms),
             total_ms = ms(total),

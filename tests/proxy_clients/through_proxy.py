@@ -3,7 +3,8 @@ CONNECT listener, inside a network and mount namespace the test made for them (s
 tests/proxy_clients.rs) where no name can be looked up: /etc/hosts has localhost only, and
 resolv.conf names 127.0.0.1, where a server records every query and answers NXDOMAIN.
 The upstream runs on 127.0.0.2:8443 (HTTPS for curl and requests, then gRPC); the relay's
-CONNECT listener on 127.0.0.1:3128 pins NAME there (`--resolve`), so it asks no DNS either.
+CONNECT listener on 127.0.0.1:3128 asks for a user and pins NAME there (`--resolve`), so it
+asks no DNS either.
 
 Usage: through_proxy.py SNIRELAY WORKDIR
 Prints one JSON object: each client's result, the DNS queries seen, the relay's lines.
@@ -26,7 +27,9 @@ import requests
 NAME = "translation.googleapis.com"
 METHOD = "/snirelay.test.Echo/Say"
 UPSTREAM = ("127.0.0.2", 8443)
-PROXY = "http://127.0.0.1:3128"
+# The listener asks for a user (tests/fixtures/users/valid: app1, bcrypt); every client
+# takes the credentials from the proxy URL and sends them with its CONNECT.
+PROXY = "http://app1:secret1@127.0.0.1:3128"
 
 
 def dns_server(seen):
