@@ -72,7 +72,12 @@ pub fn suggest(logs: &[PathBuf], merge: Option<&Path>) -> ExitCode {
     }
 }
 
-pub fn hosts(relay: &[IpAddr], path: &Path, format: cli::hosts::Format) -> ExitCode {
+pub fn hosts(
+    relay: &[IpAddr],
+    path: &Path,
+    format: cli::hosts::Format,
+    group: Option<&str>,
+) -> ExitCode {
     let relay = match cli::targets::RelayAddrs::from_given(relay) {
         Ok(relay) => relay,
         Err(e) => {
@@ -81,8 +86,26 @@ pub fn hosts(relay: &[IpAddr], path: &Path, format: cli::hosts::Format) -> ExitC
         }
     };
     match Config::load(path) {
-        Ok(config) => {
-            let text = cli::hosts::render(&config, relay, format, &path.display().to_string());
+        Ok(mut config) => {
+            let mut source = path.display().to_string();
+            if let Some(name) = group {
+                let Some(found) = config.groups.iter().find(|g| &*g.name == name) else {
+                    let known: Vec<&str> = config.groups.iter().map(|g| &*g.name).collect();
+                    eprintln!(
+                        "{}: no group {name}; its groups: {}",
+                        path.display(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    );
+                    return ExitCode::from(2);
+                };
+                config.rules = found.rules.clone();
+                source = format!("{source}, group {name}");
+            }
+            let text = cli::hosts::render(&config, relay, format, &source);
             let _ = std::io::stdout().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }

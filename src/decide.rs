@@ -1,11 +1,13 @@
 //! What to do with a connection once its ClientHello is read. Pure: the rules and the hello
 //! in, a decision out, with no socket in sight.
 
-use crate::config::Mode;
+use crate::config::{Config, Group, Mode};
 use crate::hello::ClientHello;
 use crate::hostname::Hostname;
 use crate::outcome::Rejection;
+use crate::policy::client_allowed;
 use crate::rules::{Host, Route, Rules};
+use std::net::IpAddr;
 
 /// The verdict on one hello.
 #[derive(Debug)]
@@ -59,6 +61,53 @@ pub fn decide_connect<'a>(
         return Decision::Refuse(Rejection::PortNotAllowed);
     }
     decide_name(rules, host, port, mode)
+}
+
+/// What decides a client's connections: the rules and mode of the first group it belongs
+/// to, or, in a file without groups, the file's. `Err(ClientDenied)` where there are groups
+/// and it belongs to none. `user` is the proxy user a CONNECT listener verified, if any.
+pub fn choose<'a>(
+    config: &'a Config,
+    client: IpAddr,
+    user: Option<&str>,
+    listener_mode: Option<Mode>,
+) -> Result<Chosen<'a>, Rejection> {
+    let mode = listener_mode.unwrap_or(config.mode);
+    if config.groups.is_empty() {
+        return Ok(Chosen {
+            rules: &config.rules,
+            mode,
+            group: None,
+        });
+    }
+    let group = config
+        .groups
+        .iter()
+        .find(|group| belongs(group, client, user))
+        .ok_or(Rejection::ClientDenied)?;
+    Ok(Chosen {
+        rules: &group.rules,
+        mode: group.mode.unwrap_or(mode),
+        group: Some(group),
+    })
+}
+
+/// Whether `client` (with `user`) is in `group`: in one of its networks, where it lists
+/// any, and one of its users, where it lists any.
+pub fn belongs(group: &Group, client: IpAddr, user: Option<&str>) -> bool {
+    (group.clients.is_empty() || client_allowed(client, &group.clients))
+        && (group.users.is_empty() || user.is_some_and(|u| group.users.iter().any(|g| g == u)))
+}
+
+/// The rules and mode a client's connections are decided by.
+#[derive(Debug, Clone, Copy)]
+pub struct Chosen<'a> {
+    /// What it may reach.
+    pub rules: &'a Rules,
+    /// What happens to a name its rules do not allow.
+    pub mode: Mode,
+    /// Its group, in a file with groups.
+    pub group: Option<&'a Group>,
 }
 
 #[cfg(test)]
@@ -184,5 +233,85 @@ mod tests {
             decide_connect(&rules, &name("example.org"), 443, &[443], Mode::Monitor),
             Decision::WouldRefuse(_)
         ));
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, std::path::Path::new("t.json")).unwrap()
+    }
+
+    #[test]
+    fn the_first_group_a_client_belongs_to_decides_with_the_shared_names_and_its_own() {
+        let c = config(
+            r#"{"allow": ["oauth2.googleapis.com"], "mode": "enforce",
+                "groups": [
+                  {"name": "tts", "clients": ["10.1.0.0/16"], "allow": ["texttospeech.googleapis.com"]},
+                  {"name": "app1", "users": ["app1"], "allow": ["translation.googleapis.com"], "mode": "monitor"},
+                  {"name": "lab", "clients": ["10.1.2.0/24", "10.9.0.0/16"], "allow": []}
+                ]}"#,
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let name = |s: &str| s.parse::<Hostname>().unwrap();
+        let tts = choose(&c, ip("10.1.2.3"), Some("app1"), None).unwrap();
+        assert_eq!(
+            tts.group.map(|g| &*g.name),
+            Some("tts"),
+            "the first that matches"
+        );
+        assert!(
+            tts.rules
+                .find(&name("texttospeech.googleapis.com"))
+                .is_some()
+        );
+        assert!(tts.rules.find(&name("oauth2.googleapis.com")).is_some());
+        assert!(
+            tts.rules
+                .find(&name("translation.googleapis.com"))
+                .is_none()
+        );
+        assert_eq!(tts.mode, Mode::Enforce);
+        // By user, wherever the client is; its own mode.
+        let app1 = choose(&c, ip("192.0.2.7"), Some("app1"), None).unwrap();
+        assert_eq!(
+            (app1.group.map(|g| &*g.name), app1.mode),
+            (Some("app1"), Mode::Monitor)
+        );
+        // An IPv4 client seen as IPv4-mapped IPv6 is the same client.
+        let lab = choose(&c, ip("::ffff:10.9.0.1"), None, Some(Mode::Monitor)).unwrap();
+        assert_eq!(
+            (lab.group.map(|g| &*g.name), lab.mode),
+            (Some("lab"), Mode::Monitor)
+        );
+        assert!(lab.rules.find(&name("oauth2.googleapis.com")).is_some());
+        // In no group: refused, whoever it says it is.
+        for (client, user) in [("192.0.2.7", None), ("192.0.2.7", Some("app2"))] {
+            let Err(rejection) = choose(&c, ip(client), user, None) else {
+                panic!("{client} {user:?} was let in");
+            };
+            assert_eq!(rejection.reason(), "client_denied");
+        }
+        // No groups: the file's rules and mode, the listener's over it.
+        let plain = config(r#"{"allow": ["a.example.com"]}"#);
+        let chosen = choose(&plain, ip("192.0.2.7"), None, Some(Mode::Monitor)).unwrap();
+        assert!(chosen.group.is_none() && chosen.mode == Mode::Monitor);
+    }
+
+    #[test]
+    fn a_groups_own_rule_replaces_the_shared_one_for_its_pattern() {
+        let c = config(
+            r#"{"allow": ["a.example.com", "b.example.com"],
+                "groups": [{"name": "pinned", "clients": ["10.0.0.0/8"],
+                            "allow": [{"name": "a.example.com", "upstream": "10.9.9.9:443"}]}]}"#,
+        );
+        let group = &c.groups[0];
+        assert_eq!(group.rules.len(), 2);
+        let a = group.rules.find(&"a.example.com".parse().unwrap()).unwrap();
+        assert_eq!(a.upstream.as_ref().unwrap().to_string(), "10.9.9.9:443");
+        assert!(
+            c.rules
+                .find(&"a.example.com".parse().unwrap())
+                .unwrap()
+                .upstream
+                .is_none()
+        );
     }
 }

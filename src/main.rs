@@ -164,6 +164,9 @@ enum Command {
         /// What to print.
         #[arg(long, value_enum, default_value_t = cli::hosts::Format::Hosts)]
         format: cli::hosts::Format,
+        /// Only the names this client group may reach (the shared ones and its own).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
     },
 }
 
@@ -232,8 +235,9 @@ fn main() -> ExitCode {
             relay,
             config,
             format,
+            group,
         } => match rules_file(config) {
-            Ok(path) => commands::hosts(&relay, &path, format),
+            Ok(path) => commands::hosts(&relay, &path, format, group.as_deref()),
             Err(code) => code,
         },
         Command::Env { relay, no_proxy } => match cli::env::render(&relay, &no_proxy) {

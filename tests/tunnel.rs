@@ -406,3 +406,38 @@ async fn a_users_file_asks_for_credentials_and_names_the_user() {
     })
     .await
 }
+
+/// Groups by proxy user on a CONNECT listener: the same name allowed for one user's group
+/// and refused for another's; a user in no group is refused as `client_denied` (403).
+#[tokio::test]
+async fn groups_by_user_decide_a_connect_listeners_requests() {
+    within(async {
+        let users = common::fixture_dir().join("users/valid");
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let pinned = upstream.addr.to_string();
+        let mut relay = connect_relay(json!([]), |c| {
+            c["listen"][0]["users_file"] = json!(users.to_str().unwrap());
+            c["groups"] = json!([
+                {"name": "translate", "users": ["app1"], "allow": [{"name": NAME, "upstream": pinned}]},
+                {"name": "other", "users": ["nobody-else"], "allow": []},
+            ]);
+        })
+        .await;
+        let basic = |credentials: &str| {
+            use base64::Engine;
+            format!(
+                "CONNECT {NAME}:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
+            .into_bytes()
+        };
+        let (client, head) = ask(&relay, &basic("app1:secret1")).await;
+        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+        drop(client);
+        let log = relay.next_connection().await;
+        assert_eq!((field(&log, "group"), field(&log, "user")), ("translate", "app1"), "{log}");
+        let log = refused(&mut relay, &basic("app2:secret2"), 403, "client_denied").await;
+        assert_eq!(field(&log, "user"), "app2", "{log}");
+    })
+    .await
+}

@@ -145,6 +145,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         ));
     }
     warnings.extend(crate::cli::edge::warnings(config));
+    warnings.extend(crate::cli::groups::warnings(config));
     if config.limits.max_connections_per_client > config.limits.max_connections {
         warnings.push(
             "max_connections_per_client is above max_connections, so it never applies".to_owned(),
@@ -181,6 +182,7 @@ pub fn summary(path: &Path, config: &Config) -> String {
     for note in shadowing(config) {
         text.push_str(&format!("  shadows: {note}\n"));
     }
+    text.push_str(&crate::cli::groups::summary(config));
     text
 }
 

@@ -6,6 +6,7 @@ mod dns;
 pub mod doctor;
 pub mod edge;
 pub mod env;
+pub mod groups;
 pub mod hosts;
 pub mod probe;
 pub mod rules_file;

@@ -5,18 +5,21 @@
 //! rule silently: unknown keys, duplicate names and malformed values are all errors.
 
 mod allow;
+mod groups;
 mod listener;
 mod pools;
 mod transport;
 mod values;
 
 pub use crate::tcp_options::{Keepalive, Tcp};
+pub use groups::Group;
 pub use listener::{Accept, Listener, ProxyProtocol, Tunnel};
 pub use pools::PoolSpec;
 pub use values::Mode;
 
 use crate::rules::Rules;
 use allow::AllowList;
+use groups::GroupList;
 use ipnet::IpNet;
 use listener::ListenList;
 use pools::PoolList;
@@ -55,6 +58,8 @@ pub struct Config {
     pub mode: Mode,
     /// Ready connections kept to pinned upstreams (an edge relay's, to the far relay).
     pub pools: Vec<PoolSpec>,
+    /// Client groups, in the order they are tried; none: every client gets `rules`.
+    pub groups: Vec<Group>,
 }
 
 impl Config {
@@ -80,6 +85,7 @@ impl Config {
         check("upstream_port", self.upstream_port != next.upstream_port);
         check("upstream_tcp", self.upstream_tcp != next.upstream_tcp);
         check("pools", self.pools != next.pools);
+        check("groups", self.groups != next.groups);
         check(
             "max_hello_bytes",
             self.max_hello_bytes != next.max_hello_bytes,
@@ -89,7 +95,9 @@ impl Config {
 
     /// Whether any listener forwards names no rule allows.
     pub fn monitoring(&self) -> bool {
-        self.mode == Mode::Monitor || self.listen.iter().any(|l| l.mode == Some(Mode::Monitor))
+        self.mode == Mode::Monitor
+            || self.listen.iter().any(|l| l.mode == Some(Mode::Monitor))
+            || self.groups.iter().any(|g| g.mode == Some(Mode::Monitor))
     }
 }
 
@@ -223,11 +231,15 @@ impl Config {
                 message,
             }
         })?;
+        let rules = file.allow.0;
+        let groups = (file.groups.0.into_iter())
+            .map(|group| group.with_shared(&rules))
+            .collect();
         Ok(Config {
             listen: file.listen.0,
             upstream_port: file.upstream_port.0 as u16,
             upstream_tcp: file.upstream_tcp,
-            rules: file.allow.0,
+            rules,
             timeouts: Timeouts {
                 hello: Duration::from_millis(file.timeouts.0.hello_ms.0),
                 connect: Duration::from_millis(file.timeouts.0.connect_ms.0),
@@ -253,6 +265,7 @@ impl Config {
             admin: file.admin.map(|a| a.0),
             mode: file.mode.unwrap_or_default(),
             pools: file.pools.0,
+            groups,
         })
     }
 }
@@ -286,6 +299,8 @@ struct File {
     mode: Option<Mode>,
     #[serde(default)]
     pools: PoolList,
+    #[serde(default)]
+    groups: GroupList,
 }
 
 #[derive(Deserialize)]

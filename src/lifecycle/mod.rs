@@ -172,11 +172,10 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
         tracing::warn!("{gap}");
     }
     for pinned in &overrides {
-        if config
-            .rules
-            .route(&pinned.name, config.upstream_port)
-            .is_none()
-        {
+        let allowed = std::iter::once(&config.rules)
+            .chain(config.groups.iter().map(|g| &g.rules))
+            .any(|rules| rules.find(&pinned.name).is_some());
+        if !allowed {
             tracing::warn!(
                 name = %pinned.name,
                 "--resolve names a name no rule allows now; it is used once a rule (after a reload) or monitor mode lets the name through"

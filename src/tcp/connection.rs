@@ -6,9 +6,9 @@ use super::steps::{
     Reached, UNRECOGNIZED_NAME_ALERT, read_header, read_hello, refuse, upstream_for,
 };
 use super::tunnel::open_tunnel;
-use crate::config::{Accept, Listener, Mode};
+use crate::config::{Accept, Listener};
 use crate::connect::ConnectError;
-use crate::decide::{Decision, decide};
+use crate::decide::{Chosen, Decision, choose, decide};
 use crate::limits::Slot;
 use crate::net::transport::{self, Legs};
 use crate::outcome::Rejection;
@@ -111,8 +111,6 @@ async fn open(
     draining: &CancellationToken,
 ) -> Result<Opened, Rejection> {
     let config = &settings.config;
-    // Taken now: a byte kept across the awaits below is cheaper than the reference.
-    let mode = listener.mode.unwrap_or(config.mode);
     // The PROXY header and the hello share one deadline and one buffer, bounded by the
     // largest hello plus the largest header; where the listener waits longer for headers
     // (an edge relay's ready connections), the hello's deadline starts at the header.
@@ -154,11 +152,16 @@ async fn open(
 
     let (hello, route, upstream, addr) = match &listener.accept {
         Accept::Tls => {
+            // The client's group, if the file has groups, is known now: its address.
+            let chosen = choose(config, record.client().ip(), None, listener.mode)?;
+            if let Some(group) = chosen.group {
+                record.group(group.name.clone());
+            }
             let opening = open_tls(
                 &client,
                 &mut received,
                 hello_deadline,
-                mode,
+                chosen,
                 settings,
                 relay,
                 slot,
@@ -173,7 +176,7 @@ async fn open(
                 hello_deadline,
                 tunnel,
                 settings.users_for(listener.addr),
-                mode,
+                listener.mode,
                 settings,
                 relay,
                 slot,
@@ -217,7 +220,7 @@ async fn open_tls<'s>(
     client: &TcpStream,
     received: &mut Vec<u8>,
     deadline: Instant,
-    mode: Mode,
+    chosen: Chosen<'s>,
     settings: &'s Settings,
     relay: &Relay,
     slot: &mut Slot,
@@ -228,7 +231,7 @@ async fn open_tls<'s>(
     slot.hello_done();
     record.hello(&hello);
 
-    let route = match decide(&config.rules, &hello, config.upstream_port, mode) {
+    let route = match decide(chosen.rules, &hello, config.upstream_port, chosen.mode) {
         Decision::Forward(route) => route,
         Decision::WouldRefuse(route) => {
             record.would_refuse();

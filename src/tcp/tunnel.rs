@@ -5,7 +5,7 @@
 
 use super::steps::{Reached, UNRECOGNIZED_NAME_ALERT, read_hello, refuse, upstream_for, write_all};
 use crate::config::{Mode, Tunnel};
-use crate::decide::{Decision, decide_connect};
+use crate::decide::{Decision, choose, decide_connect};
 use crate::http_connect::{self, ESTABLISHED};
 use crate::limits::Slot;
 use crate::net::read::{Parsed, read_until};
@@ -26,7 +26,7 @@ pub(super) async fn open_tunnel<'s>(
     deadline: Instant,
     tunnel: &Tunnel,
     users: Option<&Arc<Accounts>>,
-    mode: Mode,
+    listener_mode: Option<Mode>,
     settings: &'s Settings,
     relay: &Relay,
     slot: &mut Slot,
@@ -44,10 +44,14 @@ pub(super) async fn open_tunnel<'s>(
     };
     received.drain(..request.len);
     record.requested(&request.host, request.port);
+    let mut user = None;
     if let Some(accounts) = users {
         let verdict = timeout_at(deadline, who(accounts, request.authorization)).await;
         match verdict.map_err(|_| Rejection::HelloTimeout) {
-            Ok(Verdict::User(user)) => record.user(&user),
+            Ok(Verdict::User(name)) => {
+                record.user(&name);
+                user = Some(name);
+            }
             Err(timeout) => return Err(answer(client, timeout).await),
             Ok(refused) => {
                 let rejection = Rejection::ProxyAuthRequired(refused.detail());
@@ -55,13 +59,22 @@ pub(super) async fn open_tunnel<'s>(
             }
         }
     }
+    // The client's group, if the file has groups: by its address and its user.
+    let client_ip = record.client().ip();
+    let chosen = match choose(config, client_ip, user.as_deref(), listener_mode) {
+        Ok(chosen) => chosen,
+        Err(rejection) => return Err(answer(client, rejection).await),
+    };
+    if let Some(group) = chosen.group {
+        record.group(group.name.clone());
+    }
 
     let decision = decide_connect(
-        &config.rules,
+        chosen.rules,
         &request.host,
         request.port,
         &tunnel.ports,
-        mode,
+        chosen.mode,
     );
     let route = match decision {
         Decision::Forward(route) => route,

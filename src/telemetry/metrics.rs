@@ -25,6 +25,13 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupOutcome {
+    group: Arc<str>,
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -58,6 +65,8 @@ pub struct FinishedConnection<'a> {
     pub outcome: &'static str,
     /// The stable reason word.
     pub reason: &'static str,
+    /// The client's group, in a file with groups.
+    pub group: Option<&'a Arc<str>>,
     /// The rule that matched, as written.
     pub rule: Option<&'a Arc<str>>,
     /// Size of the ClientHello records, when one was read.
@@ -84,6 +93,7 @@ pub struct Metrics {
     /// Readiness and the limits, read when scraped.
     pub health: HealthGauges,
     connections: Family<OutcomeLabel, Counter>,
+    group_connections: Family<GroupOutcome, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     spliced: Counter,
     rule_connections: Family<RuleLabel, Counter>,
@@ -125,6 +135,7 @@ impl Default for Metrics {
             rejections: Arc::default(),
             health,
             connections: Family::default(),
+            group_connections: Family::default(),
             bytes: Family::default(),
             spliced: Counter::default(),
             rule_connections: Family::default(),
@@ -147,6 +158,11 @@ impl Default for Metrics {
             "connections",
             "Connections ended, by outcome and reason",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "group_connections",
+            "Connections ended, by the client's group (in a file with groups), outcome and reason",
+            metrics.group_connections.clone(),
         );
         registry.register(
             "active_connections",
@@ -281,6 +297,15 @@ impl Metrics {
                 reason: record.reason,
             })
             .inc();
+        if let Some(group) = record.group {
+            self.group_connections
+                .get_or_create(&GroupOutcome {
+                    group: group.clone(),
+                    outcome: record.outcome,
+                    reason: record.reason,
+                })
+                .inc();
+        }
         if let Some(size) = record.hello_bytes {
             self.hello_size.observe(size as f64);
         }

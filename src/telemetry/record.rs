@@ -48,6 +48,8 @@ pub struct ConnectionRecord {
     rule: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     dns: Option<Source>,
+    /// The client's group, in a file with groups.
+    group: Option<Arc<str>>,
     /// Forwarded by monitor mode although no rule allows it.
     would_refuse: bool,
     /// Whether the upstream connection was a pool's ready one; `None` where no pool serves
@@ -70,6 +72,7 @@ impl ConnectionRecord {
             rule: None,
             upstream: None,
             dns: None,
+            group: None,
             would_refuse: false,
             pooled: None,
             connect_done: None,
@@ -138,6 +141,11 @@ impl ConnectionRecord {
         });
     }
 
+    /// The client's group decides the connection.
+    pub fn group(&mut self, group: Arc<str>) {
+        self.group = Some(group);
+    }
+
     /// The rule that allowed the connection, as written ([`crate::rules::Rule::label`]).
     pub fn rule(&mut self, rule: Arc<str>) {
         self.rule = Some(rule);
@@ -194,6 +202,7 @@ impl ConnectionRecord {
         metrics.connection(&FinishedConnection {
             outcome,
             reason,
+            group: self.group.as_ref(),
             rule: self.rule.as_ref(),
             hello_bytes: hello.map(|h| h.len),
             hello: self.hello_done,
@@ -235,6 +244,7 @@ impl ConnectionRecord {
             aws_vpce_id = tlvs.and_then(|t| t.aws_vpce_id.as_deref()),
             connect = self.request.as_ref().map(|r| &*r.target),
             user = self.request.as_ref().and_then(|r| r.user.as_deref()),
+            group = self.group.as_deref(),
             sni = hello.map(|h| &*h.sni),
             alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
             tls = hello.map(|h| &*h.tls),
