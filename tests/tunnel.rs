@@ -441,3 +441,84 @@ async fn groups_by_user_decide_a_connect_listeners_requests() {
     })
     .await
 }
+
+/// An upgrade hands a CONNECT listener over like a TLS one: a tunnel open through the old
+/// relay finishes there, the new relay answers the next request on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_a_connect_listener_over_and_drains_its_tunnels() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let pinned = upstream.addr.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let args = ["--upgrade-socket", socket.to_str().unwrap()];
+        let config = json!({
+            "listen": [{"addr": "127.0.0.1:0", "accept": "connect"}],
+            "allow": [{"name": NAME, "upstream": pinned}],
+            "timeouts": {"hello_ms": 5000, "connect_ms": 5000, "drain_s": 30},
+        });
+        let mut old = RelayProcess::start_with(config.clone(), &args).await;
+        let (mut live, head) = ask(&old, &connect(&format!("{NAME}:443"))).await;
+        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+        live.write_all(&hello_for(NAME)).await.unwrap();
+        let mut at_upstream = upstream.accept().await;
+        let mut hello = vec![0; hello_for(NAME).len()];
+        at_upstream.read_exact(&mut hello).await.unwrap();
+
+        let mut new = RelayProcess::start_with(config, &args).await;
+        assert_eq!(new.addr(), old.addr());
+        old.next_message("handed over to the new relay: no longer accepting")
+            .await;
+        let (client, head) = ask(&new, &connect(&format!("{NAME}:443"))).await;
+        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+        drop(client);
+        assert_eq!(
+            field(&new.next_connection().await, "connect"),
+            format!("{NAME}:443")
+        );
+
+        // The old relay's tunnel still carries bytes, and the old relay exits once it ends.
+        live.write_all(b"ping").await.unwrap();
+        let mut ping = [0; 4];
+        at_upstream.read_exact(&mut ping).await.unwrap();
+        assert_eq!(&ping, b"ping");
+        drop((live, at_upstream));
+        let log = old.next_connection().await;
+        assert_eq!(field(&log, "outcome"), "forwarded", "{log}");
+        assert!(old.wait().await.success());
+    })
+    .await
+}
+
+/// Monitor mode on a CONNECT listener: a name no rule allows is tunnelled to itself and
+/// logged as `would_refuse`, as on a TLS listener.
+#[tokio::test]
+async fn monitor_mode_tunnels_a_name_no_rule_allows() {
+    within(async {
+        let upstream = Upstream::bind("127.0.0.1").await;
+        let pin = format!("other.example.com={}", upstream.addr);
+        let config = json!({
+            "listen": [{"addr": "127.0.0.1:0", "accept": "connect", "mode": "monitor"}],
+            "allow": [NAME],
+            "timeouts": {"hello_ms": 5000, "connect_ms": 5000, "drain_s": 5},
+        });
+        let mut relay = RelayProcess::start_with(config, &["--resolve", &pin]).await;
+        let (mut client, head) = ask(&relay, &connect("other.example.com:443")).await;
+        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+        client
+            .write_all(&hello_for("other.example.com"))
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(upstream.receive_all().await, hello_for("other.example.com"));
+        client.read_to_end(&mut Vec::new()).await.unwrap();
+        drop(client);
+        let log = relay.next_connection().await;
+        assert_eq!(
+            (field(&log, "reason"), field(&log, "rule")),
+            ("would_refuse", "(unlisted)"),
+            "{log}"
+        );
+    })
+    .await
+}
