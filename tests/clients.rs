@@ -180,6 +180,22 @@ async fn openssl_s_client_verifies_the_upstream_certificate() {
     .await
 }
 
+/// What a successful probe of NAME through `at` printed, checked for its first line.
+fn probed_ok(out: &Output, at: &str) -> String {
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.starts_with(&format!("{NAME} via {at}: ok\n")),
+        "{said}"
+    );
+    said
+}
+
 fn probe(args: &[&str]) -> Output {
     Command::new(crate::common::binary())
         .arg("probe")
@@ -221,17 +237,7 @@ async fn probe_reports_who_answered_or_exactly_why_not() {
         };
 
         let out = run_probe(args(NAME)).await.unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            said.starts_with(&format!("{NAME} via {at}: ok\n")),
-            "{said}"
-        );
+        let said = probed_ok(&out, &at);
         assert!(said.contains(&format!("subject: CN={NAME}")), "{said}");
         assert!(said.contains("issuer: CN=snirelay test CA"), "{said}");
         assert!(said.contains("TLS 1.3 handshake in"), "{said}");
@@ -288,17 +294,7 @@ async fn probe_through_a_connect_listener_reports_the_tunnel_or_the_refusal() {
             tokio::task::spawn_blocking(move || probe(&[name, "--proxy", &at, "--cacert", &ca]))
         };
         let out = run(NAME).await.unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            said.starts_with(&format!("{NAME} via {at}: ok\n")),
-            "{said}"
-        );
+        let said = probed_ok(&out, &at);
         assert!(said.contains("  CONNECT answered 200 in "), "{said}");
         assert!(said.contains(&format!("subject: CN={NAME}")), "{said}");
         let line = relay.next_connection().await;

@@ -2,7 +2,7 @@
 //! for AAAA even when /etc/hosts has an IPv4 line for the name, and would go around the
 //! relay; with the block `snirelay hosts` prints it asks nothing and reaches the upstream
 //! through the relay. The client runs in a network and mount namespace of its own (its own
-//! /etc/hosts, resolv.conf and DNS server on 127.0.0.1:53): tests/grpc/through_relay.py.
+//! /etc/hosts, resolv.conf and DNS server on 127.0.0.1:53): tests/python/through_relay.py.
 
 mod common;
 
@@ -16,23 +16,15 @@ const NAME: &str = "translation.googleapis.com";
 fn call_through_relay(python: &Path, dir: &Path, hosts: &str) -> Value {
     let hosts_file = dir.join(format!("hosts.{}", hosts.len()));
     std::fs::write(&hosts_file, format!("127.0.0.1 localhost\n{hosts}")).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/through_relay.py");
-    let out = Command::new("timeout")
-        .args(["120", "unshare", "--net", "--mount", "--fork"])
-        .arg(python)
-        .arg(script)
-        .arg(crate::common::binary())
-        .arg(dir)
-        .arg(&hosts_file)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{said}"))
+    common::run_in_namespace(
+        python,
+        "through_relay.py",
+        &[
+            common::binary().as_ref(),
+            dir.as_os_str(),
+            hosts_file.as_os_str(),
+        ],
+    )
 }
 
 #[test]

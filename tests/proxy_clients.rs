@@ -2,14 +2,10 @@
 //! (a user's credentials in it) reach an upstream through a CONNECT listener and verify its
 //! certificate, on a client
 //! machine where no name can be looked up (a network and mount namespace of their own:
-//! tests/proxy_clients/through_proxy.py). The relay resolves the name; the client asks DNS
+//! tests/python/through_proxy.py). The relay resolves the name; the client asks DNS
 //! nothing about it.
 
 mod common;
-
-use serde_json::Value;
-use std::path::Path;
-use std::process::Command;
 
 const NAME: &str = "translation.googleapis.com";
 
@@ -33,22 +29,11 @@ fn curl_requests_and_grpcio_reach_the_upstream_through_a_connect_listener_withou
         ),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy_clients/through_proxy.py");
-    let out = Command::new("timeout")
-        .args(["120", "unshare", "--net", "--mount", "--fork"])
-        .arg(python)
-        .arg(script)
-        .arg(common::binary())
-        .arg(dir)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let result = common::run_in_namespace(
+        &python,
+        "through_proxy.py",
+        &[common::binary().as_ref(), dir.as_os_str()],
     );
-    let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{said}"));
     for (client, body) in [
         ("curl", "hello"),
         ("requests", "hello"),

@@ -41,6 +41,16 @@ async fn ask(relay: &RelayProcess, request: &[u8]) -> (TcpStream, String) {
     (client, String::from_utf8(head).unwrap())
 }
 
+/// A CONNECT for NAME with `user:password` in a `Proxy-Authorization: Basic` header.
+fn basic(credentials: &str) -> Vec<u8> {
+    use base64::Engine;
+    format!(
+        "CONNECT {NAME}:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+    .into_bytes()
+}
+
 fn connect(host_port: &str) -> Vec<u8> {
     format!("CONNECT {host_port} HTTP/1.1\r\nHost: {host_port}\r\n\r\n").into_bytes()
 }
@@ -335,14 +345,6 @@ async fn a_users_file_asks_for_credentials_and_names_the_user() {
             c["listen"][0]["users_file"] = json!(users.to_str().unwrap());
         })
         .await;
-        let basic = |credentials: &str| {
-            use base64::Engine;
-            format!(
-                "CONNECT {NAME}:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
-                base64::engine::general_purpose::STANDARD.encode(credentials)
-            )
-            .into_bytes()
-        };
         for (request, detail) in [
             (connect(&format!("{NAME}:443")), "missing"),
             (basic("app1:wrong"), "wrong"),
@@ -423,14 +425,6 @@ async fn groups_by_user_decide_a_connect_listeners_requests() {
             ]);
         })
         .await;
-        let basic = |credentials: &str| {
-            use base64::Engine;
-            format!(
-                "CONNECT {NAME}:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
-                base64::engine::general_purpose::STANDARD.encode(credentials)
-            )
-            .into_bytes()
-        };
         let (client, head) = ask(&relay, &basic("app1:secret1")).await;
         assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
         drop(client);

@@ -12,7 +12,7 @@ pub use pki::{Pki, openssl_self_signed, pki};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,6 +167,28 @@ pub fn namespaces_permitted() -> bool {
         cannot_run_here("this machine does not permit network and mount namespaces (unshare)");
     }
     permitted
+}
+
+/// Runs `tests/python/SCRIPT ARGS...` with `python` in a network and mount namespace of
+/// its own (for at most two minutes) and returns the JSON object it prints.
+pub fn run_in_namespace(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = Command::new("timeout")
+        .args(["120", "unshare", "--net", "--mount", "--fork"])
+        .arg(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{said}"))
 }
 
 /// Whether `tool` is there ([`tool`]).

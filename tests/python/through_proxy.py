@@ -1,6 +1,6 @@
 """Real proxy clients (curl, Python requests, grpcio) reaching NAME through snirelay's
 CONNECT listener, inside a network and mount namespace the test made for them (see
-tests/proxy_clients.rs) where no name can be looked up: /etc/hosts has localhost only, and
+tests/proxy_clients.rs and namespace.py) where no name can be looked up: /etc/hosts has localhost only, and
 resolv.conf names 127.0.0.1, where a server records every query and answers NXDOMAIN.
 The upstream runs on 127.0.0.2:8443 (HTTPS for curl and requests, then gRPC); the relay's
 CONNECT listener on 127.0.0.1:3128 asks for a user and pins NAME there (`--resolve`), so it
@@ -14,9 +14,7 @@ import gc
 import http.server
 import json
 import os
-import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -24,35 +22,13 @@ import threading
 import grpc
 import requests
 
+from namespace import METHOD, dns_server, grpc_upstream, isolate
+
 NAME = "translation.googleapis.com"
-METHOD = "/snirelay.test.Echo/Say"
 UPSTREAM = ("127.0.0.2", 8443)
 # The listener asks for a user (tests/fixtures/users/valid: app1, bcrypt); every client
 # takes the credentials from the proxy URL and sends them with its CONNECT.
 PROXY = "http://app1:secret1@127.0.0.1:3128"
-
-
-def dns_server(seen):
-    """Answers every query with NXDOMAIN and records `NAME TYPE`."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 53))
-    types = {1: "A", 28: "AAAA", 65: "HTTPS", 33: "SRV", 16: "TXT"}
-
-    def serve():
-        while True:
-            data, peer = sock.recvfrom(4096)
-            labels, i = [], 12
-            while data[i] != 0:
-                n = data[i]
-                labels.append(data[i + 1 : i + 1 + n].decode())
-                i += n + 1
-            qtype = struct.unpack("!H", data[i + 1 : i + 3])[0]
-            seen.append(f"{'.'.join(labels).lower()} {types.get(qtype, qtype)}")
-            flags = 0x8183  # response, recursion desired and available, NXDOMAIN
-            reply = data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + data[12 : i + 5]
-            sock.sendto(reply, peer)
-
-    threading.Thread(target=serve, daemon=True).start()
 
 
 class Hello(http.server.BaseHTTPRequestHandler):
@@ -78,33 +54,12 @@ def https_upstream(workdir):
     return server
 
 
-def grpc_upstream(workdir):
-    with open(os.path.join(workdir, "key.pem"), "rb") as f:
-        key = f.read()
-    with open(os.path.join(workdir, "cert.pem"), "rb") as f:
-        cert = f.read()
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2))
-    handler = grpc.method_handlers_generic_handler(
-        "snirelay.test.Echo",
-        {"Say": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req[::-1])},
-    )
-    server.add_generic_rpc_handlers((handler,))
-    server.add_secure_port("%s:%d" % UPSTREAM, grpc.ssl_server_credentials([(key, cert)]))
-    server.start()
-    return server, cert
-
-
 def main():
     snirelay, workdir = sys.argv[1:3]
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     hosts = os.path.join(workdir, "hosts")
     with open(hosts, "w") as f:
         f.write("127.0.0.1 localhost\n")
-    subprocess.run(["mount", "--bind", hosts, "/etc/hosts"], check=True)
-    resolv = os.path.join(workdir, "resolv.conf")
-    with open(resolv, "w") as f:
-        f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    subprocess.run(["mount", "--bind", resolv, "/etc/resolv.conf"], check=True)
+    isolate(workdir, hosts)
 
     seen = []
     dns_server(seen)
@@ -141,7 +96,7 @@ def main():
     server.shutdown()
     server.server_close()
 
-    server, cert = grpc_upstream(workdir)
+    server, cert = grpc_upstream(workdir, "%s:%d" % UPSTREAM)
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert)
         with grpc.secure_channel(f"{NAME}:443", credentials) as channel:
