@@ -55,6 +55,10 @@ pub enum Rejection {
     /// The hello deadline passed.
     #[error("no complete ClientHello in time")]
     HelloTimeout,
+    /// On a CONNECT listener, the hello deadline passed before the request (and its
+    /// credentials' check) was done.
+    #[error("no complete CONNECT request in time")]
+    RequestTimeout,
     /// FIN before the hello was complete.
     #[error("client closed before its ClientHello was complete")]
     ClientClosed,
@@ -109,7 +113,7 @@ impl Rejection {
             Self::BadProxyHeader(_) => "bad_proxy_header",
             Self::ProxyLocal => "proxy_local",
             Self::Limit(e) => e.reason(),
-            Self::HelloTimeout => "hello_timeout",
+            Self::HelloTimeout | Self::RequestTimeout => "hello_timeout",
             Self::ClientClosed => "client_closed",
             Self::ClientError(_) => "client_error",
             Self::Hello(e) => e.reason(),
@@ -143,6 +147,7 @@ impl Rejection {
             Self::BadProxyHeader(e) => Some(e.detail()),
             Self::BadConnect(e) => Some(e.detail()),
             Self::ProxyAuthRequired(detail) => Some(detail),
+            Self::RequestTimeout => Some("request"),
             Self::DnsTimeout => Some("timeout"),
             Self::Connect(e) => Some(e.detail()),
             _ => None,
@@ -159,6 +164,7 @@ impl Rejection {
             | Self::PoolUnused
             | Self::Limit(LimitExceeded::PerClient)
             | Self::HelloTimeout
+            | Self::RequestTimeout
             | Self::ClientClosed
             | Self::ClientError(_)
             | Self::Hello(_)
@@ -181,7 +187,7 @@ impl Rejection {
         match self {
             Self::BadConnect(e) => e.status(),
             Self::ProxyAuthRequired(_) => 407,
-            Self::HelloTimeout => 408,
+            Self::HelloTimeout | Self::RequestTimeout => 408,
             Self::DnsTimeout | Self::Connect(ConnectError::Timeout(_)) => 504,
             Self::Resolve(_) | Self::Connect(_) => 502,
             Self::Limit(LimitExceeded::PerClient) => 429,

@@ -91,6 +91,8 @@ impl Reloader {
             // systemd's `notify-reload` sends SIGHUP and waits for RELOADING=1, then READY=1.
             if trigger == Trigger::Hangup {
                 systemd::reloading();
+                // logrotate has moved the audit log away, or may have.
+                self.relay.metrics().audit.reopen();
             }
             let reported = reload(&self.path, &self.relay, self.fixed, trigger, &mut self.file);
             if reported || trigger == Trigger::Hangup {
@@ -217,6 +219,10 @@ fn apply(
     if !fixed.admin && config.admin != running.config.admin {
         tracing::warn!(path = %path.display(), "admin changed; it changes only on restart");
         config.admin = running.config.admin;
+    }
+    if config.audit_log != running.config.audit_log {
+        tracing::warn!(path = %path.display(), "audit_log changed; it changes only on restart");
+        config.audit_log.clone_from(&running.config.audit_log);
     }
     let rules = config.rules.len();
     let diff = running.config.rules.diff(&config.rules);

@@ -30,9 +30,9 @@ fn a_forwarded_connection_is_parsed_logged_and_counted_without_needless_allocati
     let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
     let hello_logged = |expected: u64| {
         // The first look at the log's level registers its callsite, which allocates once.
-        ConnectionRecord::new(addr, addr).hello(&hello);
+        ConnectionRecord::new(addr, addr).hello(&hello, false);
         let mut log = ConnectionRecord::new(addr, addr);
-        assert_eq!(allocations(|| log.hello(&hello)), expected);
+        assert_eq!(allocations(|| log.hello(&hello, false)), expected);
     };
     // No subscriber, as when the relay logs at warn: nothing is copied.
     hello_logged(0);
@@ -56,7 +56,7 @@ fn a_forwarded_connection_is_parsed_logged_and_counted_without_needless_allocati
     };
     let forwarded = || {
         let mut log = ConnectionRecord::new(addr, addr);
-        log.hello(&hello);
+        log.hello(&hello, false);
         log.rule(rule.label.clone());
         log.connected(addr);
         let counters = metrics.byte_counters(log.rule_label());

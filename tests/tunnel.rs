@@ -302,7 +302,8 @@ async fn an_oversized_or_slow_request_is_refused() {
         }
         let log = refused(&mut relay, &big, 431, "bad_connect").await;
         assert_eq!(field(&log, "detail"), "too_large", "{log}");
-        refused(&mut relay, b"CONNECT translation.goo", 408, "hello_timeout").await;
+        let log = refused(&mut relay, b"CONNECT translation.goo", 408, "hello_timeout").await;
+        assert_eq!(field(&log, "detail"), "request", "{log}");
     })
     .await
 }

@@ -170,6 +170,9 @@ pub fn summary(path: &Path, config: &Config) -> String {
         limits.max_connections_per_client,
         limits.max_pending_hellos,
     ));
+    if let Some(audit) = &config.audit_log {
+        text.push_str(&format!("  audit log: {}\n", audit.display()));
+    }
     text.push_str(&crate::cli::edge::summary(config));
     text.push_str("  effective rules, in the order a name is matched (exact names, then label patterns and wildcards, longest first):\n");
     for rule in match_order(config) {

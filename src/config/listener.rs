@@ -2,7 +2,7 @@
 //! the listener takes the PROXY protocol and from which balancers, and whether its clients
 //! open with a TLS hello or an HTTP CONNECT request.
 
-use super::values::{Bounded, Mode, Network, invalid, parse_string};
+use super::values::{AbsolutePath, Bounded, Mode, Network, invalid, parse_string};
 use crate::http_connect::DEFAULT_MAX_REQUEST;
 use crate::proxy::Accept as ProxyVersions;
 use crate::tcp_options::Tcp;
@@ -155,7 +155,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             accept: Option<AcceptWord>,
             connect_ports: Option<Vec<Bounded<1, 65_535>>>,
             max_request_bytes: Option<Bounded<256, 65_536>>,
-            users_file: Option<UsersFile>,
+            users_file: Option<AbsolutePath>,
         }
         let obj = Object::deserialize(de::value::MapAccessDeserializer::new(map))?;
         let accept = match obj.accept {
@@ -271,23 +271,6 @@ impl<'de> Deserialize<'de> for VersionsWord {
             "v2" => Ok(VersionsWord(ProxyVersions::V2)),
             "any" => Ok(VersionsWord(ProxyVersions::Any)),
             _ => Err(invalid(text, EXPECTED)),
-        })
-    }
-}
-
-/// An absolute path: the relay may run from any directory.
-struct UsersFile(PathBuf);
-
-impl<'de> Deserialize<'de> for UsersFile {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const EXPECTED: &str =
-            "an absolute path to an htpasswd-style file, like \"/etc/snirelay/users\"";
-        parse_string(d, EXPECTED, |text| {
-            let path = PathBuf::from(text);
-            match path.is_absolute() {
-                true => Ok(UsersFile(path)),
-                false => Err(invalid(text, EXPECTED)),
-            }
         })
     }
 }

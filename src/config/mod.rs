@@ -27,7 +27,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use values::{AddrList, AdminAddr, Bounded, Nameserver, Network, Object};
+use values::{AbsolutePath, AddrList, AdminAddr, Bounded, Nameserver, Network, Object};
 
 /// A validated configuration. The running relay only ever holds whole ones.
 #[derive(Debug, Clone)]
@@ -60,6 +60,8 @@ pub struct Config {
     pub pools: Vec<PoolSpec>,
     /// Client groups, in the order they are tried; none: every client gets `rules`.
     pub groups: Vec<Group>,
+    /// Where the audit log goes, one JSON line per decision; off when `None`.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Config {
@@ -266,6 +268,7 @@ impl Config {
             mode: file.mode.unwrap_or_default(),
             pools: file.pools.0,
             groups,
+            audit_log: file.audit_log.map(|p| p.0),
         })
     }
 }
@@ -301,6 +304,7 @@ struct File {
     pools: PoolList,
     #[serde(default)]
     groups: GroupList,
+    audit_log: Option<AbsolutePath>,
 }
 
 #[derive(Deserialize)]

@@ -206,3 +206,19 @@ impl<'de> Deserialize<'de> for Mode {
         })
     }
 }
+
+/// An absolute path: the relay may run from any directory.
+pub(super) struct AbsolutePath(pub(super) std::path::PathBuf);
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "an absolute path, like \"/etc/snirelay/users\"";
+        parse_string(d, EXPECTED, |text| {
+            let path = std::path::PathBuf::from(text);
+            match path.is_absolute() {
+                true => Ok(AbsolutePath(path)),
+                false => Err(invalid(text, EXPECTED)),
+            }
+        })
+    }
+}

@@ -65,6 +65,14 @@ pub enum StartError {
     /// Stop signals cannot be handled.
     #[error("cannot handle SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
+    /// The audit log cannot be opened.
+    #[error("audit_log {path}: cannot open it: {source}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// A relay whose sockets are open, not yet serving.
@@ -187,7 +195,15 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
         .filter_map(|(socket, _)| socket.local_addr().ok())
         .collect();
     let settings = Settings::new(config, &bound, &overrides, None).map_err(StartError::Settings)?;
+    let audit_log = settings.config.audit_log.clone();
     let relay = Arc::new(Relay::new(settings, overrides, bound));
+    if let Some(path) = audit_log {
+        relay
+            .metrics()
+            .audit
+            .open(&path)
+            .map_err(|source| StartError::Audit { path, source })?;
+    }
     tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), fixed).run());
     let admin_handed_over = CancellationToken::new();
     if let Some(admin) = admin {

@@ -147,5 +147,8 @@ pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
     server.end_connections().await;
     summaries.abort();
     quota::log_suppressed(&relay.metrics().rejections);
+    // Every connection has ended and queued its audit line: write them out (briefly
+    // blocking; nothing else runs now).
+    relay.metrics().audit.finish();
     tracing::info!("stopped");
 }

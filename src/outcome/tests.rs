@@ -23,6 +23,7 @@ fn examples() -> Vec<Rejection> {
         Rejection::Limit(LimitExceeded::PerClient),
         Rejection::Limit(LimitExceeded::PendingHellos),
         Rejection::HelloTimeout,
+        Rejection::RequestTimeout,
         Rejection::ClientClosed,
         Rejection::ClientError(io::Error::other("x")),
         Rejection::Hello(HelloError::NotTls),
@@ -97,6 +98,7 @@ fn examples() -> Vec<Rejection> {
             | Rejection::ProxyLocal
             | Rejection::Limit(_)
             | Rejection::HelloTimeout
+            | Rejection::RequestTimeout
             | Rejection::ClientClosed
             | Rejection::ClientError(_)
             | Rejection::Hello(_)

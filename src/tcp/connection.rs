@@ -229,7 +229,7 @@ async fn open_tls<'s>(
     let config = &settings.config;
     let hello = read_hello(client, received, deadline, config.max_hello_bytes).await?;
     slot.hello_done();
-    record.hello(&hello);
+    record.hello(&hello, relay.metrics().audit.enabled());
 
     let route = match decide(chosen.rules, &hello, config.upstream_port, chosen.mode) {
         Decision::Forward(route) => route,

@@ -40,14 +40,14 @@ pub(super) async fn open_tunnel<'s>(
     let request = match timeout_at(deadline, read).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => return Err(answer(client, e.into()).await),
-        Err(_) => return Err(answer(client, Rejection::HelloTimeout).await),
+        Err(_) => return Err(answer(client, Rejection::RequestTimeout).await),
     };
     received.drain(..request.len);
     record.requested(&request.host, request.port);
     let mut user = None;
     if let Some(accounts) = users {
         let verdict = timeout_at(deadline, who(accounts, request.authorization)).await;
-        match verdict.map_err(|_| Rejection::HelloTimeout) {
+        match verdict.map_err(|_| Rejection::RequestTimeout) {
             Ok(Verdict::User(name)) => {
                 record.user(&name);
                 user = Some(name);
@@ -100,7 +100,7 @@ pub(super) async fn open_tunnel<'s>(
     let hello_deadline = Instant::now() + config.timeouts.hello;
     let hello = read_hello(client, received, hello_deadline, config.max_hello_bytes).await?;
     slot.hello_done();
-    record.hello(&hello);
+    record.hello(&hello, relay.metrics().audit.enabled());
     if hello.sni != request.host {
         // The upstream, connected for the name asked for, never sees a byte of it.
         drop(upstream);
@@ -111,16 +111,19 @@ pub(super) async fn open_tunnel<'s>(
 }
 
 /// Whose credentials these are: remembered, or verified off the event loop (a hash's work
-/// is milliseconds, by design).
+/// is milliseconds, by design), a few at a time.
 async fn who(accounts: &Arc<Accounts>, authorization: Option<String>) -> Verdict {
-    if let Some(user) = authorization
-        .as_deref()
-        .and_then(|a| accounts.remembered(a))
-    {
+    let Some(authorization) = authorization else {
+        return Verdict::Missing;
+    };
+    if let Some(user) = accounts.remembered(&authorization) {
         return Verdict::User(user);
     }
+    let Ok(_turn) = accounts.turns.acquire().await else {
+        return Verdict::Wrong;
+    };
     let accounts = accounts.clone();
-    tokio::task::spawn_blocking(move || accounts.verify(authorization.as_deref()))
+    tokio::task::spawn_blocking(move || accounts.verify(Some(&authorization)))
         .await
         .unwrap_or(Verdict::Wrong)
 }

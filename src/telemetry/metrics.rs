@@ -3,6 +3,7 @@
 //! never the client's SNI, so cardinality is bounded by the allowlist.
 
 use crate::limits::Counters;
+use crate::telemetry::audit::AuditSink;
 use crate::telemetry::bytes::{ByRule, ByteCounters};
 use crate::telemetry::health::HealthGauges;
 use crate::telemetry::legs::LegMetrics;
@@ -83,6 +84,8 @@ pub struct FinishedConnection<'a> {
 
 /// The relay's metrics.
 pub struct Metrics {
+    /// The audit log, where one is written, and its drop counter.
+    pub audit: AuditSink,
     registry: Registry,
     /// The long leg's: RTT and retransmissions.
     pub legs: LegMetrics,
@@ -129,7 +132,9 @@ impl Default for Metrics {
         let legs = LegMetrics::registered(&mut registry);
         let pools = PoolMetrics::registered(&mut registry);
         let health = HealthGauges::registered(&mut registry);
+        let audit = AuditSink::registered(&mut registry);
         let metrics = Metrics {
+            audit,
             legs,
             pools,
             rejections: Arc::default(),

@@ -2,6 +2,7 @@
 //! both from the same record (bytes counted as they flow), with rejection lines
 //! rate-limited per reason.
 
+pub mod audit;
 pub mod bytes;
 pub mod health;
 pub mod legs;

@@ -118,20 +118,21 @@ impl ConnectionRecord {
     }
 
     /// The hello is complete. Its names are copied for the line only when the line can be
-    /// written (`snirelay::connection` at info): three allocations per connection otherwise
-    /// spent for nothing (`tests/allocations.rs` counts them).
-    pub fn hello(&mut self, hello: &ClientHello) {
+    /// written (`snirelay::connection` at info) or the connection is `audited`: three
+    /// allocations per connection otherwise spent for nothing (`tests/allocations.rs` counts
+    /// them).
+    pub fn hello(&mut self, hello: &ClientHello, audited: bool) {
         self.hello_done = Some(self.started.elapsed());
-        let (sni, alpn, tls) = if tracing::enabled!(target: "snirelay::connection", tracing::Level::INFO)
-        {
-            (
-                hello.sni.as_str().into(),
-                hello.alpn.join(",").into(),
-                versions(&hello.versions).into(),
-            )
-        } else {
-            Default::default()
-        };
+        let (sni, alpn, tls) =
+            if audited || tracing::enabled!(target: "snirelay::connection", tracing::Level::INFO) {
+                (
+                    hello.sni.as_str().into(),
+                    hello.alpn.join(",").into(),
+                    versions(&hello.versions).into(),
+                )
+            } else {
+                Default::default()
+            };
         self.hello = Some(HelloFields {
             sni,
             alpn,
@@ -217,6 +218,15 @@ impl ConnectionRecord {
         if result.is_ok() {
             metrics.legs.ended(self.listener, &legs);
         }
+        // Every decision about a client is audited, never rate-limited.
+        if metrics.audit.enabled()
+            && !matches!(result, Err(Rejection::ProxyLocal | Rejection::PoolUnused))
+        {
+            let outcome = Outcome::of(&result, self.would_refuse);
+            metrics
+                .audit
+                .write(self.audit_line(&outcome, transfer, total));
+        }
         // A balancer's health check, and an edge's ready connection closed unused, are
         // counted, never logged: they come every few seconds. Rejections anyone can cause
         // are logged up to a rate per reason, then summed up.
@@ -274,6 +284,58 @@ impl ConnectionRecord {
             upstream_delivery_mbps = legs.upstream.and_then(|l| l.delivery_rate).map(mbps),
             "connection"
         );
+    }
+}
+
+impl ConnectionRecord {
+    /// The audit log's line for this connection: when, who, what was asked for, the
+    /// decision and, for a forwarded one, what moved.
+    fn audit_line(&self, outcome: &Outcome, transfer: Option<Transfer>, total: Duration) -> String {
+        use serde_json::{Map, Value};
+        let mut line = Map::new();
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                line.insert(key.to_owned(), value);
+            }
+        };
+        let text = |s: &str| Some(Value::from(s));
+        put(
+            "time",
+            text(&crate::telemetry::audit::utc(std::time::SystemTime::now())),
+        );
+        put("client", text(&self.client.to_string()));
+        put("peer", self.via.as_ref().map(|v| v.0.to_string().into()));
+        put("listener", text(&self.listener.to_string()));
+        put("connect", self.request.as_ref().map(|r| (*r.target).into()));
+        put(
+            "user",
+            self.request
+                .as_ref()
+                .and_then(|r| r.user.as_deref())
+                .map(Value::from),
+        );
+        put("group", self.group.as_deref().map(Value::from));
+        let hello = self.hello.as_ref();
+        put("sni", hello.map(|h| (*h.sni).into()));
+        put(
+            "alpn",
+            hello
+                .filter(|h| !h.alpn.is_empty())
+                .map(|h| (*h.alpn).into()),
+        );
+        put("rule", self.rule.as_deref().map(Value::from));
+        put("upstream", self.upstream.map(|a| a.to_string().into()));
+        put("outcome", text(outcome.outcome));
+        put("reason", text(outcome.reason));
+        put("detail", outcome.detail.map(Value::from));
+        put("side", outcome.side.map(|s| s.word().into()));
+        put("bytes_up", transfer.map(|t| t.up.into()));
+        put("bytes_down", transfer.map(|t| t.down.into()));
+        put(
+            "total_ms",
+            Some(((total.as_secs_f64() * 1e6).round() / 1e3).into()),
+        );
+        Value::Object(line).to_string()
     }
 }
 
