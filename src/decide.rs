@@ -122,6 +122,7 @@ mod tests {
             versions: vec![0x0304],
             ech: false,
             len: 0,
+            ja4: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! 0-RTT data) is stream data for the upstream, never inspected.
 
 use crate::hostname::{Hostname, HostnameError};
+use crate::ja4::{Ja4, Offered, fingerprint, is_grease};
 use tls_parser::{SNIType, TlsExtension};
 
 /// A record body may not exceed 2^14 bytes (RFC 8446 §5.1).
@@ -17,6 +18,7 @@ const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
+const EXT_SIGNATURE_ALGORITHMS: u16 = 13;
 const EXT_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
 
 /// What the relay learnt from a complete ClientHello.
@@ -32,6 +34,8 @@ pub struct ClientHello {
     pub ech: bool,
     /// Bytes of the records that carried the hello; bytes after this are stream data.
     pub len: usize,
+    /// Its JA4 fingerprint, where the reader was asked for it ([`HelloReader::fingerprint`]).
+    pub ja4: Option<Ja4>,
 }
 
 /// Why a ClientHello was refused. `reason()` is the stable log word, `detail()` a finer one.
@@ -122,6 +126,7 @@ pub struct HelloReader {
     limit: usize,
     scanned: usize,
     handshake: Vec<u8>,
+    fingerprint: bool,
 }
 
 impl HelloReader {
@@ -131,7 +136,15 @@ impl HelloReader {
             limit,
             scanned: 0,
             handshake: Vec::new(),
+            fingerprint: false,
         }
+    }
+
+    /// Also takes the hello's JA4 fingerprint: two SHA-256 hashes, worth paying only where
+    /// something will show it (the log line, the audit log).
+    pub fn fingerprint(mut self, wanted: bool) -> Self {
+        self.fingerprint = wanted;
+        self
     }
 
     /// `received` must extend what the previous call saw. `Ok(None)` means: read more.
@@ -162,14 +175,14 @@ impl HelloReader {
             // A hello in one record (nearly all of them) is read where it lies; only one
             // spread over records is put together first.
             let found = if self.handshake.is_empty() {
-                let found = complete_message(body, self.scanned, self.limit)?;
+                let found = complete_message(body, self.scanned, self.limit, self.fingerprint)?;
                 if found.is_none() {
                     self.handshake.extend_from_slice(body);
                 }
                 found
             } else {
                 self.handshake.extend_from_slice(body);
-                complete_message(&self.handshake, self.scanned, self.limit)?
+                complete_message(&self.handshake, self.scanned, self.limit, self.fingerprint)?
             };
             if found.is_some() {
                 return Ok(found);
@@ -202,6 +215,7 @@ fn complete_message(
     hs: &[u8],
     scanned: usize,
     limit: usize,
+    fingerprint: bool,
 ) -> Result<Option<ClientHello>, HelloError> {
     if hs[0] != HANDSHAKE_CLIENT_HELLO {
         return Err(HelloError::NotClientHello(hs[0]));
@@ -217,7 +231,9 @@ fn complete_message(
     match hs.len().cmp(&end) {
         std::cmp::Ordering::Less => Ok(None),
         std::cmp::Ordering::Greater => Err(HelloError::TrailingHandshake),
-        std::cmp::Ordering::Equal => parse_body(&hs[HANDSHAKE_HEADER..], scanned).map(Some),
+        std::cmp::Ordering::Equal => {
+            parse_body(&hs[HANDSHAKE_HEADER..], scanned, fingerprint).map(Some)
+        }
     }
 }
 
@@ -254,7 +270,7 @@ fn check_header_prefix(header: &[u8], first: bool) -> Result<(), HelloError> {
     }
 }
 
-fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
+fn parse_body(body: &[u8], len: usize, take_ja4: bool) -> Result<ClientHello, HelloError> {
     let (rest, hello) = tls_parser::parse_tls_handshake_client_hello(body)
         .map_err(|_| HelloError::Malformed("client_hello_fields"))?;
     // tls-parser reads an extensions block that overruns the message as "no extensions"
@@ -266,6 +282,8 @@ fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
     let mut alpn = Vec::new();
     let mut versions = Vec::new();
     let mut ech = false;
+    let mut first_alpn = None;
+    let mut signature_algorithms = None;
     let mut seen = Vec::new();
     let mut block = hello.ext.unwrap_or_default();
     while !block.is_empty() {
@@ -277,6 +295,7 @@ fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
             EXT_ALPN => {
                 if let Ok((_, TlsExtension::ALPN(protocols))) = tls_parser::parse_tls_extension(raw)
                 {
+                    first_alpn = protocols.first().copied();
                     alpn = protocols
                         .iter()
                         .map(|p| String::from_utf8_lossy(p).into_owned())
@@ -295,6 +314,7 @@ fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
                 }
             }
             EXT_ENCRYPTED_CLIENT_HELLO => ech = true,
+            EXT_SIGNATURE_ALGORITHMS => signature_algorithms = raw.get(4..),
             _ => {}
         }
     }
@@ -305,6 +325,17 @@ fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
     if versions.is_empty() {
         versions.push(hello.version.0);
     }
+    let ja4 = take_ja4.then(|| {
+        let ciphers: Vec<u16> = hello.ciphers.iter().map(|c| c.0).collect();
+        fingerprint(&Offered {
+            version: versions.iter().copied().max().unwrap_or(hello.version.0),
+            sni: sni.is_some(),
+            ciphers: &ciphers,
+            extensions: &seen,
+            alpn: first_alpn,
+            signature_algorithms,
+        })
+    });
     let sni = server_name(sni.ok_or(HelloError::NoSni)?)?;
     Ok(ClientHello {
         sni,
@@ -312,6 +343,7 @@ fn parse_body(body: &[u8], len: usize) -> Result<ClientHello, HelloError> {
         versions,
         ech,
         len,
+        ja4,
     })
 }
 
@@ -350,9 +382,4 @@ fn server_name(raw: &[u8]) -> Result<Hostname, HelloError> {
         [(SNIType::HostName, name)] => Hostname::parse(name).map_err(HelloError::BadSni),
         _ => Err(HelloError::SniNotOneHostName),
     }
-}
-
-/// GREASE values (RFC 8701) look like 0x?a?a with both bytes equal.
-fn is_grease(v: u16) -> bool {
-    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
 }

@@ -21,6 +21,7 @@ pub mod decide;
 pub mod hello;
 pub mod hostname;
 pub mod http_connect;
+pub mod ja4;
 pub mod lifecycle;
 pub mod limits;
 pub mod net;

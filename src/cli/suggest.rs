@@ -21,6 +21,9 @@ pub struct Seen {
     decided: BTreeMap<String, Decided>,
     /// Names some rule allowed.
     allowed: BTreeSet<String>,
+    /// Per rule (or name, where no rule allowed it), per JA4 fingerprint, how many
+    /// connections: which client software asks for what.
+    fingerprints: BTreeMap<String, BTreeMap<String, u64>>,
     /// Lines that were not connection lines with a name.
     pub skipped: u64,
     /// Connection lines with a name: the ones used.
@@ -42,18 +45,30 @@ impl Seen {
             return;
         };
         self.used += 1;
-        let ([sni, outcome, reason], rule) = fields;
+        let Fields {
+            sni,
+            outcome,
+            reason,
+            rule,
+            ja4,
+        } = fields;
         let name = sni.to_ascii_lowercase();
         let decision = match (outcome.as_str(), reason.as_str()) {
             (_, NOT_ALLOWED | WOULD_REFUSE) => reason.as_str(),
             (FORWARDED, _) => FORWARDED,
             _ => reason.as_str(),
         };
-        if rule
-            .as_deref()
-            .is_some_and(|rule| !rule.is_empty() && rule != UNLISTED)
-        {
+        let rule = rule.filter(|rule| !rule.is_empty() && rule != UNLISTED);
+        if rule.is_some() {
             self.allowed.insert(name.clone());
+        }
+        if let Some(ja4) = ja4 {
+            *self
+                .fingerprints
+                .entry(rule.unwrap_or_else(|| name.clone()))
+                .or_default()
+                .entry(ja4)
+                .or_default() += 1;
         }
         *self
             .decided
@@ -64,21 +79,33 @@ impl Seen {
     }
 }
 
+/// What a connection line says that `suggest` reads.
+struct Fields {
+    sni: String,
+    outcome: String,
+    reason: String,
+    rule: Option<String>,
+    ja4: Option<String>,
+}
+
 /// A `--log-format json` connection line's fields; `None` for any other line.
-fn json_fields(line: &str) -> Option<([String; 3], Option<String>)> {
+fn json_fields(line: &str) -> Option<Fields> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let field = |key: &str| value[key].as_str().map(str::to_owned);
     (field("message")? == "connection").then_some(())?;
-    Some((
-        [field("sni")?, field("outcome")?, field("reason")?],
-        field("rule"),
-    ))
+    Some(Fields {
+        sni: field("sni")?,
+        outcome: field("outcome")?,
+        reason: field("reason")?,
+        rule: field("rule"),
+        ja4: field("ja4"),
+    })
 }
 
 /// A text connection line's fields (the relay's default format:
 /// `... INFO snirelay::connection: connection client=... sni="a.example.com" ...`);
 /// `None` for any other line. Values are bare words or quoted with `\"` escapes.
-fn text_fields(line: &str) -> Option<([String; 3], Option<String>)> {
+fn text_fields(line: &str) -> Option<Fields> {
     let (_, rest) = line.split_once(" snirelay::connection: connection ")?;
     let mut fields: BTreeMap<&str, String> = BTreeMap::new();
     let mut rest = rest.trim_start();
@@ -109,10 +136,13 @@ fn text_fields(line: &str) -> Option<([String; 3], Option<String>)> {
         rest = next.trim_start();
     }
     let mut take = |key| fields.remove(key);
-    Some((
-        [take("sni")?, take("outcome")?, take("reason")?],
-        take("rule"),
-    ))
+    Some(Fields {
+        sni: take("sni")?,
+        outcome: take("outcome")?,
+        reason: take("reason")?,
+        rule: take("rule"),
+        ja4: take("ja4"),
+    })
 }
 
 /// The registrable domain of `name` (`translation.googleapis.com` → `googleapis.com`), or
@@ -201,6 +231,15 @@ pub fn report(seen: &Seen, proposed: &[String]) -> String {
         for (name, decided) in names {
             let counts: Vec<String> = decided.iter().map(|(d, n)| format!("{n} {d}")).collect();
             let _ = writeln!(out, "  {name}: {}", counts.join(", "));
+        }
+    }
+    if !seen.fingerprints.is_empty() {
+        out.push_str("\nclient fingerprints (JA4), by rule (or name, where none allowed it):\n");
+        for (rule, seen) in &seen.fingerprints {
+            let mut by_count: Vec<(&String, &u64)> = seen.iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let list: Vec<String> = by_count.iter().map(|(j, n)| format!("{j} ({n})")).collect();
+            let _ = writeln!(out, "  {rule}: {}", list.join(", "));
         }
     }
     if proposed.is_empty() {

@@ -68,14 +68,16 @@ pub(super) async fn read_header(
     }
 }
 
-/// The ClientHello, by `deadline`, after whatever `received` holds already.
+/// The ClientHello, by `deadline`, after whatever `received` holds already; with its JA4
+/// fingerprint where the log line or the audit log will show it (`detailed`).
 pub(super) async fn read_hello(
     client: &TcpStream,
     received: &mut Vec<u8>,
     deadline: Instant,
     max_hello_bytes: usize,
+    detailed: bool,
 ) -> Result<ClientHello, Rejection> {
-    let mut reader = HelloReader::new(max_hello_bytes);
+    let mut reader = HelloReader::new(max_hello_bytes).fingerprint(detailed);
     let read = read_until(client, received, max_hello_bytes, move |bytes| {
         Ok::<_, HelloError>(match reader.advance(bytes)? {
             Some(hello) => Parsed::Found(hello),

@@ -98,9 +98,18 @@ pub(super) async fn open_tunnel<'s>(
 
     // The hello comes a round trip after the 200: its deadline starts now.
     let hello_deadline = Instant::now() + config.timeouts.hello;
-    let hello = read_hello(client, received, hello_deadline, config.max_hello_bytes).await?;
+    let audited = relay.metrics().audit.enabled();
+    let detailed = audited || ConnectionRecord::logged();
+    let hello = read_hello(
+        client,
+        received,
+        hello_deadline,
+        config.max_hello_bytes,
+        detailed,
+    )
+    .await?;
     slot.hello_done();
-    record.hello(&hello, relay.metrics().audit.enabled());
+    record.hello(&hello, audited);
     if hello.sni != request.host {
         // The upstream, connected for the name asked for, never sees a byte of it.
         drop(upstream);

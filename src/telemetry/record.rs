@@ -2,6 +2,7 @@
 //! fields, so the two always agree.
 
 use crate::hello::ClientHello;
+use crate::ja4::Ja4;
 use crate::net::transport::Legs;
 use crate::outcome::{Outcome, Rejection, Transfer, UNLISTED};
 use crate::proxy::Tlvs;
@@ -20,6 +21,8 @@ struct HelloFields {
     sni: Box<str>,
     alpn: Box<str>,
     tls: Box<str>,
+    /// Boxed: most of a long-lived connection's record is better spent elsewhere.
+    ja4: Option<Box<Ja4>>,
     ech: bool,
     len: usize,
 }
@@ -117,6 +120,11 @@ impl ConnectionRecord {
         }
     }
 
+    /// Whether connection lines are written (`snirelay::connection` at info).
+    pub fn logged() -> bool {
+        tracing::enabled!(target: "snirelay::connection", tracing::Level::INFO)
+    }
+
     /// The hello is complete. Its names are copied for the line only when the line can be
     /// written (`snirelay::connection` at info) or the connection is `audited`: three
     /// allocations per connection otherwise spent for nothing (`tests/allocations.rs` counts
@@ -137,6 +145,7 @@ impl ConnectionRecord {
             sni,
             alpn,
             tls,
+            ja4: hello.ja4.map(Box::new),
             ech: hello.ech,
             len: hello.len,
         });
@@ -258,6 +267,7 @@ impl ConnectionRecord {
             sni = hello.map(|h| &*h.sni),
             alpn = hello.map(|h| &*h.alpn).filter(|a| !a.is_empty()),
             tls = hello.map(|h| &*h.tls),
+            ja4 = hello.and_then(|h| h.ja4.as_deref()).map(Ja4::as_str),
             ech = hello.map(|h| h.ech),
             rule = self.rule.as_deref(),
             upstream = self.upstream.map(|a| a.to_string()),

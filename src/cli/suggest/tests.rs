@@ -203,3 +203,49 @@ fn no_wildcard_over_the_shared_domains_of_customer_apis() {
         "{proposed:?}"
     );
 }
+
+#[test]
+fn fingerprints_are_summed_by_rule_most_seen_first() {
+    let mut lines = Vec::new();
+    for (sni, rule, ja4) in [
+        (
+            "a.example.com",
+            Some("*.example.com"),
+            "t13d1517h2_8daaf6152771_61307d0e143d",
+        ),
+        (
+            "b.example.com",
+            Some("*.example.com"),
+            "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6",
+        ),
+        (
+            "c.example.com",
+            Some("*.example.com"),
+            "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6",
+        ),
+        (
+            "refused.example.org",
+            None,
+            "t13d1011h2_61a7ad8aa9b6_0d308c48d2a3",
+        ),
+    ] {
+        let mut value: serde_json::Value =
+            serde_json::from_str(&line(sni, "forwarded", "closed", rule)).unwrap();
+        value["ja4"] = ja4.into();
+        lines.push(value.to_string());
+    }
+    // The text format carries it too.
+    lines.push(
+        "2026-12-07T19:00:00Z  INFO snirelay::connection: connection client=10.0.0.1:5 sni=\"d.example.com\" ja4=t13d1517h2_8daaf6152771_61307d0e143d rule=\"*.example.com\" outcome=\"forwarded\" reason=\"closed\"".to_owned(),
+    );
+    let text = report(&seen(&lines), &[]);
+    assert!(
+        text.contains(
+            "\nclient fingerprints (JA4), by rule (or name, where none allowed it):\n\
+             \x20 *.example.com: t13d1517h2_8daaf6152771_61307d0e143d (2), t13d3112h2_e8f1e7e78f70_b26ce05bbdd6 (2)\n\
+             \x20 refused.example.org: t13d1011h2_61a7ad8aa9b6_0d308c48d2a3 (1)\n"
+        ),
+        "{text}"
+    );
+    assert!(!report(&sample(), &[]).contains("fingerprints"));
+}
