@@ -8,20 +8,26 @@ use common::hellogen::hello_for;
 use common::{RelayProcess, SUPPRESSED, Upstream, within};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const NAME: &str = "translation.googleapis.com";
 
-fn audit_config(upstream: &Upstream, audit: &Path) -> Value {
-    json!({
+/// A relay allowing NAME (pinned to the upstream) with its audit log in a new directory.
+async fn audited_relay() -> (tempfile::TempDir, PathBuf, Upstream, RelayProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let upstream = Upstream::bind("127.0.0.1").await;
+    let config = json!({
         "listen": ["127.0.0.1:0"],
         "allow": [{"name": NAME, "upstream": upstream.addr.to_string()}],
         "audit_log": audit.to_str().unwrap(),
         "timeouts": {"hello_ms": 5000, "connect_ms": 5000, "drain_s": 5},
-    })
+    });
+    let relay = RelayProcess::start_with(config, &[]).await;
+    (dir, audit, upstream, relay)
 }
 
 /// Sends a hello for `name`, closes, reads to the end.
@@ -55,10 +61,7 @@ async fn stop(relay: RelayProcess) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_has_one_audit_line_even_when_the_log_is_rate_limited() {
     within(async {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = dir.path().join("audit.jsonl");
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start_with(audit_config(&upstream, &audit), &[]).await;
+        let (_dir, audit, upstream, mut relay) = audited_relay().await;
         let addr = relay.addr();
         // 300 refusals at once, far past the log's 10 lines a second per reason.
         let refusals: Vec<_> = (0..300)
@@ -112,10 +115,7 @@ async fn a_rotation_by_logrotate_loses_no_line() {
         return;
     }
     within(async {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = dir.path().join("audit.jsonl");
-        let upstream = Upstream::bind("127.0.0.1").await;
-        let mut relay = RelayProcess::start_with(audit_config(&upstream, &audit), &[]).await;
+        let (dir, audit, _upstream, mut relay) = audited_relay().await;
         let addr = relay.addr();
         for _ in 0..50 {
             one(addr, "storage.googleapis.com").await;

@@ -26,18 +26,23 @@ const EXTENSIONS: &str =
     "001b,0000,0033,0010,4469,0017,002d,000d,0005,0023,0012,002b,ff01,000b,000a,0015";
 const SIGNATURES: &str = "0403,0804,0401,0503,0805,0501,0806,0601";
 
+/// A TLS 1.3 hello with a name and ALPN h2, as both published examples are.
+fn h2_hello<'a>(ciphers: &'a [u16], extensions: &'a [u16], signatures: &'a [u8]) -> Offered<'a> {
+    Offered {
+        version: 0x0304,
+        sni: true,
+        ciphers,
+        extensions,
+        alpn: Some(b"h2"),
+        signature_algorithms: Some(signatures),
+    }
+}
+
 #[test]
 fn the_published_example_has_the_published_fingerprint() {
     let (ciphers, extensions) = (hex_list(CIPHERS), sorted(hex_list(EXTENSIONS)));
     let signatures = signature_body(SIGNATURES);
-    let offered = Offered {
-        version: 0x0304,
-        sni: true,
-        ciphers: &ciphers,
-        extensions: &extensions,
-        alpn: Some(b"h2"),
-        signature_algorithms: Some(&signatures),
-    };
+    let offered = h2_hello(&ciphers, &extensions, &signatures);
     assert_eq!(
         fingerprint(&offered).as_str(),
         "t13d1516h2_8daaf6152771_e5627efa2ab1"
@@ -69,14 +74,7 @@ fn a_published_chrome_hello_has_its_fingerprint() {
         "002d,0033,0010,fe0d,0017,44cd,0000,000b,000a,002b,ff01,0023,0012,0005,000d,001b",
     ));
     let signatures = signature_body(SIGNATURES);
-    let offered = Offered {
-        version: 0x0304,
-        sni: true,
-        ciphers: &ciphers,
-        extensions: &extensions,
-        alpn: Some(b"h2"),
-        signature_algorithms: Some(&signatures),
-    };
+    let offered = h2_hello(&ciphers, &extensions, &signatures);
     assert_eq!(
         fingerprint(&offered).as_str(),
         "t13d1516h2_8daaf6152771_d8a2da3f94cd"
