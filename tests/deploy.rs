@@ -153,3 +153,22 @@ fn the_haproxy_config_passes_haproxy_check_and_its_grace_covers_the_checks() {
     assert!(config.timeouts.lb_grace.as_secs() > inter * fall, "{rules}");
     assert_eq!(config.timeouts.idle.as_secs(), 3600);
 }
+
+/// The Deployment names the image `cargo xtask dist --image` tags, at this version, and
+/// says how to push the archive it writes.
+#[test]
+fn the_deployment_names_the_image_the_release_builds() {
+    let version = env!("CARGO_PKG_VERSION");
+    let text = read("kubernetes/deployment.yaml");
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == format!("image: snirelay:{version}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "skopeo copy oci-archive:dist/snirelay-{version}-x86_64-oci.tar"
+        )),
+        "{text}"
+    );
+}

@@ -1,12 +1,15 @@
-//! `cargo xtask dist [--target x86_64|aarch64|all] [--twice]`: the release, into `dist/`.
+//! `cargo xtask dist [--target x86_64|aarch64|all] [--twice [ARCH]]`: the release, into
+//! `dist/`.
 //! `cargo xtask test-deps`: the Python tools some tests drive, into `target/ci-venv`.
 //!
 //! For each architecture: a static binary (musl, mimalloc, stripped), a .deb (cargo-deb)
 //! and a gzip-compressed .rpm (cargo-generate-rpm), then `SHA256SUMS` over all of them.
 //! Builds use `--locked`, `SOURCE_DATE_EPOCH` from the commit and remapped source paths, so
-//! two builds of one commit give the same bytes: `--twice` builds each binary a second time
-//! (at the same time as the first) in a target directory of its own, packages it a second
-//! time, and fails unless the bytes match. Needs: the rustup targets `x86_64-unknown-linux-musl` and
+//! two builds of one commit give the same bytes: `--twice` builds each binary (or only
+//! ARCH's) a second time, from scratch in a target directory of its own, packages it a
+//! second time, and fails unless the bytes match. Every build runs at once: the crate's own
+//! code generation (one codegen unit) keeps one core busy for most of a build, so on two
+//! cores three builds take little longer than two. Needs: the rustup targets `x86_64-unknown-linux-musl` and
 //! `aarch64-unknown-linux-musl`, Debian's `musl-tools` and `gcc-aarch64-linux-gnu`, and
 //! `cargo install cargo-deb cargo-generate-rpm` (`.ci/run` installs all of them).
 
@@ -35,8 +38,18 @@ const ARCHES: [Arch; 2] = [
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let twice = args.iter().any(|a| a == "--twice");
-    args.retain(|a| a != "--twice");
+    let image = args.iter().any(|a| a == "--image");
+    args.retain(|a| a != "--image");
+    let twice = match args.iter().position(|a| a == "--twice") {
+        None => Twice::None,
+        Some(at) => {
+            args.remove(at);
+            match args.get(at).map(String::as_str) {
+                Some(arch) if ARCHES.iter().any(|a| a.name == arch) => Twice::Only(args.remove(at)),
+                _ => Twice::All,
+            }
+        }
+    };
     let wanted = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["dist"] | ["dist", "--target", "all"] => vec!["x86_64", "aarch64"],
         ["dist", "--target", arch] => vec![arch],
@@ -51,16 +64,160 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask dist [--target x86_64|aarch64|all] [--twice]\n       cargo xtask test-deps"
+                "usage: cargo xtask dist [--target x86_64|aarch64|all] [--twice [x86_64|aarch64]] [--image]\n       cargo xtask test-deps"
             );
             return ExitCode::from(2);
         }
     };
-    match dist(&wanted, twice) {
+    match dist(&wanted, &twice, image) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask dist: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts a release build of `arch` with its target directory at `dir`; its output is
+/// kept to show if it fails.
+fn start_build(
+    arch: &Arch,
+    dir: &Path,
+    env: &dyn Fn(&mut Command),
+) -> Result<std::process::Child, String> {
+    let mut build = Command::new("cargo");
+    build
+        .args([
+            "build",
+            "--locked",
+            "--profile",
+            "dist",
+            "--package",
+            "snirelay",
+        ])
+        .args([
+            "--bin",
+            "snirelay",
+            "--features",
+            "mimalloc",
+            "--target",
+            arch.target,
+        ])
+        .env("CARGO_TARGET_DIR", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    env(&mut build);
+    eprintln!("xtask: building {} in {}", arch.target, dir.display());
+    build.spawn().map_err(|e| format!("cargo: {e}"))
+}
+
+/// Waits for a build [`start_build`] started.
+fn finish_build(build: std::process::Child, arch: &Arch) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let out = build.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "building {} failed:\n{}",
+            arch.target,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!(
+        "xtask: {} built (waited {:.1} s more)",
+        arch.target,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--image`: an OCI archive of an image holding nothing but the static binary, the
+/// default rules, the build machine's CA certificates (for `probe`) and its metadata, run
+/// as a numeric non-root user. Built with podman, no base image, its times set to the
+/// commit's, so the same commit gives the same archive (`--twice` makes it twice).
+fn oci_image(
+    root: &Path,
+    arch: &Arch,
+    binary: &Path,
+    version: &str,
+    epoch: &str,
+) -> Result<PathBuf, String> {
+    let context = root.join(format!("target/image-{}", arch.name));
+    let _ = std::fs::remove_dir_all(&context);
+    std::fs::create_dir_all(&context).map_err(|e| e.to_string())?;
+    let copy = |from: &Path, to: &str| {
+        std::fs::copy(from, context.join(to)).map_err(|e| format!("{}: {e}", from.display()))
+    };
+    copy(binary, "snirelay")?;
+    copy(&root.join("rules.json"), "rules.json")?;
+    copy(Path::new(CA_CERTIFICATES), "ca-certificates.crt")?;
+    let commit = run(Command::new("git").args(["rev-parse", "HEAD"]))?;
+    // Where the commit can be fetched: the checkout's origin.
+    let source = run(Command::new("git").args(["remote", "get-url", "origin"]))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let containerfile = format!(
+        "FROM scratch\n\
+         COPY snirelay /usr/bin/snirelay\n\
+         COPY rules.json /etc/snirelay/rules.json\n\
+         COPY ca-certificates.crt {CA_CERTIFICATES}\n\
+         USER 65532:65532\n\
+         EXPOSE 443 8443 9090\n\
+         LABEL org.opencontainers.image.title=\"snirelay\" \\\n\
+         \x20     org.opencontainers.image.version=\"{version}\" \\\n\
+         \x20     org.opencontainers.image.revision=\"{commit}\" \\\n\
+         \x20     org.opencontainers.image.source=\"{source}\" \\\n\
+         \x20     org.opencontainers.image.licenses=\"MIT OR Apache-2.0\"\n\
+         ENTRYPOINT [\"/usr/bin/snirelay\"]\n\
+         CMD [\"run\", \"--config\", \"/etc/snirelay/rules.json\"]\n"
+    );
+    std::fs::write(context.join("Containerfile"), containerfile).map_err(|e| e.to_string())?;
+    let tag = format!("snirelay:{version}");
+    run(Command::new("podman")
+        .args([
+            "--runtime",
+            "runc",
+            "build",
+            "--quiet",
+            "--timestamp",
+            epoch,
+        ])
+        .args(["--platform", &format!("linux/{}", arch.deb), "--tag", &tag])
+        .arg(&context))?;
+    // podman's own archive stamps its entries with the time of saving: save the layout as
+    // a directory and pack it with fixed times, owners and order instead.
+    let layout = context.join("oci");
+    run(Command::new("podman")
+        .args(["save", "--format", "oci-dir", "--output"])
+        .arg(&layout)
+        .arg(&tag))?;
+    let archive = root.join(format!("dist/snirelay-{version}-{}-oci.tar", arch.name));
+    run(Command::new("tar")
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner"])
+        .arg(format!("--mtime=@{epoch}"))
+        .arg("--create")
+        .arg("--file")
+        .arg(&archive)
+        .arg("--directory")
+        .arg(&layout)
+        .args(["blobs", "index.json", "oci-layout"]))?;
+    Ok(archive)
+}
+
+/// Debian's bundle of the CA certificates, where rustls-native-certs looks for it.
+const CA_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Which binaries `--twice` builds a second time.
+enum Twice {
+    None,
+    All,
+    Only(String),
+}
+
+impl Twice {
+    fn wants(&self, arch: &Arch) -> bool {
+        match self {
+            Twice::None => false,
+            Twice::All => true,
+            Twice::Only(name) => name == arch.name,
         }
     }
 }
@@ -147,6 +304,7 @@ impl Found {
             "aarch64-linux-gnu-gcc",
             "cargo-deb",
             "cargo-generate-rpm",
+            "podman",
         ]
         .into_iter()
         .filter(|name| on_path(name))
@@ -156,7 +314,7 @@ impl Found {
 }
 
 /// The commands that install what `found` lacks for a release of `wanted`, in order. Pure.
-fn missing(found: &Found, wanted: &[&str]) -> Vec<String> {
+fn missing(found: &Found, wanted: &[&str], image: bool) -> Vec<String> {
     let mut commands = Vec::new();
     for arch in ARCHES.iter().filter(|a| wanted.contains(&a.name)) {
         if !found.targets.iter().any(|t| t == arch.target) {
@@ -175,11 +333,14 @@ fn missing(found: &Found, wanted: &[&str]) -> Vec<String> {
             commands.push(format!("cargo install {tool} --locked"));
         }
     }
+    if image && !found.programs.contains(&"podman") {
+        commands.push("apt-get install podman runc".to_owned());
+    }
     commands
 }
 
-fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
-    let lacking = missing(&Found::here(), wanted);
+fn dist(wanted: &[&str], twice: &Twice, image: bool) -> Result<(), String> {
+    let lacking = missing(&Found::here(), wanted, image);
     if !lacking.is_empty() {
         return Err(format!(
             "this machine lacks what the release needs; run, then try again:\n  {}",
@@ -207,76 +368,57 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
         "--remap-path-prefix={}=/snirelay --remap-path-prefix={cargo_home}=/cargo",
         root.display()
     );
+    let env = |cmd: &mut Command| {
+        cmd.env("SOURCE_DATE_EPOCH", &epoch)
+            .env("RUSTFLAGS", &rustflags)
+            .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
+            .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar")
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc");
+    };
+    // Every build starts now, each in a target directory of its own (cargo locks one per
+    // build): the first architecture's in target/, where the packagers look; a second
+    // architecture's beside it, copied there when done; a second build of one binary from
+    // scratch, to compare.
+    let arches: Vec<&Arch> = ARCHES.iter().filter(|a| wanted.contains(&a.name)).collect();
+    let mut builds = Vec::new();
+    for (i, arch) in arches.iter().enumerate() {
+        let dir = match i {
+            0 => root.join("target"),
+            _ => root.join(format!("target/dist-{}", arch.name)),
+        };
+        let first = start_build(arch, &dir, &env)?;
+        let second = match twice.wants(arch) {
+            true => {
+                let again = root.join(format!("target/reproducible-{}", arch.name));
+                let _ = std::fs::remove_dir_all(&again);
+                Some((start_build(arch, &again, &env)?, again))
+            }
+            false => None,
+        };
+        builds.push((*arch, first, dir, second));
+    }
     let mut made = Vec::new();
-    for arch in ARCHES.iter().filter(|a| wanted.contains(&a.name)) {
-        let env = |cmd: &mut Command| {
-            cmd.env("SOURCE_DATE_EPOCH", &epoch)
-                .env("RUSTFLAGS", &rustflags)
-                .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
-                .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar")
-                .env("CC_x86_64_unknown_linux_musl", "musl-gcc");
-        };
-        let build = || {
-            let mut build = Command::new("cargo");
-            build.args([
-                "build",
-                "--locked",
-                "--profile",
-                "dist",
-                "--package",
-                "snirelay",
-            ]);
-            build.args([
-                "--bin",
-                "snirelay",
-                "--features",
-                "mimalloc",
-                "--target",
-                arch.target,
-            ]);
-            env(&mut build);
-            build
-        };
-        // The second build, from scratch in a target directory of its own, runs beside
-        // the first: the crate's own code generation (one codegen unit) keeps one core
-        // busy for most of a build, so two at once take little longer than one.
-        let again = root.join("target/reproducible");
-        let second = if twice {
-            let _ = std::fs::remove_dir_all(&again);
-            eprintln!(
-                "building {} twice at once, the second from scratch",
-                arch.target
-            );
-            let mut second = build();
-            second
-                .env("CARGO_TARGET_DIR", &again)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            Some(second.spawn().map_err(|e| format!("cargo: {e}"))?)
-        } else {
-            eprintln!("building {}", arch.target);
-            None
-        };
-        run(&mut build())?;
+    for (arch, first, dir, second) in builds {
+        finish_build(first, arch)?;
+        let built = dir.join(format!("{}/dist/snirelay", arch.target));
+        let expected = root.join(format!("target/{}/dist/snirelay", arch.target));
+        if built != expected {
+            std::fs::create_dir_all(expected.parent().ok_or("no parent")?)
+                .map_err(|e| e.to_string())?;
+            std::fs::copy(&built, &expected).map_err(|e| format!("{}: {e}", built.display()))?;
+        }
         let binary = dist.join(format!("snirelay-{version}-{}-linux-static", arch.name));
-        let built = root.join(format!("target/{}/dist/snirelay", arch.target));
         std::fs::copy(&built, &binary).map_err(|e| format!("{}: {e}", built.display()))?;
         made.push(binary);
-        if let Some(second) = second {
-            let out = second.wait_with_output().map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "the second build failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
+        let twice = second.is_some();
+        if let Some((second, again)) = second {
+            finish_build(second, arch)?;
             same_bytes(
                 &built,
                 &again.join(format!("{}/dist/snirelay", arch.target)),
             )?;
             eprintln!("{}: two builds, same bytes", arch.target);
         }
-
         let packages = package(arch, &dist, &env)?;
         if twice {
             let again = root.join("target/reproducible/dist");
@@ -289,6 +431,17 @@ fn dist(wanted: &[&str], twice: bool) -> Result<(), String> {
         }
         made.extend(packages);
         eprintln!("packaged {} ({})", arch.name, arch.deb);
+        if image {
+            let archive = oci_image(&root, arch, &built, &version, &epoch)?;
+            if twice {
+                let kept = root.join("target/reproducible/dist/oci.tar");
+                std::fs::copy(&archive, &kept).map_err(|e| e.to_string())?;
+                oci_image(&root, arch, &built, &version, &epoch)?;
+                same_bytes(&kept, &archive)?;
+                eprintln!("{}: image made twice, same bytes", arch.name);
+            }
+            made.push(archive);
+        }
     }
     let mut names: Vec<String> = std::fs::read_dir(&dist)
         .map_err(|e| e.to_string())?
@@ -393,7 +546,7 @@ mod tests {
     fn the_release_names_what_a_fresh_machine_lacks_before_compiling() {
         let fresh = Found::default();
         assert_eq!(
-            missing(&fresh, &["x86_64"]),
+            missing(&fresh, &["x86_64"], false),
             [
                 "rustup target add x86_64-unknown-linux-musl",
                 "apt-get install musl-tools",
@@ -408,13 +561,17 @@ mod tests {
             ],
             programs: vec!["musl-gcc", "cargo-deb", "cargo-generate-rpm"],
         };
-        assert!(missing(&ready, &["x86_64"]).is_empty());
+        assert!(missing(&ready, &["x86_64"], false).is_empty());
         assert_eq!(
-            missing(&ready, &["x86_64", "aarch64"]),
+            missing(&ready, &["x86_64", "aarch64"], false),
             [
                 "rustup target add aarch64-unknown-linux-musl",
                 "apt-get install gcc-aarch64-linux-gnu",
             ]
+        );
+        assert_eq!(
+            missing(&ready, &["x86_64"], true),
+            ["apt-get install podman runc"]
         );
     }
 }
