@@ -81,12 +81,14 @@ pub struct Relay {
 impl Relay {
     /// A relay serving `listeners` with `settings`.
     pub fn new(settings: Settings, pins: Vec<Override>, listeners: Vec<SocketAddr>) -> Relay {
+        let metrics = Arc::new(Metrics::default());
+        metrics.groups_known(&settings.config.groups);
         Relay {
             // Listed only where someone can ask: the admin endpoint is on.
             live: Live::new(settings.config.admin.is_some()),
             settings: RwLock::new(Arc::new(settings)),
             counters: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             phase: AtomicU8::new(Phase::Starting as u8),
             pins,
             listeners,
@@ -107,6 +109,7 @@ impl Relay {
         let current = self.settings();
         let next = Settings::new(config, &self.listeners, &self.pins, Some(&current))?;
         self.start_pools(&next);
+        self.metrics.groups_known(&next.config.groups);
         *self
             .settings
             .write()

@@ -65,6 +65,10 @@ async fn each_group_decides_with_its_own_names_and_mode_and_a_reload_changes_the
         )
         .await;
         let admin = relay.admin_addr().await;
+        // Each group's series exist from the start, at 0, as the other outcome series do.
+        let (_, metrics) = http_get(&admin, "/metrics").await;
+        let zero = r#"snirelay_group_connections_total{group="b",outcome="rejected",reason="client_denied"} 0"#;
+        assert!(metrics.lines().any(|l| l == zero), "{metrics}");
 
         // The shared name, for both groups; TTS for a only, while b's monitor mode lets it
         // through as would_refuse; .4 is in no group.

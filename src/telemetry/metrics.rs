@@ -295,6 +295,20 @@ impl Metrics {
     }
 
     /// Records one finished connection.
+    /// Makes every `(group, outcome, reason)` series of `groups` exist, at 0 until counted,
+    /// so alerts on a group have a series from the start (as the other outcome series do).
+    pub fn groups_known(&self, groups: &[crate::config::Group]) {
+        for group in groups {
+            for &(outcome, reason) in crate::outcome::OUTCOMES {
+                let _ = self.group_connections.get_or_create(&GroupOutcome {
+                    group: group.name.clone(),
+                    outcome,
+                    reason,
+                });
+            }
+        }
+    }
+
     pub fn connection(&self, record: &FinishedConnection<'_>) {
         self.connections
             .get_or_create(&OutcomeLabel {
