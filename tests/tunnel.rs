@@ -464,6 +464,9 @@ async fn an_upgrade_hands_a_connect_listener_over_and_drains_its_tunnels() {
         assert_eq!(new.addr(), old.addr());
         old.next_message("handed over to the new relay: no longer accepting")
             .await;
+        // Its accept loop has ended once it drains (the handover's `bye` can come a moment
+        // before): from then on only the new relay takes connections.
+        old.next_message("draining").await;
         let (client, head) = ask(&new, &connect(&format!("{NAME}:443"))).await;
         assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
         drop(client);
