@@ -16,16 +16,24 @@
 //! Those columns (`... dns`) run the connection test only.
 //!
 //! Each connection starts with a real ClientHello (the captured Chromium one, 1964 bytes,
-//! post-quantum sized), then a 9-byte command the upstream obeys: `D n` send n bytes,
+//! post-quantum sized; the connection test runs again with curl's, 517 bytes), then a
+//! 9-byte command the upstream obeys: `D n` send n bytes,
 //! `U n` receive n bytes, `R` answer 1 KiB, `I` hold the connection, `X q,k` answer each
 //! q-byte request with k bytes (request/response exchanges on a persistent connection, the
 //! traffic of HTTP/2 and gRPC API calls). Relay CPU time comes
-//! from /proc (utime + stime of the relay's processes), the least noisy figure here.
+//! from /proc (utime + stime of the relay's processes), the least noisy figure here, and is
+//! also shown split into user space and kernel.
+//!
+//! System calls: after the timed rounds, each relay gets one short pass of the connection
+//! test and one of the exchange test under `strace -c -f` (attached to every thread of the
+//! relay's processes, so slower then: never timed), counted per connection and per
+//! exchange, in all and by kind. `--no-strace` leaves it out.
 
 #[path = "../tests/common/dnsmasq.rs"]
 mod dnsmasq;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -35,7 +43,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const NAME: &str = "translate.googleapis.com";
+/// The large (post-quantum) hello, and a small one for the connection test's second pass.
 const HELLO: &[u8] = include_bytes!("../tests/fixtures/hellos/real_chromium.bin");
+const SMALL_HELLO: &[u8] = include_bytes!("../tests/fixtures/hellos/real_curl_http2.bin");
 /// The client's read and write size, and the smallest upstream buffer.
 const CHUNK: usize = 256 * 1024;
 
@@ -50,6 +60,7 @@ struct Options {
     exchange_s: u64,
     chunk: usize,
     dns: bool,
+    strace: bool,
 }
 
 fn options() -> Options {
@@ -63,6 +74,7 @@ fn options() -> Options {
         exchange_s: 5,
         chunk: 1024 * 1024,
         dns: true,
+        strace: true,
     };
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
@@ -92,6 +104,7 @@ fn options() -> Options {
     o.exchange_s = value("--exchange-s").map_or(o.exchange_s, |s: usize| s as u64);
     o.chunk = value("--chunk-kib").map_or(o.chunk, |k: usize| k * 1024);
     o.dns = !args.iter().any(|a| a == "--no-dns");
+    o.strace = !args.iter().any(|a| a == "--no-strace");
     if let Some(list) = text("--idle") {
         o.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
     }
@@ -108,13 +121,19 @@ async fn upstream(held: Arc<AtomicUsize>, chunk: usize) -> SocketAddr {
             let held = held.clone();
             tokio::spawn(async move {
                 let _ = conn.set_nodelay(true);
-                let mut head = vec![0u8; HELLO.len() + 9];
+                // The hello is one TLS record: its header says how long it is.
+                let mut head = vec![0u8; 5];
                 if conn.read_exact(&mut head).await.is_err() {
                     return;
                 }
-                let n = u64::from_be_bytes(head[HELLO.len() + 1..].try_into().unwrap());
+                let record = usize::from(u16::from_be_bytes([head[3], head[4]]));
+                head.resize(5 + record + 9, 0);
+                if conn.read_exact(&mut head[5..]).await.is_err() {
+                    return;
+                }
+                let n = u64::from_be_bytes(head[5 + record + 1..].try_into().unwrap());
                 let mut buf = vec![0u8; chunk.max(CHUNK)];
-                match head[HELLO.len()] {
+                match head[5 + record] {
                     b'D' => {
                         let mut left = n;
                         while left > 0 {
@@ -160,17 +179,21 @@ async fn upstream(held: Arc<AtomicUsize>, chunk: usize) -> SocketAddr {
     addr
 }
 
-fn command(op: u8, n: u64) -> Vec<u8> {
-    let mut bytes = HELLO.to_vec();
+fn command(hello: &[u8], op: u8, n: u64) -> Vec<u8> {
+    let mut bytes = hello.to_vec();
     bytes.push(op);
     bytes.extend_from_slice(&n.to_be_bytes());
     bytes
 }
 
 async fn open(at: SocketAddr, op: u8, n: u64) -> TcpStream {
+    open_with(at, HELLO, op, n).await
+}
+
+async fn open_with(at: SocketAddr, hello: &[u8], op: u8, n: u64) -> TcpStream {
     let mut conn = TcpStream::connect(at).await.expect("connect");
     conn.set_nodelay(true).unwrap();
-    conn.write_all(&command(op, n)).await.unwrap();
+    conn.write_all(&command(hello, op, n)).await.unwrap();
     conn
 }
 
@@ -214,7 +237,11 @@ async fn throughput(at: SocketAddr, streams: u64, total: u64, download: bool) ->
 }
 
 /// Connections per second at concurrency 32, and latency percentiles (connect to last byte).
-async fn connection_rate(at: SocketAddr, total: usize) -> (f64, Vec<Duration>) {
+async fn connection_rate(
+    at: SocketAddr,
+    total: usize,
+    hello: &'static [u8],
+) -> (f64, Vec<Duration>) {
     let workers = 32;
     let started = Instant::now();
     let tasks: Vec<_> = (0..workers)
@@ -223,7 +250,7 @@ async fn connection_rate(at: SocketAddr, total: usize) -> (f64, Vec<Duration>) {
                 let mut latencies = Vec::new();
                 for _ in (w..total).step_by(workers) {
                     let t = Instant::now();
-                    let mut conn = open(at, b'R', 0).await;
+                    let mut conn = open_with(at, hello, b'R', 0).await;
                     let mut reply = Vec::with_capacity(1024);
                     conn.read_to_end(&mut reply).await.unwrap();
                     assert_eq!(reply.len(), 1024);
@@ -614,26 +641,115 @@ async fn connection_figures(
     at: SocketAddr,
     pid: Option<u32>,
     n: usize,
+    hello: &'static [u8],
     prefix: &str,
     push: &mut impl FnMut(String, f64),
 ) {
     let (user, system) = cpu_ms(pid);
-    let (rate, lat) = connection_rate(at, n).await;
+    let (rate, lat) = connection_rate(at, n, hello).await;
     let (user_after, system_after) = cpu_ms(pid);
     let thousands = n as f64 / 1000.0;
     push(
         format!("{prefix}relay CPU ms per 1,000 conns"),
         (user_after + system_after - user - system) / thousands,
     );
-    // The kernel's part is mostly TCP on loopback, which every relay pays alike.
+    // The kernel's part is mostly TCP on loopback, which every relay pays alike; the user
+    // part is each relay's own work.
     push(
         format!("{prefix}relay CPU ms per 1,000 conns, kernel part"),
         (system_after - system) / thousands,
+    );
+    push(
+        format!("{prefix}relay CPU ms per 1,000 conns, user part"),
+        (user_after - user) / thousands,
     );
     push(format!("{prefix}conn/s at c=32"), rate);
     push(format!("{prefix}latency p50 ms"), percentile(&lat, 0.5));
     push(format!("{prefix}latency p90 ms"), percentile(&lat, 0.9));
     push(format!("{prefix}latency p99 ms"), percentile(&lat, 0.99));
+}
+
+/// Prefix of the connection test's figures with the small hello.
+const SMALL: &str = "small hello: ";
+/// Prefixes of the system call counts.
+const CALLS_PER_CONN: &str = "syscalls per conn: ";
+const CALLS_PER_EXCHANGE: &str = "syscalls per exchange: ";
+
+/// Runs `pass` with `strace -c -f` attached to every thread of the relay's processes and
+/// returns what it counted, by system call (and `total`). Waits for strace to be attached
+/// to every thread before the pass starts, and for its summary after.
+async fn syscalls<F: Future<Output = ()>>(pid: u32, pass: F) -> BTreeMap<String, f64> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let pids = family(pid);
+    let mut strace = Command::new("strace");
+    strace.args(["-c", "-f", "-o"]).arg(out.path());
+    for p in &pids {
+        strace.arg("-p").arg(p.to_string());
+    }
+    let mut child = strace
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "strace (Debian package strace) for the system call counts; --no-strace skips them",
+        );
+    let threads = || {
+        pids.iter()
+            .flat_map(|p| {
+                std::fs::read_dir(format!("/proc/{p}/task"))
+                    .unwrap()
+                    .flatten()
+            })
+            .map(|task| task.path().join("status"))
+            .collect::<Vec<_>>()
+    };
+    let traced = |status: &std::path::PathBuf| {
+        std::fs::read_to_string(status).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+        })
+    };
+    while !threads().iter().all(traced) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pass.await;
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let summary = std::fs::read_to_string(out.path()).unwrap();
+    summary
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let calls = f.get(3)?.parse::<f64>().ok()?;
+            Some((f.last()?.to_string(), calls))
+        })
+        .collect()
+}
+
+/// The system call passes: `n` connections, then exchanges for a second.
+async fn syscall_figures(at: SocketAddr, pid: u32, n: usize, push: &mut impl FnMut(String, f64)) {
+    let counted = syscalls(pid, async {
+        connection_rate(at, n, HELLO).await;
+    })
+    .await;
+    for (call, count) in counted {
+        push(format!("{CALLS_PER_CONN}{call}"), count / n as f64);
+    }
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = syscalls(pid, {
+        let made = made.clone();
+        async move {
+            let (count, _) = exchanges(at, 32, 256, 1024, 1).await;
+            made.store(count, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let made = made.load(Ordering::SeqCst).max(1) as f64;
+    for (call, count) in counted {
+        push(format!("{CALLS_PER_EXCHANGE}{call}"), count / made);
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +790,7 @@ async fn main() {
             let r = results.entry(&t.name).or_default();
             let mut push = |k: String, v: f64| r.entry(k).or_default().push(v);
             if t.dns {
-                connection_figures(t.addr, pid, o.conns, DNS, &mut push).await;
+                connection_figures(t.addr, pid, o.conns, HELLO, DNS, &mut push).await;
                 eprintln!("round {} {} (DNS path): done", round + 1, t.name);
                 continue;
             }
@@ -702,13 +818,23 @@ async fn main() {
                 "throughput 8 conns up, MB/s".into(),
                 throughput(t.addr, 8, total, false).await / 1e6,
             );
-            connection_figures(t.addr, pid, o.conns, "", &mut push).await;
-            let before = total_ms(cpu_ms(pid));
+            connection_figures(t.addr, pid, o.conns, HELLO, "", &mut push).await;
+            connection_figures(t.addr, pid, o.conns, SMALL_HELLO, SMALL, &mut push).await;
+            let (user, system) = cpu_ms(pid);
             let (count, lat) = exchanges(t.addr, 32, 256, 1024, o.exchange_s).await;
-            let after = total_ms(cpu_ms(pid));
+            let (user_after, system_after) = cpu_ms(pid);
+            let per_exchange = |ms: f64| ms * 1e3 / count as f64;
             push(
                 "relay CPU us per exchange (256 B up, 1 KiB down, 32 conns)".into(),
-                (after - before) * 1e3 / count as f64,
+                per_exchange(user_after + system_after - user - system),
+            );
+            push(
+                "relay CPU us per exchange, kernel part".into(),
+                per_exchange(system_after - system),
+            );
+            push(
+                "relay CPU us per exchange, user part".into(),
+                per_exchange(user_after - user),
             );
             push(
                 "exchanges/s, 32 conns".into(),
@@ -731,6 +857,17 @@ async fn main() {
                 push(format!("kernel slab bytes per idle conn, {n} held"), slab);
             }
             eprintln!("round {} {}: done", round + 1, t.name);
+        }
+    }
+    if o.strace {
+        for t in targets.iter().filter(|t| !t.dns) {
+            let Some(pid) = t.child.as_ref().map(|c| c.id()) else {
+                continue;
+            };
+            let r = results.entry(&t.name).or_default();
+            let mut push = |k: String, v: f64| r.entry(k).or_default().push(v);
+            syscall_figures(t.addr, pid, o.conns.min(2000), &mut push).await;
+            eprintln!("system calls {}: done", t.name);
         }
     }
     drop(dns_server.map(|(mut child, _)| child.kill()));
