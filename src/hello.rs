@@ -7,7 +7,7 @@
 
 use crate::hostname::{Hostname, HostnameError};
 use crate::ja4::{Ja4, Offered, fingerprint, is_grease};
-use tls_parser::{SNIType, TlsExtension};
+use tls_parser::TlsExtension;
 
 /// A record body may not exceed 2^14 bytes (RFC 8446 §5.1).
 pub const MAX_RECORD_BODY: usize = 1 << 14;
@@ -16,6 +16,8 @@ const HANDSHAKE_HEADER: usize = 4;
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
+/// The one server_name entry type there is.
+const SNI_HOST_NAME: u8 = 0;
 const EXT_ALPN: u16 = 16;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 const EXT_SIGNATURE_ALGORITHMS: u16 = 13;
@@ -26,9 +28,10 @@ const EXT_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
 pub struct ClientHello {
     /// The (outer) server name, validated and normalised.
     pub sni: Hostname,
-    /// ALPN protocols offered, for logging.
+    /// ALPN protocols offered, for logging (empty from a [`HelloReader::brief`] reader).
     pub alpn: Vec<String>,
-    /// TLS versions offered: supported_versions without GREASE, else the legacy version.
+    /// TLS versions offered: supported_versions without GREASE, else the legacy version
+    /// (empty from a brief reader).
     pub versions: Vec<u16>,
     /// An encrypted_client_hello extension was present (real ECH or GREASE).
     pub ech: bool,
@@ -127,6 +130,7 @@ pub struct HelloReader {
     scanned: usize,
     handshake: Vec<u8>,
     fingerprint: bool,
+    brief: bool,
 }
 
 impl HelloReader {
@@ -137,6 +141,7 @@ impl HelloReader {
             scanned: 0,
             handshake: Vec::new(),
             fingerprint: false,
+            brief: false,
         }
     }
 
@@ -145,6 +150,20 @@ impl HelloReader {
     pub fn fingerprint(mut self, wanted: bool) -> Self {
         self.fingerprint = wanted;
         self
+    }
+
+    /// Leaves out what only the log line and the audit log show, the ALPN list and the
+    /// offered versions (empty then): allocations a relay logging at warn never uses.
+    pub fn brief(mut self, brief: bool) -> Self {
+        self.brief = brief;
+        self
+    }
+
+    fn wanted(&self) -> Wanted {
+        Wanted {
+            ja4: self.fingerprint,
+            names: !self.brief || self.fingerprint,
+        }
     }
 
     /// `received` must extend what the previous call saw. `Ok(None)` means: read more.
@@ -175,14 +194,14 @@ impl HelloReader {
             // A hello in one record (nearly all of them) is read where it lies; only one
             // spread over records is put together first.
             let found = if self.handshake.is_empty() {
-                let found = complete_message(body, self.scanned, self.limit, self.fingerprint)?;
+                let found = complete_message(body, self.scanned, self.limit, self.wanted())?;
                 if found.is_none() {
                     self.handshake.extend_from_slice(body);
                 }
                 found
             } else {
                 self.handshake.extend_from_slice(body);
-                complete_message(&self.handshake, self.scanned, self.limit, self.fingerprint)?
+                complete_message(&self.handshake, self.scanned, self.limit, self.wanted())?
             };
             if found.is_some() {
                 return Ok(found);
@@ -211,11 +230,20 @@ impl HelloReader {
 
 /// The hello, once `hs` (the handshake bytes of the records read so far, which end at
 /// `scanned`) holds the whole message.
+/// What a reader takes from a hello beyond its name.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    /// The JA4 fingerprint.
+    ja4: bool,
+    /// The ALPN list and the offered versions.
+    names: bool,
+}
+
 fn complete_message(
     hs: &[u8],
     scanned: usize,
     limit: usize,
-    fingerprint: bool,
+    wanted: Wanted,
 ) -> Result<Option<ClientHello>, HelloError> {
     if hs[0] != HANDSHAKE_CLIENT_HELLO {
         return Err(HelloError::NotClientHello(hs[0]));
@@ -231,9 +259,7 @@ fn complete_message(
     match hs.len().cmp(&end) {
         std::cmp::Ordering::Less => Ok(None),
         std::cmp::Ordering::Greater => Err(HelloError::TrailingHandshake),
-        std::cmp::Ordering::Equal => {
-            parse_body(&hs[HANDSHAKE_HEADER..], scanned, fingerprint).map(Some)
-        }
+        std::cmp::Ordering::Equal => parse_body(&hs[HANDSHAKE_HEADER..], scanned, wanted).map(Some),
     }
 }
 
@@ -270,7 +296,7 @@ fn check_header_prefix(header: &[u8], first: bool) -> Result<(), HelloError> {
     }
 }
 
-fn parse_body(body: &[u8], len: usize, take_ja4: bool) -> Result<ClientHello, HelloError> {
+fn parse_body(body: &[u8], len: usize, wanted: Wanted) -> Result<ClientHello, HelloError> {
     let (rest, hello) = tls_parser::parse_tls_handshake_client_hello(body)
         .map_err(|_| HelloError::Malformed("client_hello_fields"))?;
     // tls-parser reads an extensions block that overruns the message as "no extensions"
@@ -284,7 +310,8 @@ fn parse_body(body: &[u8], len: usize, take_ja4: bool) -> Result<ClientHello, He
     let mut ech = false;
     let mut first_alpn = None;
     let mut signature_algorithms = None;
-    let mut seen = Vec::new();
+    // Room for every extension a browser sends, in one allocation.
+    let mut seen = Vec::with_capacity(32);
     let mut block = hello.ext.unwrap_or_default();
     while !block.is_empty() {
         let (ext_type, raw, next) = split_extension(block)?;
@@ -292,7 +319,7 @@ fn parse_body(body: &[u8], len: usize, take_ja4: bool) -> Result<ClientHello, He
         seen.push(ext_type);
         match ext_type {
             EXT_SERVER_NAME => sni = Some(raw),
-            EXT_ALPN => {
+            EXT_ALPN if wanted.names => {
                 if let Ok((_, TlsExtension::ALPN(protocols))) = tls_parser::parse_tls_extension(raw)
                 {
                     first_alpn = protocols.first().copied();
@@ -302,7 +329,7 @@ fn parse_body(body: &[u8], len: usize, take_ja4: bool) -> Result<ClientHello, He
                         .collect();
                 }
             }
-            EXT_SUPPORTED_VERSIONS => {
+            EXT_SUPPORTED_VERSIONS if wanted.names => {
                 if let Ok((_, TlsExtension::SupportedVersions(offered))) =
                     tls_parser::parse_tls_extension(raw)
                 {
@@ -322,10 +349,10 @@ fn parse_body(body: &[u8], len: usize, take_ja4: bool) -> Result<ClientHello, He
     if let Some(pair) = seen.windows(2).find(|pair| pair[0] == pair[1]) {
         return Err(HelloError::DuplicateExtension(pair[0]));
     }
-    if versions.is_empty() {
+    if versions.is_empty() && wanted.names {
         versions.push(hello.version.0);
     }
-    let ja4 = take_ja4.then(|| {
+    let ja4 = wanted.ja4.then(|| {
         let ciphers: Vec<u16> = hello.ciphers.iter().map(|c| c.0).collect();
         fingerprint(&Offered {
             version: versions.iter().copied().max().unwrap_or(hello.version.0),
@@ -361,25 +388,35 @@ fn split_extension(block: &[u8]) -> Result<(u16, &[u8], &[u8]), HelloError> {
 }
 
 /// The server_name extension (with its header) must hold exactly one host_name entry whose
-/// lengths add up exactly; tls-parser alone tolerates trailing bytes inside the list.
+/// lengths add up exactly. Read here, not by tls-parser, which lists the entries in a
+/// vector (an allocation per connection) and tolerates trailing bytes inside the list.
 fn server_name(raw: &[u8]) -> Result<Hostname, HelloError> {
     let data = &raw[4..];
-    let list_len = match data {
-        [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),
+    let (list_len, mut entries) = match data {
+        [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
         _ => return Err(HelloError::SniNotOneHostName),
     };
-    if list_len != data.len() - 2 {
+    if list_len != entries.len() {
         return Err(HelloError::Malformed("server_name_length"));
     }
-    let Ok((_, TlsExtension::SNI(entries))) = tls_parser::parse_tls_extension(raw) else {
-        return Err(HelloError::Malformed("server_name"));
-    };
-    let parsed: usize = entries.iter().map(|(_, name)| 3 + name.len()).sum();
-    if parsed != list_len {
-        return Err(HelloError::Malformed("server_name_length"));
+    let (mut count, mut host_name) = (0, None);
+    while !entries.is_empty() {
+        let [kind, l0, l1, rest @ ..] = entries else {
+            return Err(HelloError::Malformed("server_name_length"));
+        };
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        if rest.len() < len {
+            return Err(HelloError::Malformed("server_name_length"));
+        }
+        let (name, next) = rest.split_at(len);
+        count += 1;
+        if *kind == SNI_HOST_NAME {
+            host_name = Some(name);
+        }
+        entries = next;
     }
-    match entries.as_slice() {
-        [(SNIType::HostName, name)] => Hostname::parse(name).map_err(HelloError::BadSni),
+    match (count, host_name) {
+        (1, Some(name)) => Hostname::parse(name).map_err(HelloError::BadSni),
         _ => Err(HelloError::SniNotOneHostName),
     }
 }

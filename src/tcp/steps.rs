@@ -77,7 +77,9 @@ pub(super) async fn read_hello(
     max_hello_bytes: usize,
     detailed: bool,
 ) -> Result<ClientHello, Rejection> {
-    let mut reader = HelloReader::new(max_hello_bytes).fingerprint(detailed);
+    let mut reader = HelloReader::new(max_hello_bytes)
+        .fingerprint(detailed)
+        .brief(!detailed);
     let read = read_until(client, received, max_hello_bytes, move |bytes| {
         Ok::<_, HelloError>(match reader.advance(bytes)? {
             Some(hello) => Parsed::Found(hello),
