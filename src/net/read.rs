@@ -13,7 +13,9 @@
 //! per TCP segment when the parser knows how many bytes it still needs.
 
 use crate::net::sys::set_receive_low_water;
+use rustix::net::RecvFlags;
 use std::io;
+use std::mem::MaybeUninit;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -33,6 +35,31 @@ pub fn read_buf(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     });
     match short {
         Some(n) => Ok(n),
+        None => result,
+    }
+}
+
+/// Reads into `chunk`, whose bytes need not be initialised (none is zeroed), and returns
+/// what was read; empty is end of stream. A short read clears the readiness, as
+/// [`read_buf`]'s does. For a copy that writes the bytes on at once: nothing to allocate.
+pub fn read_chunk<'b>(
+    stream: &TcpStream,
+    chunk: &'b mut [MaybeUninit<u8>],
+) -> io::Result<&'b [u8]> {
+    let room = chunk.len();
+    let mut short = None;
+    let kept = &mut short;
+    let result = stream.try_io(Interest::READABLE, move || {
+        let ((read, _), _) = rustix::net::recv(stream, chunk, RecvFlags::empty())?;
+        let read: &'b [u8] = read;
+        if !read.is_empty() && read.len() < room {
+            *kept = Some(read);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
+    });
+    match short {
+        Some(read) => Ok(read),
         None => result,
     }
 }

@@ -67,17 +67,21 @@ pub fn apply<'s>(
     over: Option<&Tcp>,
 ) -> Result<(), CongestionError> {
     let socket = socket.into();
+    set_keepalive(&*socket, keepalive(tcp, over));
+    apply_connected(socket, tcp, over)
+}
+
+/// [`apply`] without the keepalive, for a connected upstream: keepalive matters only to a
+/// connection that lasts, and its four options are most of the system calls of setting up
+/// a short one, so the copy loop sets them ([`set_keepalive`]) once the connection has
+/// lasted a few seconds.
+pub fn apply_connected<'s>(
+    socket: impl Into<SockRef<'s>>,
+    tcp: &Tcp,
+    over: Option<&Tcp>,
+) -> Result<(), CongestionError> {
+    let socket = socket.into();
     let _ = socket.set_tcp_nodelay(true);
-    let keepalive = over
-        .and_then(|o| o.keepalive)
-        .or(tcp.keepalive)
-        .unwrap_or(Keepalive::DEFAULT);
-    let _ = socket.set_tcp_keepalive(
-        &TcpKeepalive::new()
-            .with_time(keepalive.idle)
-            .with_interval(keepalive.interval)
-            .with_retries(keepalive.count),
-    );
     if let Some(lowat) = over.and_then(|o| o.notsent_lowat).or(tcp.notsent_lowat) {
         let _ = socket.set_tcp_notsent_lowat(lowat);
     }
@@ -93,6 +97,23 @@ pub fn apply<'s>(
             .map_err(|cause| CongestionError::new(name, cause))?;
     }
     Ok(())
+}
+
+/// The keepalive `over` names, else `tcp`'s, else the default.
+pub fn keepalive<'s>(tcp: &'s Tcp, over: Option<&'s Tcp>) -> &'s Keepalive {
+    over.and_then(|o| o.keepalive.as_ref())
+        .or(tcp.keepalive.as_ref())
+        .unwrap_or(&Keepalive::DEFAULT)
+}
+
+/// Turns keepalive on with `keepalive`'s timings.
+pub fn set_keepalive<'s>(socket: impl Into<SockRef<'s>>, keepalive: &Keepalive) {
+    let _ = socket.into().set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(keepalive.idle)
+            .with_interval(keepalive.interval)
+            .with_retries(keepalive.count),
+    );
 }
 
 /// Sets a listener's `tcp` on its listening socket. Where it names no congestion control,

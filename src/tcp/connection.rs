@@ -16,6 +16,8 @@ use crate::policy::client_allowed;
 use crate::proxy::{self, Header};
 use crate::state::{Relay, Settings};
 use crate::tcp::forward;
+use crate::tcp::stopping::Stopping;
+use crate::tcp_options::Keepalive;
 use crate::telemetry::live::{Id, LiveConnection};
 use crate::telemetry::record::ConnectionRecord;
 use std::future::Future;
@@ -38,16 +40,16 @@ pub fn connection(
     relay: Arc<Relay>,
     settings: Arc<Settings>,
     mut slot: Slot,
-    stopping: Stopping,
+    stopping: Arc<Stopping>,
 ) -> impl Future<Output = ()> {
     async move {
         // Boxed, so what getting there took is freed before the copy loop starts, and
         // matched in one statement, whose temporaries end with it: a long-lived
         // connection's task keeps only the copy loop's state.
-        let (client, upstream, preface, live) = match tokio::select! {
+        let (client, upstream, preface, live, keepalive) = match tokio::select! {
             biased;
-            opened = Box::pin(open(client, &listener, &settings, &relay, &mut slot, &mut record, &stopping.draining)) => opened,
-            () = stopping.ending.cancelled() => Err(Rejection::Shutdown),
+            opened = Box::pin(open(client, &listener, &settings, &relay, &mut slot, &mut record, stopping.draining())) => opened,
+            () = stopping.ending() => Err(Rejection::Shutdown),
         } {
             Ok(parts) => parts,
             Err(rejection) => {
@@ -60,13 +62,7 @@ pub fn connection(
         let counters = relay.metrics().byte_counters(record.rule_label());
         let (id, entry) = live.unzip();
         let transfer = forward::copy(
-            &client,
-            &upstream,
-            preface,
-            idle,
-            &stopping.ending,
-            counters,
-            entry,
+            &client, &upstream, preface, idle, &stopping, counters, entry, keepalive,
         )
         .await;
         // The connection is over: off the list of open ones, and what its sockets say of
@@ -81,35 +77,27 @@ pub fn connection(
     }
 }
 
-/// How a connection learns the relay is stopping.
-#[derive(Clone)]
-pub struct Stopping {
-    /// Accepting has stopped: an edge relay's idle ready connection may go now.
-    pub draining: CancellationToken,
-    /// The drain has run out: every connection ends now.
-    pub ending: CancellationToken,
-}
-
 /// What a connection forwards between: the client, the upstream, the bytes to replay
-/// (the hello and whatever followed it), and its entry among the open connections (where
-/// they are listed).
-type Opened = (
+/// (the hello and whatever followed it), its entry among the open connections (where
+/// they are listed), and the upstream's keepalive, set once the connection lasts.
+type Opened<'s> = (
     TcpStream,
     TcpStream,
     Vec<u8>,
     Option<(Id, Arc<LiveConnection>)>,
+    &'s Keepalive,
 );
 
 /// From accept to a connected upstream.
-async fn open(
+async fn open<'s>(
     client: TcpStream,
     listener: &Listener,
-    settings: &Settings,
+    settings: &'s Settings,
     relay: &Relay,
     slot: &mut Slot,
     record: &mut ConnectionRecord,
     draining: &CancellationToken,
-) -> Result<Opened, Rejection> {
+) -> Result<Opened<'s>, Rejection> {
     let config = &settings.config;
     // The PROXY header and the hello share one deadline and one buffer, bounded by the
     // largest hello plus the largest header; where the listener waits longer for headers
@@ -186,11 +174,9 @@ async fn open(
         }
     };
     // Checked when the rules were loaded: nothing here can refuse it.
-    let _ = transport::apply(
-        &upstream,
-        &config.upstream_tcp,
-        route.rule.and_then(|rule| rule.tcp.as_ref()),
-    );
+    let tcp = route.rule.and_then(|rule| rule.tcp.as_ref());
+    let _ = transport::apply_connected(&upstream, &config.upstream_tcp, tcp);
+    let keepalive = transport::keepalive(&config.upstream_tcp, tcp);
     if let Some(version) = route.rule.and_then(|rule| rule.send_proxy) {
         // The real client, and the address it connected to; ahead of everything replayed.
         let reached = client.local_addr().map_err(Rejection::ClientError)?;
@@ -210,7 +196,7 @@ async fn open(
         )
     });
 
-    Ok((client, upstream, received, entry))
+    Ok((client, upstream, received, entry, keepalive))
 }
 
 /// A TLS listener's connection, from the hello to the upstream: read the hello, decide its
@@ -266,14 +252,16 @@ mod tests {
     /// arguments twice) and because `open`, whose phases are boxed one by one, is itself
     /// boxed and freed before forwarding.
     ///
-    /// Each budget is the size measured with rustc 1.95 (984, 240 and 496 bytes) plus
+    /// Each budget is the size measured with rustc 1.95 (1,000, 240 and 512 bytes: 16 more
+    /// each since the upstream's keepalive is set once the connection settles, which keeps
+    /// a reference to it until then) plus
     /// [`MARGIN`]: a newer compiler may lay the state out a little differently, and that
     /// must not fail here, while a real growth (a field kept across an await, a phase no
     /// longer boxed, an `async fn`) still does. Past the budget: measure again and say why
     /// in the commit, or undo it.
     const MARGIN: usize = 32;
-    const CONNECTION_FUTURE_BUDGET: usize = 984 + MARGIN;
-    const COPY_FUTURE_BUDGET: usize = 496 + MARGIN;
+    const CONNECTION_FUTURE_BUDGET: usize = 1000 + MARGIN;
+    const COPY_FUTURE_BUDGET: usize = 512 + MARGIN;
     const OPEN_FUTURE_BUDGET: usize = 240 + MARGIN;
 
     #[tokio::test]
@@ -289,7 +277,7 @@ mod tests {
         let (client, peer) = pair().await;
         let addr = client.local_addr().unwrap();
         let slot = relay.counters().admit(addr.ip(), &limits).unwrap();
-        let ending = CancellationToken::new();
+        let stopping = Arc::new(Stopping::default());
         let listener = Arc::new(Listener::plain(addr));
         let task = connection(
             client,
@@ -298,10 +286,7 @@ mod tests {
             relay.clone(),
             settings,
             slot,
-            Stopping {
-                draining: ending.clone(),
-                ending: ending.clone(),
-            },
+            stopping.clone(),
         );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection future: {size} bytes");
@@ -321,7 +306,7 @@ mod tests {
             &relay,
             &mut slot,
             &mut record,
-            &ending,
+            stopping.draining(),
         );
         let size = std::mem::size_of_val(&opening);
         eprintln!("open future: {size} bytes");
@@ -337,9 +322,10 @@ mod tests {
             &peer,
             Vec::new(),
             Duration::from_secs(1),
-            &ending,
+            &stopping,
             counters,
             None,
+            &crate::tcp_options::Keepalive::DEFAULT,
         );
         let size = std::mem::size_of_val(&copy);
         eprintln!("copy loop future: {size} bytes");

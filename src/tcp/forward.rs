@@ -6,38 +6,49 @@
 //! Idleness is judged over both directions together, so a long one-way stream stays up.
 
 use crate::net;
+use crate::net::transport;
 use crate::outcome::{End, Transfer};
 use crate::tcp::activity::{Activity, Quiet};
+use crate::tcp::stopping::Stopping;
+use crate::tcp_options::Keepalive;
 use crate::telemetry::bytes::{ByteCounters, Direction};
 use crate::telemetry::live::LiveConnection;
 use socket2::SockRef;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-/// Per-direction copy buffer, allocated only once a direction carries data: small at
-/// first (most API exchanges are a few KiB), grown once a read fills it, so bulk transfers
-/// still move 64 KiB per system call.
+/// Per-direction read size: a chunk on the stack (most API exchanges are a few KiB); a read
+/// that fills it means bulk data, which goes by splice(2), or where no pipe can be made
+/// through a 64 KiB buffer, so bulk transfers still move 64 KiB per system call.
 const FIRST_BUFFER: usize = 4 * 1024;
 const BULK_BUFFER: usize = 64 * 1024;
 
+/// How long a connection lasts before its upstream gets keepalive (or sooner, its keepalive
+/// idle time, or its idle timeout): most API connections end well before, and never pay
+/// its four system calls. The first probe of a connection quiet from the start comes this
+/// much later than keepalive's own idle time would say, at most.
+pub const SETTLED: Duration = Duration::from_secs(10);
+
 /// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
 /// then copies both ways until both are done, one side fails, `idle` passes without a byte,
-/// or `ending` fires (the drain ran out). Bytes are added to `counters` (and `live`) as they are written.
-#[allow(clippy::manual_async_fn)]
+/// or the relay `stopping` ends every connection (the drain ran out). Bytes are added to `counters` (and `live`) as they are written.
+/// Once the connection has [`SETTLED`], the upstream gets `keepalive`.
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 pub fn copy<'a>(
     client: &'a TcpStream,
     upstream: &'a TcpStream,
     preface: Vec<u8>,
     idle: Duration,
-    ending: &'a CancellationToken,
+    stopping: &'a Stopping,
     counters: Arc<ByteCounters>,
     live: Option<Arc<LiveConnection>>,
+    keepalive: &'a Keepalive,
 ) -> impl Future<Output = Transfer> + 'a {
     // A hand-written poll over two plain structs, not two async copy functions: an idle
     // connection's task is mostly this state, and async functions keep their arguments
@@ -47,29 +58,44 @@ pub fn copy<'a>(
     let clock = Activity::new(counters, live);
     let mut up = OneWay::new(preface, [End::ClientReset, End::UpstreamReset]);
     let mut down = OneWay::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
+    let mut keepalive = Some(keepalive);
     async move {
         let mut spliced = 0;
-        let timer = tokio::time::sleep(idle);
-        let cancelled = ending.cancelled();
+        // The timer's first wake-up is when the connection has settled; then it serves
+        // idleness.
+        let settled = keepalive.map_or(idle, |k| k.idle).min(SETTLED).min(idle);
+        let timer = tokio::time::sleep(settled);
+        let cancelled = stopping.ending();
         tokio::pin!(timer, cancelled);
         // The token is polled once, here, which registers the task's waker with it; the
-        // loop below only reads its flag. Polling a waiting `Notified` again locks the
-        // token's waiter list, which every connection shares: that was a lock taken on
-        // every wake-up of every connection, fought over by the worker threads. (The
-        // waker stays valid: this future is awaited directly by its connection's task.)
+        // loop below only reads the flag beside it (`Stopping`). Polling a waiting
+        // `Notified` again, or asking the token, locks what every connection shares: a
+        // lock on every wake-up of every connection, fought over by the worker threads.
+        // (The waker stays valid: this future is awaited directly by its connection's
+        // task.)
         std::future::poll_fn(|cx| {
             let _ = cancelled.as_mut().poll(cx);
             Poll::Ready(())
         })
         .await;
         let end = std::future::poll_fn(|cx| {
-            for (copying, direction, from, to) in [
-                (&mut up, Direction::Up, client, upstream),
-                (&mut down, Direction::Down, upstream, client),
-            ] {
+            for direction in [Direction::Up, Direction::Down] {
+                let (copying, other_done, from, to) = match direction {
+                    Direction::Up => (&mut up, down.done, client, upstream),
+                    Direction::Down => (&mut down, up.done, upstream, client),
+                };
                 if !copying.done {
                     match copying.poll(cx, (from, to, direction), &mut spliced, &clock) {
-                        Poll::Ready(Ok(())) => copying.done = true,
+                        Poll::Ready(Ok(())) => {
+                            copying.done = true;
+                            // The FIN, passed on; for the last direction the close that
+                            // follows sends it, one system call fewer.
+                            if !other_done {
+                                // A peer that already reset makes this fail; the other
+                                // direction will notice.
+                                let _ = SockRef::from(to).shutdown(Shutdown::Write);
+                            }
+                        }
                         Poll::Ready(Err(broken)) => return Poll::Ready(copying.blame(broken)),
                         Poll::Pending => {}
                     }
@@ -78,10 +104,13 @@ pub fn copy<'a>(
             if up.done && down.done {
                 return Poll::Ready(End::Closed);
             }
-            if ending.is_cancelled() {
+            if stopping.has_ended() {
                 return Poll::Ready(End::Shutdown);
             }
             loop {
+                if let Some(keepalive) = keepalive.take_if(|_| timer.is_elapsed()) {
+                    transport::set_keepalive(upstream, keepalive);
+                }
                 // A pipe still holding bytes stays: its writer is waiting to pass them on.
                 let pipes = up.empty_pipe() || down.empty_pipe();
                 match ready!(clock.poll_quiet(cx, timer.as_mut(), idle, pipes)) {
@@ -195,28 +224,57 @@ impl OneWay {
                     spliced,
                     clock
                 ))?;
-                return self.finish(to);
+                return self.finish();
             }
             ready!(from.poll_read_ready(cx)).map_err(|_| Broken::Reader)?;
             // A short read clears the readiness, so the next poll waits for the kernel
-            // instead of reading nothing (`net::read`), and a buffer taken for a read that
-            // finds nothing is rare: it is given back at the top of the loop. Reads go
-            // into spare capacity: no zeroing of a buffer about to be overwritten.
-            if self.buffer.capacity() == 0 {
-                self.buffer.reserve_exact(FIRST_BUFFER);
-            }
-            match net::read::read_buf(from, &mut self.buffer) {
-                Ok(0) => return self.finish(to),
-                Ok(n) => {
-                    clock.touch();
-                    self.bulk = n == self.buffer.capacity();
-                    #[cfg(target_os = "linux")]
-                    if self.bulk {
-                        self.pipe = crate::net::sys::Pipe::new().ok();
+            // instead of reading nothing (`net::read`). Bulk data without a pipe reads into
+            // its own buffer's spare capacity.
+            if self.buffer.capacity() > 0 {
+                match net::read::read_buf(from, &mut self.buffer) {
+                    Ok(0) => return self.finish(),
+                    Ok(n) => {
+                        clock.touch();
+                        self.bulk = n == self.buffer.capacity();
                     }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(Broken::Reader)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                continue;
+            }
+            // Anything else into a chunk on the stack, never zeroed, and written on at once:
+            // a message the socket takes whole is never copied to the heap, and the read
+            // that finds the end of the stream takes no buffer at all. Only what the writer
+            // cannot take now waits in a buffer, and nothing more is read until it is gone.
+            let mut chunk = [MaybeUninit::uninit(); FIRST_BUFFER];
+            let read = match net::read::read_chunk(from, &mut chunk) {
+                Ok([]) => return self.finish(),
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Poll::Ready(Err(Broken::Reader)),
+            };
+            if read.len() == FIRST_BUFFER {
+                self.bulk = true;
+                #[cfg(target_os = "linux")]
+                {
+                    self.pipe = crate::net::sys::Pipe::new().ok();
+                }
+            }
+            let mut sent = 0;
+            while sent < read.len() {
+                match to.try_write(&read[sent..]) {
+                    Ok(n) => {
+                        sent += n;
+                        self.moved += n as u64;
+                        clock.moved(direction, n as u64);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return Poll::Ready(Err(Broken::Writer)),
+                }
+            }
+            if sent < read.len() {
+                clock.touch();
+                self.buffer = read[sent..].to_vec();
             }
         }
     }
@@ -290,10 +348,8 @@ impl OneWay {
         }
     }
 
-    /// `from` sent FIN: pass it on, and let go of the buffers.
-    fn finish(&mut self, to: &TcpStream) -> Poll<Result<(), Broken>> {
-        // A peer that already reset makes this fail; the other direction will notice.
-        let _ = SockRef::from(to).shutdown(Shutdown::Write);
+    /// `from` sent FIN: let go of the buffers (the caller passes the FIN on).
+    fn finish(&mut self) -> Poll<Result<(), Broken>> {
         self.buffer = Vec::new();
         #[cfg(target_os = "linux")]
         {
@@ -306,4 +362,122 @@ impl OneWay {
 /// Closes with RST instead of FIN, so the peer learns the connection broke.
 fn abort(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::read::tests::pair;
+    use crate::telemetry::metrics::Metrics;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn counters() -> Arc<ByteCounters> {
+        Metrics::default().byte_counters(None)
+    }
+
+    #[tokio::test]
+    async fn a_short_connection_never_sets_the_upstreams_keepalive() {
+        let (mut client_end, client) = pair().await;
+        let (upstream, mut upstream_end) = pair().await;
+        let stopping = Stopping::default();
+        let copying = copy(
+            &client,
+            &upstream,
+            b"hello".to_vec(),
+            Duration::from_secs(60),
+            &stopping,
+            counters(),
+            None,
+            &Keepalive::DEFAULT,
+        );
+        let peers = async {
+            let mut asked = [0u8; 5];
+            upstream_end.read_exact(&mut asked).await.unwrap();
+            upstream_end.write_all(b"world").await.unwrap();
+            upstream_end.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            client_end.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"world", "the answer and then the upstream's FIN");
+            client_end.shutdown().await.unwrap();
+            asked
+        };
+        let (transfer, asked) = tokio::join!(copying, peers);
+        assert_eq!(&asked, b"hello");
+        assert_eq!(
+            (transfer.up, transfer.down, transfer.end),
+            (5, 5, End::Closed)
+        );
+        assert!(!SockRef::from(&upstream).keepalive().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_last_direction_to_end_still_passes_its_fin_on_at_the_close() {
+        let (mut client_end, client) = pair().await;
+        let (upstream, mut upstream_end) = pair().await;
+        let stopping = Stopping::default();
+        let copying = copy(
+            &client,
+            &upstream,
+            Vec::new(),
+            Duration::from_secs(60),
+            &stopping,
+            counters(),
+            None,
+            &Keepalive::DEFAULT,
+        );
+        // The client ends first: its FIN is passed on at once, while the upstream can
+        // still answer.
+        let peers = async {
+            client_end.shutdown().await.unwrap();
+            assert_eq!(upstream_end.read(&mut [0u8; 1]).await.unwrap(), 0);
+            upstream_end.write_all(b"late").await.unwrap();
+            upstream_end.shutdown().await.unwrap();
+        };
+        let (transfer, ()) = tokio::join!(copying, peers);
+        assert_eq!(transfer.end, End::Closed);
+        // The client's socket was not shut down for writing: the FIN it still owes the
+        // client goes out with the close.
+        drop((client, upstream));
+        let mut answer = Vec::new();
+        client_end.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"late");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_connection_gets_the_upstreams_keepalive_once_settled() {
+        let (_client_end, client) = pair().await;
+        let (upstream, _upstream_end) = pair().await;
+        let stopping = Stopping::default();
+        let keepalive = Keepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(5),
+            count: 3,
+        };
+        let copying = copy(
+            &client,
+            &upstream,
+            Vec::new(),
+            Duration::from_secs(300),
+            &stopping,
+            counters(),
+            None,
+            &keepalive,
+        );
+        tokio::pin!(copying);
+        let set = || SockRef::from(&upstream).keepalive().unwrap();
+        tokio::select! {
+            _ = &mut copying => panic!("the connection ended"),
+            () = tokio::time::sleep(SETTLED - Duration::from_millis(1)) => {}
+        }
+        assert!(!set(), "not before the connection has settled");
+        tokio::select! {
+            _ = &mut copying => panic!("the connection ended"),
+            () = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+        assert!(set(), "set once it has");
+        let socket = SockRef::from(&upstream);
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), keepalive.interval);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive.count);
+    }
 }

@@ -5,4 +5,5 @@ pub mod connection;
 pub mod forward;
 pub mod server;
 mod steps;
+pub mod stopping;
 mod tunnel;

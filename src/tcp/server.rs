@@ -8,13 +8,13 @@ use crate::net::transport::Legs;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};
-use crate::tcp::connection::{Stopping, connection};
+use crate::tcp::connection::connection;
+use crate::tcp::stopping::Stopping;
 use crate::telemetry::record::ConnectionRecord;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -24,8 +24,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Server {
     accept_loops: TaskTracker,
     connections: TaskTracker,
-    accepting: CancellationToken,
-    ending: CancellationToken,
+    stopping: Arc<Stopping>,
 }
 
 impl Server {
@@ -34,8 +33,7 @@ impl Server {
         let server = Server {
             accept_loops: TaskTracker::new(),
             connections: TaskTracker::new(),
-            accepting: CancellationToken::new(),
-            ending: CancellationToken::new(),
+            stopping: Arc::default(),
         };
         for (socket, listener) in listeners {
             server.accept_loops.spawn(accept_loop(
@@ -43,8 +41,7 @@ impl Server {
                 Arc::new(listener),
                 relay.clone(),
                 server.connections.clone(),
-                server.accepting.clone(),
-                server.ending.clone(),
+                server.stopping.clone(),
             ));
         }
         server.accept_loops.close();
@@ -53,7 +50,7 @@ impl Server {
 
     /// Stops accepting; returns once no accept loop can start another connection.
     pub async fn stop_accepting(&self) {
-        self.accepting.cancel();
+        self.stopping.drain();
         self.accept_loops.wait().await;
         self.connections.close();
     }
@@ -70,7 +67,7 @@ impl Server {
 
     /// Ends the connections still open, and returns once they have logged their end.
     pub async fn end_connections(&self) {
-        self.ending.cancel();
+        self.stopping.end();
         self.connections.wait().await;
     }
 }
@@ -80,18 +77,25 @@ async fn accept_loop(
     listener: Arc<Listener>,
     relay: Arc<Relay>,
     connections: TaskTracker,
-    accepting: CancellationToken,
-    ending: CancellationToken,
+    stopping: Arc<Stopping>,
 ) {
     let Ok(local) = socket.local_addr() else {
         return;
     };
     tracing::info!(addr = %local, "listening");
     let mut failing = false;
+    // Registered once: polled only while no connection waits to be accepted, and the flag
+    // read at every accept, so a flood of them cannot keep the loop from stopping.
+    let draining = stopping.draining().cancelled();
+    tokio::pin!(draining);
     loop {
+        if stopping.is_draining() {
+            return;
+        }
         let accepted = tokio::select! {
+            biased;
             accepted = socket.accept() => accepted,
-            () = accepting.cancelled() => return,
+            () = &mut draining => return,
         };
         let (client, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -117,10 +121,7 @@ async fn accept_loop(
                     relay.clone(),
                     running,
                     slot,
-                    Stopping {
-                        draining: accepting.clone(),
-                        ending: ending.clone(),
-                    },
+                    stopping.clone(),
                 ));
             }
             // Closed before a byte is read; the log line is the only trace.
