@@ -371,8 +371,25 @@ mod tests {
     use crate::telemetry::metrics::Metrics;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn counters() -> Arc<ByteCounters> {
-        Metrics::default().byte_counters(None)
+    /// [`copy`] between `client` and `upstream`, with fresh counters and no live entry.
+    fn copying<'a>(
+        (client, upstream): (&'a TcpStream, &'a TcpStream),
+        preface: &[u8],
+        idle: Duration,
+        stopping: &'a Stopping,
+        keepalive: &'a Keepalive,
+    ) -> impl Future<Output = Transfer> + 'a {
+        let counters = Metrics::default().byte_counters(None);
+        copy(
+            client,
+            upstream,
+            preface.to_vec(),
+            idle,
+            stopping,
+            counters,
+            None,
+            keepalive,
+        )
     }
 
     #[tokio::test]
@@ -380,14 +397,11 @@ mod tests {
         let (mut client_end, client) = pair().await;
         let (upstream, mut upstream_end) = pair().await;
         let stopping = Stopping::default();
-        let copying = copy(
-            &client,
-            &upstream,
-            b"hello".to_vec(),
+        let copying = copying(
+            (&client, &upstream),
+            b"hello",
             Duration::from_secs(60),
             &stopping,
-            counters(),
-            None,
             &Keepalive::DEFAULT,
         );
         let peers = async {
@@ -415,14 +429,11 @@ mod tests {
         let (mut client_end, client) = pair().await;
         let (upstream, mut upstream_end) = pair().await;
         let stopping = Stopping::default();
-        let copying = copy(
-            &client,
-            &upstream,
-            Vec::new(),
+        let copying = copying(
+            (&client, &upstream),
+            &[],
             Duration::from_secs(60),
             &stopping,
-            counters(),
-            None,
             &Keepalive::DEFAULT,
         );
         // The client ends first: its FIN is passed on at once, while the upstream can
@@ -453,14 +464,11 @@ mod tests {
             interval: Duration::from_secs(5),
             count: 3,
         };
-        let copying = copy(
-            &client,
-            &upstream,
-            Vec::new(),
+        let copying = copying(
+            (&client, &upstream),
+            &[],
             Duration::from_secs(300),
             &stopping,
-            counters(),
-            None,
             &keepalive,
         );
         tokio::pin!(copying);
