@@ -3,7 +3,7 @@
 //! counts every thread, and one profiler runs at a time, so this file has one test.
 
 use snirelay::hello::{HelloReader, parse};
-use snirelay::net::transport::Legs;
+use snirelay::net::tcp_info::Legs;
 use snirelay::outcome::{End, Transfer};
 use snirelay::rules::Rule;
 use snirelay::tcp::forward;

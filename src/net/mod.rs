@@ -7,4 +7,5 @@ pub mod local;
 pub mod read;
 #[cfg(target_os = "linux")]
 pub mod sys;
+pub mod tcp_info;
 pub mod transport;

@@ -7,7 +7,7 @@
 //! descriptors this process was given, one `setsockopt` for integer options and one
 //! `getsockopt`.
 
-use crate::net::transport::TcpInfo;
+use crate::net::tcp_info::TcpInfo;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -4,7 +4,7 @@
 
 use crate::config::{Listener, ProxyProtocol};
 use crate::limits::Slot;
-use crate::net::transport::Legs;
+use crate::net::tcp_info::Legs;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};

@@ -2,7 +2,7 @@
 //! the client leg's round-trip time per listener, and the bytes each side's socket had to
 //! send again.
 
-use crate::net::transport::Legs;
+use crate::net::tcp_info::Legs;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

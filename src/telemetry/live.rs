@@ -3,7 +3,7 @@
 //! health read from its socket when asked. Kept only where the admin endpoint is on: a
 //! relay without one pays nothing per connection.
 
-use crate::net::transport::TcpInfo;
+use crate::net::tcp_info::TcpInfo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;

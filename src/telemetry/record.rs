@@ -3,7 +3,7 @@
 
 use crate::hello::ClientHello;
 use crate::ja4::Ja4;
-use crate::net::transport::Legs;
+use crate::net::tcp_info::Legs;
 use crate::outcome::{Outcome, Rejection, Transfer, UNLISTED};
 use crate::proxy::Tlvs;
 use crate::resolve::Source;
