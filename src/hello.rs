@@ -228,8 +228,6 @@ impl HelloReader {
     }
 }
 
-/// The hello, once `hs` (the handshake bytes of the records read so far, which end at
-/// `scanned`) holds the whole message.
 /// What a reader takes from a hello beyond its name.
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
@@ -239,6 +237,8 @@ struct Wanted {
     names: bool,
 }
 
+/// The hello, once `hs` (the handshake bytes of the records read so far, which end at
+/// `scanned`) holds the whole message.
 fn complete_message(
     hs: &[u8],
     scanned: usize,
