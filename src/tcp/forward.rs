@@ -37,8 +37,9 @@ pub const SETTLED: Duration = Duration::from_secs(10);
 
 /// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
 /// then copies both ways until both are done, one side fails, `idle` passes without a byte,
-/// or the relay `stopping` ends every connection (the drain ran out). Bytes are added to `counters` (and `live`) as they are written.
-/// Once the connection has [`SETTLED`], the upstream gets `keepalive`.
+/// or the relay `stopping` ends every connection (the drain ran out). Bytes are added to
+/// `counters` (and `live`) as they are written. Once the connection has [`SETTLED`], the
+/// upstream gets `keepalive`.
 #[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 pub fn copy<'a>(
     client: &'a TcpStream,
@@ -196,15 +197,8 @@ impl OneWay {
         loop {
             while self.written < self.buffer.len() {
                 ready!(to.poll_write_ready(cx)).map_err(|_| Broken::Writer)?;
-                match to.try_write(&self.buffer[self.written..]) {
-                    Ok(n) => {
-                        self.written += n;
-                        self.moved += n as u64;
-                        clock.moved(direction, n as u64);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Poll::Ready(Err(Broken::Writer)),
-                }
+                let pending = &self.buffer[self.written..];
+                self.written += write_now(to, pending, &mut self.moved, direction, clock)?;
             }
             // Written out: only bulk data without a pipe keeps (and grows) its buffer.
             self.written = 0;
@@ -260,18 +254,7 @@ impl OneWay {
                     self.pipe = crate::net::sys::Pipe::new().ok();
                 }
             }
-            let mut sent = 0;
-            while sent < read.len() {
-                match to.try_write(&read[sent..]) {
-                    Ok(n) => {
-                        sent += n;
-                        self.moved += n as u64;
-                        clock.moved(direction, n as u64);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => return Poll::Ready(Err(Broken::Writer)),
-                }
-            }
+            let sent = write_now(to, read, &mut self.moved, direction, clock)?;
             if sent < read.len() {
                 clock.touch();
                 self.buffer = read[sent..].to_vec();
@@ -359,133 +342,34 @@ impl OneWay {
     }
 }
 
+/// Writes what `to` takes of `bytes` now, adding it to `moved` and the counters; stops at
+/// the first `WouldBlock`, which leaves the socket's write readiness cleared.
+fn write_now(
+    to: &TcpStream,
+    bytes: &[u8],
+    moved: &mut u64,
+    direction: Direction,
+    clock: &Activity,
+) -> Result<usize, Broken> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match to.try_write(&bytes[sent..]) {
+            Ok(n) => {
+                sent += n;
+                *moved += n as u64;
+                clock.moved(direction, n as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return Err(Broken::Writer),
+        }
+    }
+    Ok(sent)
+}
+
 /// Closes with RST instead of FIN, so the peer learns the connection broke.
 fn abort(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::read::tests::pair;
-    use crate::telemetry::metrics::Metrics;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// [`copy`] between `client` and `upstream`, with fresh counters and no live entry.
-    fn copying<'a>(
-        (client, upstream): (&'a TcpStream, &'a TcpStream),
-        preface: &[u8],
-        idle: Duration,
-        stopping: &'a Stopping,
-        keepalive: &'a Keepalive,
-    ) -> impl Future<Output = Transfer> + 'a {
-        let counters = Metrics::default().byte_counters(None);
-        copy(
-            client,
-            upstream,
-            preface.to_vec(),
-            idle,
-            stopping,
-            counters,
-            None,
-            keepalive,
-        )
-    }
-
-    #[tokio::test]
-    async fn a_short_connection_never_sets_the_upstreams_keepalive() {
-        let (mut client_end, client) = pair().await;
-        let (upstream, mut upstream_end) = pair().await;
-        let stopping = Stopping::default();
-        let copying = copying(
-            (&client, &upstream),
-            b"hello",
-            Duration::from_secs(60),
-            &stopping,
-            &Keepalive::DEFAULT,
-        );
-        let peers = async {
-            let mut asked = [0u8; 5];
-            upstream_end.read_exact(&mut asked).await.unwrap();
-            upstream_end.write_all(b"world").await.unwrap();
-            upstream_end.shutdown().await.unwrap();
-            let mut answer = Vec::new();
-            client_end.read_to_end(&mut answer).await.unwrap();
-            assert_eq!(answer, b"world", "the answer and then the upstream's FIN");
-            client_end.shutdown().await.unwrap();
-            asked
-        };
-        let (transfer, asked) = tokio::join!(copying, peers);
-        assert_eq!(&asked, b"hello");
-        assert_eq!(
-            (transfer.up, transfer.down, transfer.end),
-            (5, 5, End::Closed)
-        );
-        assert!(!SockRef::from(&upstream).keepalive().unwrap());
-    }
-
-    #[tokio::test]
-    async fn the_last_direction_to_end_still_passes_its_fin_on_at_the_close() {
-        let (mut client_end, client) = pair().await;
-        let (upstream, mut upstream_end) = pair().await;
-        let stopping = Stopping::default();
-        let copying = copying(
-            (&client, &upstream),
-            &[],
-            Duration::from_secs(60),
-            &stopping,
-            &Keepalive::DEFAULT,
-        );
-        // The client ends first: its FIN is passed on at once, while the upstream can
-        // still answer.
-        let peers = async {
-            client_end.shutdown().await.unwrap();
-            assert_eq!(upstream_end.read(&mut [0u8; 1]).await.unwrap(), 0);
-            upstream_end.write_all(b"late").await.unwrap();
-            upstream_end.shutdown().await.unwrap();
-        };
-        let (transfer, ()) = tokio::join!(copying, peers);
-        assert_eq!(transfer.end, End::Closed);
-        // The client's socket was not shut down for writing: the FIN it still owes the
-        // client goes out with the close.
-        drop((client, upstream));
-        let mut answer = Vec::new();
-        client_end.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"late");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lasting_connection_gets_the_upstreams_keepalive_once_settled() {
-        let (_client_end, client) = pair().await;
-        let (upstream, _upstream_end) = pair().await;
-        let stopping = Stopping::default();
-        let keepalive = Keepalive {
-            idle: Duration::from_secs(30),
-            interval: Duration::from_secs(5),
-            count: 3,
-        };
-        let copying = copying(
-            (&client, &upstream),
-            &[],
-            Duration::from_secs(300),
-            &stopping,
-            &keepalive,
-        );
-        tokio::pin!(copying);
-        let set = || SockRef::from(&upstream).keepalive().unwrap();
-        tokio::select! {
-            _ = &mut copying => panic!("the connection ended"),
-            () = tokio::time::sleep(SETTLED - Duration::from_millis(1)) => {}
-        }
-        assert!(!set(), "not before the connection has settled");
-        tokio::select! {
-            _ = &mut copying => panic!("the connection ended"),
-            () = tokio::time::sleep(Duration::from_millis(2)) => {}
-        }
-        assert!(set(), "set once it has");
-        let socket = SockRef::from(&upstream);
-        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);
-        assert_eq!(socket.tcp_keepalive_interval().unwrap(), keepalive.interval);
-        assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive.count);
-    }
-}
+mod tests;
