@@ -38,6 +38,26 @@ impl Ja4 {
     }
 }
 
+/// As its text: a fingerprint travels with a connection handed to the next relay.
+impl serde::Serialize for Ja4 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ja4 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        let bytes: [u8; 36] = text
+            .as_bytes()
+            .try_into()
+            .ok()
+            .filter(|b: &[u8; 36]| b.is_ascii())
+            .ok_or_else(|| serde::de::Error::custom("a JA4 fingerprint is 36 ASCII characters"))?;
+        Ok(Ja4(bytes))
+    }
+}
+
 impl fmt::Display for Ja4 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

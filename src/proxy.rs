@@ -60,7 +60,7 @@ pub enum Header {
 }
 
 /// The TLVs worth a log field; every other TLV is skipped.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tlvs {
     /// Every Alibaba Cloud `0xE1` TLV, in order, separated by spaces: each as text where
     /// printable, else hex (its subtype byte included).

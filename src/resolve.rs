@@ -97,7 +97,7 @@ pub struct Resolver {
 type Cached = (Arc<[IpAddr]>, std::time::Instant);
 
 /// Where a route's addresses came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Source {
     /// Operator input: an IP in the rule, or a `--resolve` pin.
     Operator,

@@ -117,7 +117,7 @@ async fn exchanges_allocate_nothing(metrics: &Metrics) {
     let copying = forward::copy(
         &client,
         &upstream,
-        Vec::new(),
+        forward::Start::Preface(Vec::new()),
         Duration::from_secs(60),
         &stopping,
         metrics.byte_counters(None),
@@ -144,6 +144,9 @@ async fn exchanges_allocate_nothing(metrics: &Metrics) {
     };
     let (transfer, before) = tokio::join!(copying, peers);
     let allocated = dhat::HeapStats::get().total_blocks - before;
+    let forward::Copied::Ended(transfer) = transfer else {
+        panic!("nothing hands this connection over");
+    };
     assert_eq!(transfer.end, End::Closed);
     assert_eq!(allocated, 0, "100 exchanges and both ends of the stream");
 }

@@ -108,11 +108,25 @@ pub async fn read_until<T, E>(
     client: &TcpStream,
     received: &mut Vec<u8>,
     limit: usize,
+    parse: impl FnMut(&[u8]) -> Result<Parsed<T>, E>,
+) -> Result<T, ReadError<E>> {
+    read_until_after(client, received, 0, limit, parse).await
+}
+
+/// [`read_until`] for a preamble that starts at `received[from..]`, after one already read
+/// (a PROXY header, a CONNECT request), which stays where it is: a connection handed to the
+/// next relay before it is forwarded goes with every byte its client sent.
+pub async fn read_until_after<T, E>(
+    client: &TcpStream,
+    received: &mut Vec<u8>,
+    from: usize,
+    limit: usize,
     mut parse: impl FnMut(&[u8]) -> Result<Parsed<T>, E>,
 ) -> Result<T, ReadError<E>> {
+    let limit = limit.saturating_add(from);
     let mut low_water = 1;
     loop {
-        let missing = match parse(received).map_err(ReadError::Refused)? {
+        let missing = match parse(&received[from..]).map_err(ReadError::Refused)? {
             Parsed::Found(found) => {
                 if low_water != 1 {
                     set_receive_low_water(client, 1).map_err(ReadError::Io)?;
@@ -125,7 +139,8 @@ pub async fn read_until<T, E>(
         // the capacity, and a read fills whatever is spare); growth stays geometric, and
         // one read can take all that is missing.
         let room = limit.saturating_sub(received.len()).max(1);
-        received.reserve_exact(room.min(received.len().max(4096).max(missing)));
+        let held = received.len() - from;
+        received.reserve_exact(room.min(held.max(4096).max(missing)));
         let wanted = missing.min(room);
         // Best effort: if the kernel refuses, the reader wakes per segment, as it would
         // without.

@@ -218,6 +218,24 @@ impl Pipe {
         })
     }
 
+    /// A pipe handed over by the relay this one replaced, holding `pending` bytes.
+    pub fn from_fds(read: OwnedFd, write: OwnedFd, pending: u32) -> io::Result<Pipe> {
+        let capacity = pipe::fcntl_getpipe_size(&write)?;
+        OPEN_PIPES.fetch_add(1, Ordering::Relaxed);
+        OPEN_PIPE_BYTES.fetch_add(capacity, Ordering::Relaxed);
+        Ok(Pipe {
+            read,
+            write,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            pending,
+        })
+    }
+
+    /// Its two ends, to hand the pipe to the next relay: read, then write.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.read.as_fd(), self.write.as_fd()]
+    }
+
     /// Bytes the pipe can hold.
     pub fn capacity(&self) -> usize {
         self.capacity as usize
@@ -260,13 +278,13 @@ fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<us
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     /// Pipe tests share the process-wide counts: one at a time.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    pub(crate) static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn a_few_pipes_are_big_and_the_rest_default_sized() {

@@ -65,6 +65,23 @@ impl Activity {
         self.last_ms.store(now, Ordering::Relaxed);
     }
 
+    /// A connection handed over from the relay this one replaced, nothing having moved on it
+    /// for `quiet`: its idle timeout runs on from there.
+    pub fn after_quiet(
+        counters: Arc<ByteCounters>,
+        live: Option<Arc<LiveConnection>>,
+        quiet: Duration,
+    ) -> Self {
+        let mut activity = Activity::new(counters, live);
+        activity.start = activity.start.checked_sub(quiet).unwrap_or(activity.start);
+        activity
+    }
+
+    /// How long nothing has moved.
+    pub fn quiet(&self) -> Duration {
+        self.last().elapsed()
+    }
+
     fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }

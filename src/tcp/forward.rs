@@ -35,33 +35,92 @@ const BULK_BUFFER: usize = 64 * 1024;
 /// much later than keepalive's own idle time would say, at most.
 pub const SETTLED: Duration = Duration::from_secs(10);
 
-/// Writes `preface` (the buffered hello and anything that followed it) to the upstream,
-/// then copies both ways until both are done, one side fails, `idle` passes without a byte,
-/// or the relay `stopping` ends every connection (the drain ran out). Bytes are added to
-/// `counters` (and `live`) as they are written. Once the connection has [`SETTLED`], the
-/// upstream gets `keepalive`.
+/// What a copy holds between wake-ups: both directions, with the bytes each has read and
+/// not yet written (in a buffer or a splice pipe). A new connection starts from the bytes
+/// to replay; a handed-over one from what the relay before this one held.
+pub struct Copying {
+    up: OneWay,
+    down: OneWay,
+    spliced: u64,
+    /// How long nothing had moved when the connection was handed over.
+    quiet: Duration,
+    /// The upstream has yet to get its keepalive.
+    keepalive_due: bool,
+}
+
+impl Copying {
+    /// A connection about to start: `preface` (the buffered hello and anything that
+    /// followed it) goes to the upstream first.
+    pub fn new(preface: Vec<u8>) -> Copying {
+        Copying {
+            up: OneWay::new(preface, [End::ClientReset, End::UpstreamReset]),
+            down: OneWay::new(Vec::new(), [End::UpstreamReset, End::ClientReset]),
+            spliced: 0,
+            quiet: Duration::ZERO,
+            keepalive_due: true,
+        }
+    }
+}
+
+impl Copying {
+    /// Bytes written so far: to the upstream, to the client.
+    pub fn moved(&self) -> (u64, u64) {
+        (self.up.moved, self.down.moved)
+    }
+}
+
+/// Where a copy starts. A connection's task keeps this across its whole life, so it is
+/// small: a handed-over copy's state comes boxed.
+pub enum Start {
+    /// A new connection: the bytes to replay (the buffered hello and anything that
+    /// followed it) go to the upstream first.
+    Preface(Vec<u8>),
+    /// A connection handed over by the relay this one replaced, from where it stood.
+    Resumed(Box<Copying>),
+}
+
+/// How a copy stopped.
+pub enum Copied {
+    /// The connection is over.
+    Ended(Transfer),
+    /// The relay hands its connections to the next one: this is where the copy stood, at a
+    /// point where no read or write was in progress.
+    HandedOver(Copying),
+}
+
+/// Copies both ways, from the `start`, until both directions are done, one side
+/// fails, `idle` passes without a byte, or the relay `stopping` ends every connection (the
+/// drain ran out) or hands them over. Bytes are added to `counters` (and `live`) as they
+/// are written. Once the connection has [`SETTLED`], the upstream gets `keepalive`.
 #[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 pub fn copy<'a>(
     client: &'a TcpStream,
     upstream: &'a TcpStream,
-    preface: Vec<u8>,
+    start: Start,
     idle: Duration,
     stopping: &'a Stopping,
     counters: Arc<ByteCounters>,
     live: Option<Arc<LiveConnection>>,
     keepalive: &'a Keepalive,
-) -> impl Future<Output = Transfer> + 'a {
+) -> impl Future<Output = Copied> + 'a {
     // A hand-written poll over two plain structs, not two async copy functions: an idle
     // connection's task is mostly this state, and async functions keep their arguments
     // twice and a readiness future per await (1,248 bytes against about 500 here). An
     // `async move` block, not an `async fn`, so the arguments are not kept twice; and what
     // the block would move into a local is made here, so it is kept once, in place.
-    let clock = Activity::new(counters, live);
-    let mut up = OneWay::new(preface, [End::ClientReset, End::UpstreamReset]);
-    let mut down = OneWay::new(Vec::new(), [End::UpstreamReset, End::ClientReset]);
-    let mut keepalive = Some(keepalive);
+    let Copying {
+        mut up,
+        mut down,
+        mut spliced,
+        quiet,
+        keepalive_due,
+    } = match start {
+        Start::Preface(preface) => Copying::new(preface),
+        Start::Resumed(copying) => *copying,
+    };
+    let clock = Activity::after_quiet(counters, live, quiet);
+    let mut keepalive = Some(keepalive).filter(|_| keepalive_due);
     async move {
-        let mut spliced = 0;
         // The timer's first wake-up is when the connection has settled; then it serves
         // idleness.
         let settled = keepalive.map_or(idle, |k| k.idle).min(SETTLED).min(idle);
@@ -79,6 +138,7 @@ pub fn copy<'a>(
             Poll::Ready(())
         })
         .await;
+        // `None`: stopped to be handed over.
         let end = std::future::poll_fn(|cx| {
             for direction in [Direction::Up, Direction::Down] {
                 let (copying, other_done, from, to) = match direction {
@@ -97,16 +157,18 @@ pub fn copy<'a>(
                                 let _ = SockRef::from(to).shutdown(Shutdown::Write);
                             }
                         }
-                        Poll::Ready(Err(broken)) => return Poll::Ready(copying.blame(broken)),
+                        Poll::Ready(Err(broken)) => {
+                            return Poll::Ready(Some(copying.blame(broken)));
+                        }
                         Poll::Pending => {}
                     }
                 }
             }
             if up.done && down.done {
-                return Poll::Ready(End::Closed);
+                return Poll::Ready(Some(End::Closed));
             }
             if stopping.has_ended() {
-                return Poll::Ready(End::Shutdown);
+                return Poll::Ready((!stopping.is_handing_over()).then_some(End::Shutdown));
             }
             loop {
                 if let Some(keepalive) = keepalive.take_if(|_| timer.is_elapsed()) {
@@ -115,7 +177,7 @@ pub fn copy<'a>(
                 // A pipe still holding bytes stays: its writer is waiting to pass them on.
                 let pipes = up.empty_pipe() || down.empty_pipe();
                 match ready!(clock.poll_quiet(cx, timer.as_mut(), idle, pipes)) {
-                    Quiet::Idle => return Poll::Ready(End::IdleTimeout),
+                    Quiet::Idle => return Poll::Ready(Some(End::IdleTimeout)),
                     Quiet::PipesUnused => {
                         up.release_pipe();
                         down.release_pipe();
@@ -124,16 +186,25 @@ pub fn copy<'a>(
             }
         })
         .await;
+        let Some(end) = end else {
+            return Copied::HandedOver(Copying {
+                up,
+                down,
+                spliced,
+                quiet: clock.quiet(),
+                keepalive_due: keepalive.is_some(),
+            });
+        };
         if matches!(end, End::ClientReset | End::UpstreamReset) {
             abort(client);
             abort(upstream);
         }
-        Transfer {
+        Copied::Ended(Transfer {
             up: up.moved,
             down: down.moved,
             spliced,
             end,
-        }
+        })
     }
 }
 
@@ -371,5 +442,8 @@ fn abort(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+mod carry;
 #[cfg(test)]
 mod tests;
+
+pub use carry::CopyingWire;

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod connection;
 pub mod forward;
+pub mod handover;
 pub mod server;
 mod steps;
 pub mod stopping;

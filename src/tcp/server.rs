@@ -8,7 +8,7 @@ use crate::net::tcp_info::Legs;
 use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};
-use crate::tcp::connection::connection;
+use crate::tcp::connection::{Begin, connection};
 use crate::tcp::stopping::Stopping;
 use crate::telemetry::record::ConnectionRecord;
 use std::net::SocketAddr;
@@ -117,7 +117,7 @@ async fn accept_loop(
                 connections.spawn(connection(
                     client,
                     ConnectionRecord::new(peer, local),
-                    listener.clone(),
+                    Begin::Accepted(listener.clone()),
                     relay.clone(),
                     running,
                     slot,

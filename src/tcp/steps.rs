@@ -3,13 +3,15 @@
 
 use crate::config::ProxyProtocol;
 use crate::hello::{ClientHello, HelloError, HelloReader};
-use crate::net::read::{Parsed, ReadError, read_until};
+use crate::net::read::{Parsed, ReadError, read_until, read_until_after};
 use crate::outcome::Rejection;
 use crate::pool::Ready;
 use crate::proxy::{self, ParsedHeader};
 use crate::reach;
 use crate::rules::Route;
 use crate::state::{Relay, Settings};
+use crate::tcp::handover::Replay;
+use crate::tcp::stopping::Stopping;
 use crate::telemetry::record::ConnectionRecord;
 use socket2::SockRef;
 use std::io;
@@ -18,6 +20,17 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
+
+/// The client's side of a connection being opened: its socket, every byte it has sent
+/// (what was parsed so far starts the buffer, up to `from`), whether the next relay could
+/// open it again from those bytes, and whether that is asked for.
+pub(super) struct ClientSide<'a> {
+    pub socket: &'a TcpStream,
+    pub received: &'a mut Vec<u8>,
+    pub from: usize,
+    pub replay: &'a Replay,
+    pub stopping: &'a Stopping,
+}
 
 /// What opening a connection leaves, on either kind of listener: the hello to replay,
 /// where it goes, and the connected upstream.
@@ -68,11 +81,13 @@ pub(super) async fn read_header(
     }
 }
 
-/// The ClientHello, by `deadline`, after whatever `received` holds already; with its JA4
-/// fingerprint where the log line or the audit log will show it (`detailed`).
+/// The ClientHello at `received[from..]`, by `deadline`, after whatever `received` holds
+/// already; with its JA4 fingerprint where the log line or the audit log will show it
+/// (`detailed`).
 pub(super) async fn read_hello(
     client: &TcpStream,
     received: &mut Vec<u8>,
+    from: usize,
     deadline: Instant,
     max_hello_bytes: usize,
     detailed: bool,
@@ -80,7 +95,7 @@ pub(super) async fn read_hello(
     let mut reader = HelloReader::new(max_hello_bytes)
         .fingerprint(detailed)
         .brief(!detailed);
-    let read = read_until(client, received, max_hello_bytes, move |bytes| {
+    let read = read_until_after(client, received, from, max_hello_bytes, move |bytes| {
         Ok::<_, HelloError>(match reader.advance(bytes)? {
             Some(hello) => Parsed::Found(hello),
             None => Parsed::Missing(reader.missing(bytes)),
@@ -140,8 +155,11 @@ pub(super) async fn write_all(client: &TcpStream, mut bytes: &[u8]) -> io::Resul
 }
 
 /// Tells the client why it is refused (a TLS alert, or an HTTP answer on a CONNECT
-/// listener), so its error says so, then closes cleanly.
-pub(super) async fn refuse(client: &TcpStream, refusal: &[u8]) {
+/// listener), so its error says so, then closes cleanly. From the first byte of it on, the
+/// connection is no longer one the next relay could open again.
+pub(super) async fn refuse(client: &ClientSide<'_>, refusal: &[u8]) {
+    client.replay.writing();
+    let client = client.socket;
     let _ = timeout(REFUSAL_LINGER, write_all(client, refusal)).await;
     let _ = SockRef::from(client).shutdown(Shutdown::Write);
     let _ = timeout(REFUSAL_LINGER, async {

@@ -6,7 +6,14 @@
 //! thousands of times a second, fought over by the worker threads. Here each connection
 //! holds the `Arc` (an atomic count), reads a flag at each wake-up, and waits on a token
 //! only while it has something to wait for.
+//!
+//! Ending comes in two kinds: for good (the drain ran out), or to hand the connection to the
+//! relay that replaces this one (an upgrade): then each connection stops at a point where
+//! no read or write is in progress and gives back what it holds (`tcp::handover`).
 
+use crate::tcp::handover::Parked;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -19,6 +26,10 @@ pub struct Stopping {
     /// The drain has run out: every connection ends now.
     ending: CancellationToken,
     ended: AtomicBool,
+    /// Set before `ended`: the connections end to be handed over, not closed.
+    handing_over: AtomicBool,
+    /// The connections stopped for the handover, as each got there.
+    parked: Mutex<Vec<Parked>>,
 }
 
 impl Stopping {
@@ -42,6 +53,30 @@ impl Stopping {
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.ending.cancel();
+    }
+
+    /// Every connection stops where it is, to be handed to the next relay.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::Release);
+        self.end();
+    }
+
+    /// A connection stopped to be handed over.
+    pub fn park(&self, parked: Parked) {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(parked);
+    }
+
+    /// The connections stopped to be handed over.
+    pub fn take_parked(&self) -> Vec<Parked> {
+        std::mem::take(&mut self.parked.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether the end is a handover: read once a connection has seen [`Self::has_ended`].
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     /// Ready once every connection must end; whoever polls it is woken then.

@@ -3,26 +3,27 @@
 //! and hold it to the name asked for. Every refusal before the `200` is an HTTP answer the
 //! client's own error shows; after it, a TLS alert.
 
-use super::steps::{Reached, UNRECOGNIZED_NAME_ALERT, read_hello, refuse, upstream_for, write_all};
+use super::steps::{
+    ClientSide, Reached, UNRECOGNIZED_NAME_ALERT, read_hello, refuse, upstream_for, write_all,
+};
 use crate::config::{Mode, Tunnel};
 use crate::decide::{Decision, choose, decide_connect};
 use crate::http_connect::{self, ESTABLISHED};
 use crate::limits::Slot;
-use crate::net::read::{Parsed, read_until};
+use crate::net::read::{Parsed, read_until_after};
 use crate::outcome::Rejection;
 use crate::state::{Relay, Settings};
 use crate::telemetry::record::ConnectionRecord;
 use crate::users::{Accounts, Verdict};
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-/// From the CONNECT request (read by `deadline`, after whatever `received` holds) to the
-/// hello, checked against the request, with the upstream connected.
+/// From the CONNECT request (read by `deadline`, after whatever the client sent already) to
+/// the hello, checked against the request, with the upstream connected. The request stays
+/// in the client's bytes until the end, so the next relay could open the connection again.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn open_tunnel<'s>(
-    client: &TcpStream,
-    received: &mut Vec<u8>,
+    client: &mut ClientSide<'_>,
     deadline: Instant,
     tunnel: &Tunnel,
     users: Option<&Arc<Accounts>>,
@@ -34,15 +35,19 @@ pub(super) async fn open_tunnel<'s>(
 ) -> Result<Reached<'s>, Rejection> {
     let config = &settings.config;
     let limit = tunnel.max_request;
-    let read = read_until(client, received, limit, |bytes| {
-        http_connect::parse(bytes, limit).map(Parsed::from)
-    });
+    let read = read_until_after(
+        client.socket,
+        client.received,
+        client.from,
+        limit,
+        |bytes| http_connect::parse(bytes, limit).map(Parsed::from),
+    );
     let request = match timeout_at(deadline, read).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => return Err(answer(client, e.into()).await),
         Err(_) => return Err(answer(client, Rejection::RequestTimeout).await),
     };
-    received.drain(..request.len);
+    let hello_from = client.from + request.len;
     record.requested(&request.host, request.port);
     let mut user = None;
     if let Some(accounts) = users {
@@ -92,17 +97,27 @@ pub(super) async fn open_tunnel<'s>(
         Err(rejection) => return Err(answer(client, rejection).await),
     };
     record.connected(addr);
-    write_all(client, ESTABLISHED)
-        .await
-        .map_err(Rejection::ClientError)?;
+    // Not again, for a connection the relay before this one had answered.
+    if !client.replay.was_answered() {
+        client.replay.writing();
+        write_all(client.socket, ESTABLISHED)
+            .await
+            .map_err(Rejection::ClientError)?;
+        client.replay.answered();
+    }
+    // A handover asked for while the 200 was written: now it can go.
+    if client.stopping.is_handing_over() {
+        return Err(Rejection::Shutdown);
+    }
 
     // The hello comes a round trip after the 200: its deadline starts now.
     let hello_deadline = Instant::now() + config.timeouts.hello;
     let audited = relay.metrics().audit.enabled();
     let detailed = audited || ConnectionRecord::logged();
     let hello = read_hello(
-        client,
-        received,
+        client.socket,
+        client.received,
+        hello_from,
         hello_deadline,
         config.max_hello_bytes,
         detailed,
@@ -116,6 +131,8 @@ pub(super) async fn open_tunnel<'s>(
         refuse(client, UNRECOGNIZED_NAME_ALERT).await;
         return Err(Rejection::SniMismatch);
     }
+    // What is forwarded starts with the hello.
+    client.received.drain(client.from..hello_from);
     Ok((hello, route, upstream, addr))
 }
 
@@ -137,9 +154,14 @@ async fn who(accounts: &Arc<Accounts>, authorization: Option<String>) -> Verdict
         .unwrap_or(Verdict::Wrong)
 }
 
-/// Answers a refused request with its status and reason, closes, and gives the rejection
-/// back for the log.
-async fn answer(client: &TcpStream, rejection: Rejection) -> Rejection {
+/// Answers a refused request with its status and reason (a TLS alert once the `200` is
+/// out: only a connection the relay before this one answered is refused after it), closes,
+/// and gives the rejection back for the log.
+async fn answer(client: &ClientSide<'_>, rejection: Rejection) -> Rejection {
+    if client.replay.was_answered() {
+        refuse(client, UNRECOGNIZED_NAME_ALERT).await;
+        return rejection;
+    }
     let status = rejection.http_status();
     let why = rejection.to_string();
     let refusal = http_connect::refusal(status, rejection.reason(), &why, status == 407);

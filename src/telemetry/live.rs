@@ -50,6 +50,19 @@ impl LiveConnection {
         }
     }
 
+    /// The entry of a connection handed over by the relay this one replaced: `moved` bytes
+    /// (up, down) so far, started `age` ago.
+    pub fn carried_on(mut self, (up, down): (u64, u64), age: std::time::Duration) -> Self {
+        self.bytes = [AtomicU64::new(up), AtomicU64::new(down)];
+        self.started = self.started.checked_sub(age).unwrap_or(self.started);
+        self
+    }
+
+    /// The name it was opened for.
+    pub fn sni(&self) -> &str {
+        &self.sni
+    }
+
     /// `n` more bytes were written: `up` to the upstream, else to the client.
     pub fn moved(&self, up: bool, n: u64) {
         self.bytes[usize::from(!up)].fetch_add(n, Ordering::Relaxed);
@@ -110,13 +123,14 @@ impl Live {
         Some((id, entry))
     }
 
-    /// The connection `id` is ending; after this its sockets may close.
-    pub fn remove(&self, id: Id) {
-        if let Some(open) = &self.open {
-            open.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-        }
+    /// The connection `id` is ending (or going to the next relay); after this its sockets
+    /// may close. Its entry, as it was.
+    pub fn remove(&self, id: Id) -> Option<Arc<LiveConnection>> {
+        self.open
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
     }
 
     /// How many connections are open, and up to `limit` of them (oldest first), each

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 /// What the log line says of the hello, formatted once it is read: a few strings are
 /// cheaper to keep through a long-lived connection than the parsed lists. The strings stay
 /// empty when the line cannot be written.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct HelloFields {
     sni: Box<str>,
     alpn: Box<str>,
@@ -28,14 +29,18 @@ struct HelloFields {
 }
 
 /// What the log line says of a CONNECT request.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Request {
     target: Box<str>,
     at: Duration,
     user: Option<Box<str>>,
 }
 
-/// The one log line a connection leaves, filled in as the connection goes.
+/// The one log line a connection leaves, filled in as the connection goes. It travels with
+/// a connection handed to the next relay, its start as the time since.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionRecord {
+    #[serde(with = "age")]
     started: Instant,
     client: SocketAddr,
     /// The balancer and its TLVs, when a PROXY protocol header named the client. Boxed:
@@ -80,6 +85,19 @@ impl ConnectionRecord {
             pooled: None,
             connect_done: None,
         }
+    }
+
+    /// A connection from `client` accepted on `listener` `age` ago, by the relay this one
+    /// replaced.
+    pub fn since(client: SocketAddr, listener: SocketAddr, age: Duration) -> Self {
+        let mut record = ConnectionRecord::new(client, listener);
+        record.started = record.started.checked_sub(age).unwrap_or(record.started);
+        record
+    }
+
+    /// How long ago the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// A PROXY protocol header named the real client: it becomes `client`, and the
@@ -346,6 +364,23 @@ impl ConnectionRecord {
             Some(((total.as_secs_f64() * 1e6).round() / 1e3).into()),
         );
         Value::Object(line).to_string()
+    }
+}
+
+/// A start time as the time since, in microseconds: what another process can make sense of.
+mod age {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    pub fn serialize<S: Serializer>(started: &Instant, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(started.elapsed().as_micros() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
+        let now = Instant::now();
+        let age = Duration::from_micros(u64::deserialize(d)?);
+        Ok(now.checked_sub(age).unwrap_or(now))
     }
 }
 

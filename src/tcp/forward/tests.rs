@@ -12,16 +12,22 @@ fn copying<'a>(
     keepalive: &'a Keepalive,
 ) -> impl Future<Output = Transfer> + 'a {
     let counters = Metrics::default().byte_counters(None);
-    copy(
+    let copy = copy(
         client,
         upstream,
-        preface.to_vec(),
+        Start::Preface(preface.to_vec()),
         idle,
         stopping,
         counters,
         None,
         keepalive,
-    )
+    );
+    async {
+        match copy.await {
+            Copied::Ended(transfer) => transfer,
+            Copied::HandedOver(_) => panic!("nothing hands this connection over"),
+        }
+    }
 }
 
 #[tokio::test]
