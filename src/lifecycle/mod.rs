@@ -3,6 +3,7 @@
 //! ([`shutdown`]: signals, phases, grace and drain; [`upgrade`]: handing the sockets on).
 //! `main.rs` calls [`run`]; tests call [`start`] and drive the relay with its [`Stopper`].
 
+pub mod connections;
 pub mod shutdown;
 pub mod upgrade;
 
@@ -81,6 +82,7 @@ pub struct Started {
     listeners: Vec<(TcpListener, crate::config::Listener)>,
     stopper: Stopper,
     requests: Requests,
+    offer: Option<upgrade::Offer>,
 }
 
 impl Started {
@@ -110,6 +112,10 @@ impl Started {
         self.relay.set_phase(Phase::Serving);
         self.relay.start_pools(&self.relay.settings());
         let server = Server::start(self.listeners, &self.relay);
+        if let Some(offer) = self.offer {
+            let (stopper, relay) = (self.stopper.clone(), self.relay.clone());
+            tokio::spawn(upgrade::offer(offer, stopper, server.clone(), relay));
+        }
         shutdown::serve(server, self.relay, self.requests).await;
     }
 }
@@ -206,30 +212,36 @@ pub async fn start(options: Options) -> Result<Started, StartError> {
     }
     tokio::spawn(Reloader::install(path, text.into_bytes(), relay.clone(), fixed).run());
     let admin_handed_over = CancellationToken::new();
+    // After a relay that handed over its connections, once this one has them: its metrics
+    // then carry on from that relay's, which answers until then.
+    let taken_over = CancellationToken::new();
+    if !from_a_relay {
+        taken_over.cancel();
+    }
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(
-            admin,
-            relay.clone(),
-            admin_handed_over.clone(),
-        ));
+        let (relay, handed_over, taken_over) =
+            (relay.clone(), admin_handed_over.clone(), taken_over.clone());
+        tokio::spawn(async move {
+            taken_over.cancelled().await;
+            crate::admin::serve(admin, relay, handed_over).await;
+        });
     }
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(crate::systemd::watchdog(relay.clone(), period));
     }
     let (stopper, requests) = Stopper::new();
-    if let Some(path) = upgrade_socket {
-        tokio::spawn(upgrade::offer(
-            path,
-            inherited,
-            offered,
-            stopper.clone(),
-            admin_handed_over,
-        ));
-    }
+    let offer = upgrade_socket.map(|path| upgrade::Offer {
+        path,
+        inherited,
+        sockets: offered,
+        admin_handed_over,
+        taken_over,
+    });
     Ok(Started {
         relay,
         listeners,
         stopper,
         requests,
+        offer,
     })
 }

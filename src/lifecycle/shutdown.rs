@@ -1,6 +1,7 @@
 //! How the relay stops: the reasons to stop, the handle that asks for it (signals, the
 //! upgrade socket, tests), and the sequence from serving to stopped.
 
+use super::connections::{self, HandedOver};
 use crate::state::{Phase, Relay};
 use crate::systemd;
 use crate::tcp::server::Server;
@@ -11,20 +12,20 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Why the relay stops accepting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Stop {
     /// A signal, by name: SIGTERM or SIGINT.
     Signal(&'static str),
     /// A new relay serves on the same sockets: no balancer needs a grace period, since
-    /// nothing arriving on them is refused.
-    HandedOver,
+    /// nothing arriving on them is refused; the connections go to it.
+    HandedOver(Box<HandedOver>),
 }
 
 impl std::fmt::Display for Stop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Stop::Signal(name) => name,
-            Stop::HandedOver => "handover",
+            Stop::HandedOver(_) => "handover",
         })
     }
 }
@@ -67,9 +68,9 @@ impl Stopper {
         let _ = self.requests.send(Stop::Signal(name));
     }
 
-    /// A new relay serves on this one's sockets.
-    pub fn handed_over(&self) {
-        let _ = self.requests.send(Stop::HandedOver);
+    /// A new relay serves on this one's sockets, and waits for its connections.
+    pub fn handed_over(&self, handed: HandedOver) {
+        let _ = self.requests.send(Stop::HandedOver(Box::new(handed)));
     }
 
     /// Cancelled at the first stop signal.
@@ -97,43 +98,54 @@ pub fn on_signals(stopper: Stopper) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves with `server` until the first stop request. Then, in order: /readyz turns 503 at
-/// once; for a signal, the listeners keep accepting for `lb_grace_s`, so a balancer that
-/// polls /readyz stops sending before anything is refused; accepting stops (and ready
-/// connections to far relays close); live
-/// connections get `drain_s`; the rest are ended. A further request skips the wait in
+/// Serves with `server` until the first stop request. Then, in order: for a signal, /readyz
+/// turns 503 and the listeners keep accepting for `lb_grace_s`, so a balancer that polls
+/// /readyz stops sending before anything is refused; accepting stops (and ready
+/// connections to far relays close); at an upgrade, the connections go to the new relay;
+/// those still here get `drain_s`; the rest are ended. A further request skips the wait in
 /// progress.
 pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
     let rejections = relay.metrics().rejections.clone();
     let summaries = tokio::spawn(quota::report_suppressed(rejections));
     systemd::ready(&relay);
     let first = requests.next().await;
-    relay.set_phase(Phase::Draining);
     systemd::stopping(&relay);
     let timeouts = relay.settings().config.timeouts;
-    match first {
-        Stop::Signal(signal) if timeouts.lb_grace.is_zero() => {
-            tracing::info!(
-                signal,
-                "shutting down: not ready; no grace period (lb_grace_s 0)"
-            );
-        }
+    let handed = match first {
         Stop::Signal(signal) => {
-            tracing::info!(
-                signal,
-                lb_grace_s = timeouts.lb_grace.as_secs(),
-                "shutting down: not ready, still accepting for the balancer's grace period"
-            );
-            tokio::select! {
-                () = tokio::time::sleep(timeouts.lb_grace) => {}
-                stop = requests.next() => tracing::info!(signal = %stop, "grace period cut short"),
+            relay.set_phase(Phase::Draining);
+            if timeouts.lb_grace.is_zero() {
+                tracing::info!(
+                    signal,
+                    "shutting down: not ready; no grace period (lb_grace_s 0)"
+                );
+            } else {
+                tracing::info!(
+                    signal,
+                    lb_grace_s = timeouts.lb_grace.as_secs(),
+                    "shutting down: not ready, still accepting for the balancer's grace period"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(timeouts.lb_grace) => {}
+                    stop = requests.next() => tracing::info!(signal = %stop, "grace period cut short"),
+                }
             }
+            None
         }
-        Stop::HandedOver => tracing::info!("handed over to the new relay: no longer accepting"),
-    }
+        Stop::HandedOver(handed) => {
+            tracing::info!("handed over to the new relay: no longer accepting");
+            Some(handed)
+        }
+    };
     server.stop_accepting().await;
     // No client will take an edge's ready connections now.
     relay.pools().close();
+    if let Some(handed) = handed {
+        // Ready until here: the new relay serves, and answers /readyz once it has the
+        // connections.
+        connections::hand_over(&server, &relay, *handed).await;
+        relay.set_phase(Phase::Draining);
+    }
     tracing::info!(
         live = server.live(),
         drain_s = timeouts.drain.as_secs(),

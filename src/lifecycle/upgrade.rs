@@ -3,14 +3,18 @@
 //! listening sockets (see [`crate::net::handover`]); either way it then offers its own
 //! sockets at PATH to the next one, and stops accepting once that one serves.
 
+use super::connections::{self, HandedOver};
 use super::shutdown::Stopper;
 use crate::config::Listener;
 use crate::net::handover::{self, HandoverError, Predecessor, Role};
 use crate::net::listen::{self, BindError, Handed};
+use crate::state::Relay;
+use crate::tcp::server::Server;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -141,25 +145,43 @@ pub fn offered(
     Ok(offered)
 }
 
+/// What a relay started with `--upgrade-socket` does with it once it serves.
+pub struct Offer {
+    /// The upgrade socket.
+    pub path: PathBuf,
+    /// What the relay before this one handed over, if one did.
+    pub inherited: Inherited,
+    /// This relay's sockets, for the next one.
+    pub sockets: Vec<(Role, OwnedFd)>,
+    /// Stops this relay's admin endpoint once the next relay has its connections.
+    pub admin_handed_over: CancellationToken,
+    /// Cancelled once this relay has taken the connections of the one before (or there
+    /// were none to take): its admin endpoint starts then, its metrics carried on.
+    pub taken_over: CancellationToken,
+}
+
 /// The upgrade socket's side of a running relay: once the predecessor (if any) has let go,
-/// offers `sockets` at `path`; when a new relay serves on them, stops this one accepting
-/// (through `stopper`) and its admin endpoint (`admin_handed_over`). A stop signal ends the
-/// offer, and its copies of the sockets close, so a stopping relay's listeners close as
-/// they would without an upgrade socket.
-pub async fn offer(
-    path: PathBuf,
-    mut inherited: Inherited,
-    sockets: Vec<(Role, OwnedFd)>,
-    stopper: Stopper,
-    admin_handed_over: CancellationToken,
-) {
+/// and handed over its connections (resumed on `server`), offers the sockets at the path;
+/// when a new relay serves on them, stops this one accepting (through `stopper`), which then
+/// hands over its connections. A stop signal ends the offer, and its copies of the sockets
+/// close, so a stopping relay's listeners close as they would without an upgrade socket.
+pub async fn offer(offer: Offer, stopper: Stopper, server: Server, relay: Arc<Relay>) {
+    let Offer {
+        path,
+        mut inherited,
+        sockets,
+        admin_handed_over,
+        taken_over,
+    } = offer;
     if let Some(predecessor) = inherited.predecessor.take() {
         match tokio::task::spawn_blocking(move || predecessor.release()).await {
-            Ok(Ok(())) => tracing::info!("upgrade: the old relay stopped accepting"),
+            Ok(Ok(None)) => tracing::info!("upgrade: the old relay stopped accepting"),
+            Ok(Ok(Some(incoming))) => connections::take_over(incoming, &server, &relay).await,
             Ok(Err(e)) => tracing::warn!(error = %e, "upgrade: the old relay did not confirm"),
             Err(_) => return,
         }
     }
+    taken_over.cancel();
     let listener = match handover::listen_at(&path) {
         Ok(listener) => listener,
         Err(e) => {
@@ -184,11 +206,11 @@ pub async fn offer(
             return;
         }
     };
-    stopper.handed_over();
-    admin_handed_over.cancel();
     drop(listener);
-    // Awaited, so the word is out before this process can stop and leave it unsaid.
-    let _ = tokio::task::spawn_blocking(move || successor.bye()).await;
+    stopper.handed_over(HandedOver {
+        successor,
+        admin: admin_handed_over,
+    });
 }
 
 /// The file at `path`, as device and inode, to tell it from one put in its place.

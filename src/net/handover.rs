@@ -7,10 +7,14 @@
 //! 1. old → new: the greeting line, then one line per socket (`listen ADDR NAME` or `admin ADDR`,
 //!    with the configured entry it was opened for), the descriptors in the same message;
 //! 2. the new relay serves on them, then sends `ready`;
-//! 3. the old relay stops accepting, answers `bye` and drains its live connections; the new
-//!    one then takes over the upgrade socket's path for the next upgrade.
+//! 3. the old relay stops accepting and hands over its connections and its metrics' totals
+//!    ([`connections`]; protocol 2), then answers `bye`; the new one then takes over the
+//!    upgrade socket's path for the next upgrade.
 //!
-//! Until step 3 the old relay serves as before: a new one that fails changes nothing.
+//! Until step 3 the old relay serves as before: a new one that fails changes nothing. A new
+//! relay also takes over from one that speaks protocol 1, which answers `bye` at once and
+//! drains its connections instead; one that speaks only 1 refuses a relay that speaks 2
+//! (the greeting differs), which then goes on serving.
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -25,8 +29,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod connections;
+
 /// The first line of a handover; a peer that says anything else is not a relay.
-const GREETING: &str = "snirelay-handover 1";
+const GREETING: &str = "snirelay-handover 2";
+/// The greeting of a relay that hands over its listening sockets but not its connections.
+const GREETING_1: &str = "snirelay-handover 1";
 /// More sockets than any relay listens on; bounds the control message.
 const MAX_SOCKETS: usize = 32;
 /// The greeting and the socket lines fit in this, with room to spare.
@@ -101,13 +109,15 @@ fn encode(roles: &[Role]) -> String {
     text
 }
 
-/// The roles [`encode`] wrote, or what was wrong. Pure.
-fn decode(text: &str) -> Result<Vec<Role>, String> {
+/// The protocol version and the roles [`encode`] wrote, or what was wrong. Pure.
+fn decode(text: &str) -> Result<(u8, Vec<Role>), String> {
     let mut lines = text.lines();
-    if lines.next() != Some(GREETING) {
-        return Err(format!("not a handover: {text:?}"));
-    }
-    lines
+    let version = match lines.next() {
+        Some(GREETING) => 2,
+        Some(GREETING_1) => 1,
+        _ => return Err(format!("not a handover: {text:?}")),
+    };
+    let roles = lines
         .map(|line| {
             let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
             let (addr, name) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -121,7 +131,8 @@ fn decode(text: &str) -> Result<Vec<Role>, String> {
                 _ => Err(format!("unknown socket line {line:?}")),
             }
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((version, roles))
 }
 
 /// Opens the upgrade socket at `path` for the next relay, replacing any socket file there
@@ -145,6 +156,7 @@ pub fn listen_at(path: &Path) -> Result<tokio::net::UnixListener, HandoverError>
 pub struct Predecessor {
     stream: UnixStream,
     path: PathBuf,
+    version: u8,
 }
 
 /// The sockets a running relay handed over, each with its role, and the relay itself.
@@ -187,7 +199,7 @@ pub fn take(path: &Path) -> Result<Option<Taken>, HandoverError> {
         .flatten()
         .collect();
     let text = &text[..received.bytes];
-    let roles = std::str::from_utf8(text)
+    let (version, roles) = std::str::from_utf8(text)
         .map_err(|_| ())
         .and_then(|text| decode(text).map_err(|_| ()))
         .map_err(|()| protocol(path, "the list of sockets", text))?;
@@ -197,23 +209,70 @@ pub fn take(path: &Path) -> Result<Option<Taken>, HandoverError> {
     let predecessor = Predecessor {
         stream,
         path: path.to_owned(),
+        version,
     };
     Ok(Some((roles.into_iter().zip(fds).collect(), predecessor)))
 }
 
+/// The connections an old relay offers, and the way to answer it.
+pub struct Incoming {
+    /// What it sent.
+    pub received: connections::Received,
+    /// Where to answer.
+    pub answer: Answer,
+}
+
+/// The answer to an old relay that sent its connections.
+pub struct Answer {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
 impl Predecessor {
-    /// Tells the old relay this one is serving, and waits for it to stop accepting; the
-    /// path is then this relay's to [`bind`].
-    pub fn release(self) -> Result<(), HandoverError> {
+    /// Tells the old relay this one is serving, and waits for it to stop accepting. Its
+    /// connections, if it offers them: take them ([`Answer::taken`]) or not; without an
+    /// offer, the path is this relay's to [`bind`] at once.
+    pub fn release(self) -> Result<Option<Incoming>, HandoverError> {
         let path = &self.path;
         (&self.stream)
             .write_all(b"ready\n")
             .map_err(io_error(path, "say ready"))?;
-        let answer = read_line(&self.stream).map_err(io_error(path, "wait for the old relay"))?;
-        if answer != b"bye\n" {
-            return Err(protocol(path, "bye", &answer));
+        let line = read_line(&self.stream).map_err(io_error(path, "wait for the old relay"))?;
+        if line == b"bye\n" {
+            return Ok(None);
         }
-        Ok(())
+        if self.version == 1 {
+            return Err(protocol(path, "bye", &line));
+        }
+        let first = String::from_utf8_lossy(&line);
+        match connections::receive(&self.stream, first.trim_end()) {
+            Ok(received) => Ok(Some(Incoming {
+                received,
+                answer: Answer {
+                    stream: self.stream,
+                    path: self.path,
+                },
+            })),
+            Err(why) => {
+                let _ = connections::answer(&self.stream, &format!("refuse {why}"));
+                Err(protocol(path, "its connections", why.as_bytes()))
+            }
+        }
+    }
+}
+
+impl Answer {
+    /// Says all `count` connections are taken; `Ok` once the old relay let go of them (and
+    /// the path is this relay's), else they are not this relay's to use.
+    pub fn taken(self, count: usize) -> Result<(), HandoverError> {
+        connections::answer(&self.stream, &format!("taken {count}"))
+            .map_err(io_error(&self.path, "wait for the old relay to let go"))
+    }
+
+    /// Says the connections cannot be taken, and why: the old relay keeps them.
+    pub fn refuse(self, why: &str) -> Result<(), HandoverError> {
+        connections::answer(&self.stream, &format!("refuse {why}"))
+            .map_err(io_error(&self.path, "wait for the old relay"))
     }
 }
 
@@ -301,9 +360,40 @@ pub struct Successor {
     stream: UnixStream,
 }
 
+impl std::fmt::Debug for Successor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Successor")
+    }
+}
+
 impl Successor {
-    /// Tells it this relay no longer accepts, so it may take over the upgrade socket.
+    /// Hands it `connections` and the `metrics` text (see [`connections`]), waiting at most
+    /// `patience`; how many it took. They are its own once [`Successor::bye`] is said: until
+    /// then this relay may resume them itself.
+    pub async fn hand(
+        &mut self,
+        connections: &[connections::Item<BorrowedFd<'_>>],
+        metrics: &str,
+        patience: Duration,
+    ) -> io::Result<usize> {
+        let stream = self.stream.try_clone()?;
+        stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(stream)?;
+        tokio::time::timeout(patience, connections::send(&stream, connections, metrics))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the new relay did not answer in time",
+                )
+            })?
+    }
+
+    /// Tells it this relay no longer accepts (and, after [`Successor::hand`], that the
+    /// connections are its own), so it may take over the upgrade socket.
     pub fn bye(self) {
+        // The stream may have been made non-blocking by `hand`: the word is one small
+        // write into an empty buffer.
         if let Err(e) = (&self.stream).write_all(b"bye\n") {
             tracing::warn!(error = %e, "upgrade: cannot say bye to the new relay");
         }

@@ -35,7 +35,7 @@ pub enum Begin {
     /// Handed over by the relay this one replaced before it was forwarded: opened again
     /// from what its client sent.
     Reopened(Arc<Listener>, Box<Opening>),
-    /// Handed over while forwarding: the copy goes on.
+    /// Handed over while forwarding: the copy goes on (the record is the one carried).
     Resumed(Box<Forwarding>),
 }
 
@@ -71,12 +71,10 @@ pub fn connection(
             Err(forwarding) => {
                 let Forwarding {
                     upstream,
-                    record: handed,
                     copying,
                     keepalive,
                     sni,
                 } = *forwarding;
-                record = handed;
                 slot.hello_done();
                 let live = relay.live().add(|| {
                     let sockets = [client.as_raw_fd(), upstream.as_raw_fd()];
@@ -168,12 +166,11 @@ pub fn connection(
                 drop(slot);
                 let forwarding = Forwarding {
                     upstream,
-                    record,
                     copying,
                     keepalive: *keepalive,
                     sni: listed.map_or_else(Default::default, |entry| entry.sni().into()),
                 };
-                let state = State::Forwarding(Box::new(forwarding));
+                let state = State::Forwarding(Box::new(forwarding), Box::new(record));
                 stopping.park(Parked { client, state });
                 return;
             }

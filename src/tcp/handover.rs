@@ -71,8 +71,8 @@ pub struct Parked {
 pub enum State {
     /// Not yet forwarding.
     Opening(Box<Opening>),
-    /// Forwarding.
-    Forwarding(Box<Forwarding>),
+    /// Forwarding, with its log line so far.
+    Forwarding(Box<Forwarding>, Box<ConnectionRecord>),
 }
 
 /// A connection still opening: what the next relay opens it again from.
@@ -95,8 +95,6 @@ pub struct Opening {
 pub struct Forwarding {
     /// The upstream's socket.
     pub upstream: TcpStream,
-    /// Its log line so far.
-    pub record: ConnectionRecord,
     /// Where the copy stood.
     pub copying: Copying,
     /// The upstream's keepalive, if it is yet to be set.
@@ -138,7 +136,7 @@ impl Parked {
                 received: opening.received.clone(),
                 ..**opening
             })),
-            State::Forwarding(forwarding) => {
+            State::Forwarding(forwarding, record) => {
                 fds.push(forwarding.upstream.as_fd());
                 let (copying, pipes) = forwarding.copying.to_wire();
                 fds.extend(pipes);
@@ -148,7 +146,7 @@ impl Parked {
                     count,
                 } = forwarding.keepalive;
                 Wire::Forwarding(Box::new(ForwardingWire {
-                    record: forwarding.record.clone(),
+                    record: (**record).clone(),
                     copying,
                     keepalive: KeepaliveWire {
                         idle,
@@ -186,9 +184,8 @@ impl Parked {
                 } = *forwarding;
                 let upstream = socket()?;
                 let copying = Copying::from_wire(copying, &mut fds)?;
-                State::Forwarding(Box::new(Forwarding {
+                let forwarding = Box::new(Forwarding {
                     upstream,
-                    record,
                     copying,
                     keepalive: Keepalive {
                         idle: keepalive.idle,
@@ -196,7 +193,8 @@ impl Parked {
                         count: keepalive.count,
                     },
                     sni,
-                }))
+                });
+                State::Forwarding(forwarding, Box::new(record))
             }
         };
         if fds.next().is_some() {

@@ -2,6 +2,7 @@
 //! and how they stop is the relay's life (`lifecycle`, above this module); this is what
 //! it stops.
 
+use crate::config::Limits;
 use crate::config::{Listener, ProxyProtocol};
 use crate::limits::Slot;
 use crate::net::tcp_info::Legs;
@@ -9,10 +10,11 @@ use crate::outcome::Rejection;
 use crate::policy::client_allowed;
 use crate::state::{Relay, Settings};
 use crate::tcp::connection::{Begin, connection};
+use crate::tcp::handover::{Parked, State};
 use crate::tcp::stopping::Stopping;
 use crate::telemetry::record::ConnectionRecord;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -20,39 +22,124 @@ use tokio_util::task::TaskTracker;
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The accept loops and the connections they started.
+/// The accept loops and the connections they started (or took over); clones are handles
+/// on the same ones.
+#[derive(Clone)]
 pub struct Server {
     accept_loops: TaskTracker,
     connections: TaskTracker,
-    stopping: Arc<Stopping>,
+    /// What the connections watch; a new one for connections taken back after a handover
+    /// that failed, since the old one has ended.
+    stopping: Arc<Mutex<Arc<Stopping>>>,
+    /// The listen entries, to open again a connection handed over while opening.
+    entries: Arc<[Arc<Listener>]>,
+    relay: Arc<Relay>,
 }
+
+/// No limit: a connection handed over was admitted already, by the relay before.
+const ADMITTED: Limits = Limits {
+    max_connections: usize::MAX,
+    max_connections_per_client: usize::MAX,
+    max_pending_hellos: usize::MAX,
+};
 
 impl Server {
     /// Accepts on every socket in `listeners`, each with the listen entry it serves.
     pub fn start(listeners: Vec<(TcpListener, Listener)>, relay: &Arc<Relay>) -> Server {
-        let server = Server {
-            accept_loops: TaskTracker::new(),
-            connections: TaskTracker::new(),
-            stopping: Arc::default(),
-        };
+        let stopping = Arc::<Stopping>::default();
+        let mut entries = Vec::with_capacity(listeners.len());
+        let accept_loops = TaskTracker::new();
+        let connections = TaskTracker::new();
         for (socket, listener) in listeners {
-            server.accept_loops.spawn(accept_loop(
+            let listener = Arc::new(listener);
+            entries.push(listener.clone());
+            accept_loops.spawn(accept_loop(
                 socket,
-                Arc::new(listener),
+                listener,
                 relay.clone(),
-                server.connections.clone(),
-                server.stopping.clone(),
+                connections.clone(),
+                stopping.clone(),
             ));
         }
-        server.accept_loops.close();
-        server
+        accept_loops.close();
+        Server {
+            accept_loops,
+            connections,
+            stopping: Arc::new(Mutex::new(stopping)),
+            entries: entries.into(),
+            relay: relay.clone(),
+        }
+    }
+
+    fn stopping(&self) -> Arc<Stopping> {
+        self.stopping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops accepting; returns once no accept loop can start another connection.
     pub async fn stop_accepting(&self) {
-        self.stopping.drain();
+        self.stopping().drain();
         self.accept_loops.wait().await;
         self.connections.close();
+    }
+
+    /// Stops every connection where it stands (once accepting has stopped), and returns
+    /// them to be handed to the next relay.
+    pub async fn park_connections(&self) -> Vec<Parked> {
+        let stopping = self.stopping();
+        stopping.hand_over();
+        self.connections.wait().await;
+        stopping.take_parked()
+    }
+
+    /// Carries on with connections handed over: by the relay this one replaced, or back
+    /// from a new relay that did not take them.
+    pub fn resume(&self, parked: Vec<Parked>) {
+        let stopping = {
+            let mut current = self.stopping.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.has_ended() {
+                let fresh = Stopping::default();
+                fresh.drain();
+                *current = Arc::new(fresh);
+            }
+            current.clone()
+        };
+        let relay = &self.relay;
+        let settings = relay.settings();
+        for Parked { client, state } in parked {
+            let (record, begin) = match state {
+                State::Forwarding(forwarding, record) => (*record, Begin::Resumed(forwarding)),
+                State::Opening(opening) => {
+                    let entry = self
+                        .entries
+                        .iter()
+                        .find(|entry| entry.addr == opening.listen);
+                    let (Some(entry), Ok(peer), Ok(local)) =
+                        (entry, client.peer_addr(), client.local_addr())
+                    else {
+                        tracing::warn!(listen = %opening.listen, "a connection handed over for a listener this relay does not have: closed");
+                        continue;
+                    };
+                    let record = ConnectionRecord::since(peer, local, opening.age);
+                    (record, Begin::Reopened(entry.clone(), opening))
+                }
+            };
+            // Never refused: the limits held when the relay before admitted it.
+            let Ok(slot) = relay.counters().admit(record.client().ip(), &ADMITTED) else {
+                continue;
+            };
+            self.connections.spawn(connection(
+                client,
+                record,
+                begin,
+                relay.clone(),
+                settings.clone(),
+                slot,
+                stopping.clone(),
+            ));
+        }
     }
 
     /// Connections still open.
@@ -67,7 +154,7 @@ impl Server {
 
     /// Ends the connections still open, and returns once they have logged their end.
     pub async fn end_connections(&self) {
-        self.stopping.end();
+        self.stopping().end();
         self.connections.wait().await;
     }
 }

@@ -5,6 +5,7 @@
 use crate::limits::Counters;
 use crate::telemetry::audit::AuditSink;
 use crate::telemetry::bytes::{ByRule, ByteCounters};
+use crate::telemetry::carried::Carried;
 use crate::telemetry::health::HealthGauges;
 use crate::telemetry::legs::LegMetrics;
 use crate::telemetry::pool::PoolMetrics;
@@ -114,6 +115,8 @@ pub struct Metrics {
     log_dropped: Counter,
     /// Byte counters by rule, taken by each forwarded connection.
     by_rule: ByRule,
+    /// The totals of the relay this one replaced, added to every counter shown.
+    carried: OnceLock<Carried>,
 }
 
 /// Lines the log writer dropped because its queue was full, as the writer counts them.
@@ -157,6 +160,7 @@ impl Default for Metrics {
             log_suppressed: Family::default(),
             log_dropped: Counter::default(),
             by_rule: ByRule::default(),
+            carried: OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -373,7 +377,17 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if let Some(carried) = self.carried.get() {
+            out = carried.apply(&out);
+        }
         if openmetrics { out } else { classic_text(&out) }
+    }
+
+    /// Counts on from the totals of the relay this one replaced (its OpenMetrics text), so
+    /// no counter goes back at the upgrade. Once per process: only the relay before hands
+    /// its totals over.
+    pub fn carry_on_from(&self, openmetrics: &str) {
+        let _ = self.carried.set(Carried::parse(openmetrics));
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod bytes;
+pub mod carried;
 pub mod health;
 pub mod legs;
 pub mod live;

@@ -16,8 +16,11 @@ fn the_socket_list_reads_back_as_written() {
             addr: "127.0.0.1:9090".parse().unwrap(),
         },
     ];
-    assert_eq!(decode(&encode(&roles)), Ok(roles));
-    assert_eq!(decode(&encode(&[])), Ok(vec![]));
+    assert_eq!(decode(&encode(&roles)), Ok((2, roles.clone())));
+    assert_eq!(decode(&encode(&[])), Ok((2, vec![])));
+    // An older relay's list: its sockets are taken, its connections are not offered.
+    let older = encode(&roles).replacen(GREETING, GREETING_1, 1);
+    assert_eq!(decode(&older), Ok((1, roles)));
     assert!(
         decode("HTTP/1.1 200 OK\n")
             .unwrap_err()
