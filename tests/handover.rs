@@ -459,3 +459,156 @@ async fn two_hundred_connections_carry_on_across_three_upgrades_with_every_byte_
     .await
     .expect("the handover test did not finish within 240 s");
 }
+
+/// What a stand-in for a new relay does on the upgrade socket, after it took the sockets
+/// (and dropped them) and said `ready`, once it has read the offer of the connections.
+#[derive(Clone, Copy, Debug)]
+enum Stand {
+    /// Closes without a word, as a binary that speaks another protocol version does, before
+    /// `ready`.
+    Mismatch,
+    /// Closes: a relay that crashed mid-handover.
+    Crash,
+    /// Says nothing, and holds on until told.
+    Silent,
+    /// Answers `refuse`, and waits for `bye`.
+    Refuse,
+}
+
+/// Plays `stand` at `path`; returns once it has done so (a silent one, once `release` is
+/// cancelled).
+async fn stand_in(path: std::path::PathBuf, stand: Stand, release: CancellationToken) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    tokio::task::spawn_blocking(move || {
+        // The greeting and the socket lines, in one message; the descriptors beside them
+        // are closed unread.
+        let mut greeting = [0u8; 8192];
+        let n = stream.read(&mut greeting).unwrap();
+        assert!(greeting[..n].starts_with(b"snirelay-handover 2\n"));
+        if let Stand::Mismatch = stand {
+            return;
+        }
+        stream.write_all(b"ready\n").unwrap();
+        let mut offer = String::new();
+        BufReader::new(&stream).read_line(&mut offer).unwrap();
+        assert!(offer.starts_with("connections "), "{offer:?}");
+        match stand {
+            Stand::Mismatch | Stand::Crash => {}
+            Stand::Silent => {
+                let handle = tokio::runtime::Handle::current();
+                handle.block_on(release.cancelled());
+            }
+            Stand::Refuse => {
+                stream
+                    .write_all(b"refuse a stand-in takes nothing\n")
+                    .unwrap();
+                let mut bye = String::new();
+                BufReader::new(&stream).read_line(&mut bye).unwrap();
+                assert_eq!(bye, "bye\n");
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_relay_that_mismatches_crashes_goes_silent_or_refuses_leaves_every_connection() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = pinned_config(&[NAME], listener.local_addr().unwrap());
+        config["timeouts"]["drain_s"] = 60.into();
+        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+        let (ended_tx, mut upstream_ended) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (accepted, ended) = (accepted_tx.clone(), ended_tx.clone());
+                tokio::spawn(async move { ended.send(upstream_side(stream, accepted).await) });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let args = ["--listen", "127.0.0.1:0", "--upgrade-socket", socket.to_str().unwrap()];
+        let mut relay = RelayProcess::start_with(config.clone(), &args).await;
+        let addr = relay.addr();
+        let stop = CancellationToken::new();
+        let progress = Arc::new(Progress::default());
+        let (port_tx, _ports) = mpsc::unbounded_channel();
+        let mut clients = Vec::new();
+        let mut start = |kind: Kind, seed: u64| {
+            let (stop, progress, port) = (stop.clone(), progress.clone(), port_tx.clone());
+            clients.push((seed, tokio::spawn(client(addr, kind, seed, stop, progress, port))));
+        };
+        for i in 0..20 {
+            start(if i % 4 == 0 { Kind::Bulk } else { Kind::Exchange }, i << 8);
+        }
+        for _ in 0..20 {
+            accepted.recv().await.unwrap();
+        }
+        relay.next_message("upgrade: offering the sockets to the next relay").await;
+
+        let mut live = 20;
+        for stand in [Stand::Mismatch, Stand::Crash, Stand::Silent] {
+            let release = CancellationToken::new();
+            let standing = tokio::spawn(stand_in(socket.clone(), stand, release.clone()));
+            match stand {
+                Stand::Mismatch => {
+                    relay.next_message("upgrade: the new relay did not start; still serving").await;
+                }
+                _ => {
+                    let kept = relay
+                        .next_message("upgrade: the new relay did not take the connections; they stay with this relay")
+                        .await;
+                    assert_eq!((kept["connections"].as_u64(), kept["serving"].as_bool()), (Some(live), Some(true)), "{stand:?}: {kept}");
+                    relay.next_message("serving again: the new relay is gone").await;
+                    relay.next_message("upgrade: offering the sockets to the next relay").await;
+                }
+            }
+            release.cancel();
+            standing.await.unwrap();
+            // The connections go on, and the relay accepts new ones.
+            progress.more(1 << 20).await;
+            start(Kind::Exchange, 0x10_0000 + ((stand as u64) << 8));
+            accepted.recv().await.unwrap();
+            live += 1;
+        }
+
+        // A later upgrade works, and takes every connection.
+        let mut new = RelayProcess::start_with(config.clone(), &args).await;
+        assert_eq!(new.addr(), addr);
+        let taken = relay.next_message("upgrade: the new relay took every connection").await;
+        assert_eq!(taken["connections"], 23);
+        assert!(relay.wait().await.success());
+        relay = new;
+        relay.next_message("upgrade: offering the sockets to the next relay").await;
+        progress.more(1 << 20).await;
+
+        // One that refuses leaves them where they are, and this relay drains as before.
+        stand_in(socket.clone(), Stand::Refuse, CancellationToken::new()).await;
+        let kept = relay
+            .next_message("upgrade: the new relay did not take the connections; they stay with this relay")
+            .await;
+        assert_eq!((kept["connections"].as_u64(), kept["serving"].as_bool()), (Some(23), Some(false)));
+        progress.more(1 << 20).await;
+
+        stop.cancel();
+        let mut sent_by_seed = HashMap::new();
+        for (seed, client) in clients {
+            let moved = client.await.unwrap().unwrap_or_else(|e| panic!("{seed:x}: {e}"));
+            sent_by_seed.insert(seed, moved);
+        }
+        for _ in 0..sent_by_seed.len() {
+            let (seed, (sent, received)) = upstream_ended.recv().await.unwrap().unwrap();
+            let (client_sent, client_received) = sent_by_seed[&seed];
+            assert_eq!((received, sent), (client_sent, client_received), "{seed:x}");
+        }
+        for _ in 0..sent_by_seed.len() {
+            assert_eq!(relay.next_connection().await["reason"], "closed");
+        }
+        assert!(relay.wait().await.success(), "drained once its connections ended");
+    })
+    .await
+    .expect("the failed-handover test did not finish within 120 s");
+}

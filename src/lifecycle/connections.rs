@@ -4,11 +4,13 @@
 //! Until the new relay has taken them all, the old one keeps every connection: a new
 //! relay that refuses, fails or does not answer in time leaves them where they were.
 
+use crate::net::handover::connections::NotTaken;
 use crate::net::handover::{Incoming, Successor};
 use crate::state::Relay;
 use crate::tcp::handover::Parked;
 use crate::tcp::server::Server;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long the old relay waits for the new one to take its connections. They are a few
@@ -24,15 +26,32 @@ pub struct HandedOver {
     /// Stops this relay's admin endpoint, once the new one has the connections (and its
     /// metrics continue from this one's).
     pub admin: CancellationToken,
+    /// Told whether this relay serves again (the new one is gone): then it offers its
+    /// sockets at the upgrade socket again.
+    pub serving_again: oneshot::Sender<bool>,
+}
+
+/// How a handover of the connections ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handing {
+    /// The new relay has them all.
+    Taken,
+    /// The new relay serves, but refused them: they stay here until they end, as they
+    /// would without a handover.
+    Refused,
+    /// The new relay closed the connection or did not answer in time: it may be gone, so
+    /// this relay keeps its connections and serves again.
+    Failed,
 }
 
 /// The old relay's side, once it has stopped accepting: every connection is stopped where
 /// it stands and handed over with the metrics' totals. Those the new relay does not take
 /// go on here.
-pub async fn hand_over(server: &Server, relay: &Relay, handed: HandedOver) {
+pub async fn hand_over(server: &Server, relay: &Relay, handed: HandedOver) -> Handing {
     let HandedOver {
         mut successor,
         admin,
+        serving_again,
     } = handed;
     let parked = server.park_connections().await;
     let described: Result<Vec<_>, String> = parked.iter().map(Parked::to_wire).collect();
@@ -40,10 +59,20 @@ pub async fn hand_over(server: &Server, relay: &Relay, handed: HandedOver) {
     let metrics = relay.metrics().render(relay.counters(), true);
     let sent = match &described {
         Ok(items) => successor.hand(items, &metrics, PATIENCE).await,
-        Err(e) => Err(std::io::Error::other(e.clone())),
+        // Not a word sent: the new relay goes on without them, as after a refusal.
+        Err(e) => Err(NotTaken::Refused(format!(
+            "this relay cannot describe them: {e}"
+        ))),
     };
     drop(described);
-    admin.cancel();
+    let handing = match &sent {
+        Ok(_) => Handing::Taken,
+        Err(NotTaken::Refused(_)) => Handing::Refused,
+        Err(NotTaken::Failed(_)) => Handing::Failed,
+    };
+    if handing != Handing::Failed {
+        admin.cancel();
+    }
     match sent {
         Ok(taken) => {
             // Its copies close here; the sockets live on in the new relay.
@@ -56,20 +85,27 @@ pub async fn hand_over(server: &Server, relay: &Relay, handed: HandedOver) {
         }
         Err(e) => {
             let kept = parked.len();
-            server.resume(parked);
-            // A relay that answered (and refused) waits for the word to take over the
-            // upgrade socket; one that did not answer gets none, so it never uses what it
-            // may have received.
-            if e.kind() != std::io::ErrorKind::TimedOut {
+            // A relay that refused waits for the word to take over the upgrade socket;
+            // one that failed gets none, so it never uses what it may have received.
+            if handing == Handing::Refused {
                 successor.bye();
+            } else {
+                server.accept_again();
             }
+            server.resume(parked);
             tracing::warn!(
                 error = %e,
                 connections = kept,
-                "upgrade: the new relay did not take the connections; they stay with this relay until they end"
+                serving = handing == Handing::Failed,
+                "upgrade: the new relay did not take the connections; they stay with this relay"
             );
         }
     }
+    if handing == Handing::Failed {
+        tracing::info!("serving again: the new relay is gone");
+    }
+    let _ = serving_again.send(handing == Handing::Failed);
+    handing
 }
 
 /// The new relay's side: takes the connections `incoming` offers, and the old relay's

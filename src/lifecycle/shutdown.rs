@@ -1,7 +1,7 @@
 //! How the relay stops: the reasons to stop, the handle that asks for it (signals, the
 //! upgrade socket, tests), and the sequence from serving to stopped.
 
-use super::connections::{self, HandedOver};
+use super::connections::{self, HandedOver, Handing};
 use crate::state::{Phase, Relay};
 use crate::systemd;
 use crate::tcp::server::Server;
@@ -101,51 +101,55 @@ pub fn on_signals(stopper: Stopper) -> io::Result<()> {
 /// Serves with `server` until the first stop request. Then, in order: for a signal, /readyz
 /// turns 503 and the listeners keep accepting for `lb_grace_s`, so a balancer that polls
 /// /readyz stops sending before anything is refused; accepting stops (and ready
-/// connections to far relays close); at an upgrade, the connections go to the new relay;
-/// those still here get `drain_s`; the rest are ended. A further request skips the wait in
-/// progress.
+/// connections to far relays close); at an upgrade, the connections go to the new relay
+/// (a new relay gone before it took them leaves this one serving on); those still here get
+/// `drain_s`; the rest are ended. A further request skips the wait in progress.
 pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
     let rejections = relay.metrics().rejections.clone();
     let summaries = tokio::spawn(quota::report_suppressed(rejections));
     systemd::ready(&relay);
-    let first = requests.next().await;
-    systemd::stopping(&relay);
-    let timeouts = relay.settings().config.timeouts;
-    let handed = match first {
-        Stop::Signal(signal) => {
-            relay.set_phase(Phase::Draining);
-            if timeouts.lb_grace.is_zero() {
-                tracing::info!(
-                    signal,
-                    "shutting down: not ready; no grace period (lb_grace_s 0)"
-                );
-            } else {
-                tracing::info!(
-                    signal,
-                    lb_grace_s = timeouts.lb_grace.as_secs(),
-                    "shutting down: not ready, still accepting for the balancer's grace period"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(timeouts.lb_grace) => {}
-                    stop = requests.next() => tracing::info!(signal = %stop, "grace period cut short"),
+    loop {
+        match requests.next().await {
+            Stop::Signal(signal) => {
+                relay.set_phase(Phase::Draining);
+                systemd::stopping(&relay);
+                let lb_grace = relay.settings().config.timeouts.lb_grace;
+                if lb_grace.is_zero() {
+                    tracing::info!(
+                        signal,
+                        "shutting down: not ready; no grace period (lb_grace_s 0)"
+                    );
+                } else {
+                    tracing::info!(
+                        signal,
+                        lb_grace_s = lb_grace.as_secs(),
+                        "shutting down: not ready, still accepting for the balancer's grace period"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(lb_grace) => {}
+                        stop = requests.next() => tracing::info!(signal = %stop, "grace period cut short"),
+                    }
                 }
+                server.stop_accepting().await;
+                break;
             }
-            None
+            Stop::HandedOver(handed) => {
+                tracing::info!("handed over to the new relay: no longer accepting");
+                server.stop_accepting().await;
+                // Ready until here: the new relay serves, and answers /readyz once it has
+                // the connections.
+                if connections::hand_over(&server, &relay, *handed).await == Handing::Failed {
+                    continue;
+                }
+                relay.set_phase(Phase::Draining);
+                systemd::stopping(&relay);
+                break;
+            }
         }
-        Stop::HandedOver(handed) => {
-            tracing::info!("handed over to the new relay: no longer accepting");
-            Some(handed)
-        }
-    };
-    server.stop_accepting().await;
+    }
     // No client will take an edge's ready connections now.
     relay.pools().close();
-    if let Some(handed) = handed {
-        // Ready until here: the new relay serves, and answers /readyz once it has the
-        // connections.
-        connections::hand_over(&server, &relay, *handed).await;
-        relay.set_phase(Phase::Draining);
-    }
+    let timeouts = relay.settings().config.timeouts;
     tracing::info!(
         live = server.live(),
         drain_s = timeouts.drain.as_secs(),

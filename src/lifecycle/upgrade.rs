@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// What the relay being upgraded handed over.
@@ -182,35 +183,43 @@ pub async fn offer(offer: Offer, stopper: Stopper, server: Server, relay: Arc<Re
         }
     }
     taken_over.cancel();
-    let listener = match handover::listen_at(&path) {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(error = %e, "upgrade socket unavailable; the next upgrade will bind afresh");
-            return;
-        }
-    };
-    tracing::info!(path = %path.display(), "upgrade: offering the sockets to the next relay");
     let borrowed: Vec<_> = sockets
         .iter()
         .map(|(role, fd)| (role.clone(), fd.as_fd()))
         .collect();
-    let ours = file_id(&path);
-    let successor = tokio::select! {
-        successor = handover::offer(&listener, &borrowed) => successor,
-        () = stopper.signalled().cancelled() => {
-            // Stopping for good: the socket file goes too, unless another relay has
-            // replaced it since.
-            if ours.is_some() && file_id(&path) == ours {
-                let _ = std::fs::remove_file(&path);
+    // Again after a handover that failed: this relay serves on.
+    loop {
+        let listener = match handover::listen_at(&path) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade socket unavailable; the next upgrade will bind afresh");
+                return;
             }
+        };
+        tracing::info!(path = %path.display(), "upgrade: offering the sockets to the next relay");
+        let ours = file_id(&path);
+        let successor = tokio::select! {
+            successor = handover::offer(&listener, &borrowed) => successor,
+            () = stopper.signalled().cancelled() => {
+                // Stopping for good: the socket file goes too, unless another relay has
+                // replaced it since.
+                if ours.is_some() && file_id(&path) == ours {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return;
+            }
+        };
+        drop(listener);
+        let (serving_again, outcome) = oneshot::channel();
+        stopper.handed_over(HandedOver {
+            successor,
+            admin: admin_handed_over.clone(),
+            serving_again,
+        });
+        if outcome.await != Ok(true) {
             return;
         }
-    };
-    drop(listener);
-    stopper.handed_over(HandedOver {
-        successor,
-        admin: admin_handed_over,
-    });
+    }
 }
 
 /// The file at `path`, as device and inode, to tell it from one put in its place.

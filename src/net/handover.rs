@@ -375,7 +375,7 @@ impl Successor {
         connections: &[connections::Item<BorrowedFd<'_>>],
         metrics: &str,
         patience: Duration,
-    ) -> io::Result<usize> {
+    ) -> Result<usize, connections::NotTaken> {
         let stream = self.stream.try_clone()?;
         stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(stream)?;

@@ -14,6 +14,7 @@ use crate::tcp::handover::{Parked, State};
 use crate::tcp::stopping::Stopping;
 use crate::telemetry::record::ConnectionRecord;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -31,8 +32,9 @@ pub struct Server {
     /// What the connections watch; a new one for connections taken back after a handover
     /// that failed, since the old one has ended.
     stopping: Arc<Mutex<Arc<Stopping>>>,
-    /// The listen entries, to open again a connection handed over while opening.
-    entries: Arc<[Arc<Listener>]>,
+    /// Copies of the listening sockets, each with its listen entry: to open again a
+    /// connection handed over while opening, and to accept again after a handover failed.
+    listeners: Arc<[(OwnedFd, Arc<Listener>)]>,
     relay: Arc<Relay>,
 }
 
@@ -46,29 +48,60 @@ const ADMITTED: Limits = Limits {
 impl Server {
     /// Accepts on every socket in `listeners`, each with the listen entry it serves.
     pub fn start(listeners: Vec<(TcpListener, Listener)>, relay: &Arc<Relay>) -> Server {
-        let stopping = Arc::<Stopping>::default();
-        let mut entries = Vec::with_capacity(listeners.len());
-        let accept_loops = TaskTracker::new();
-        let connections = TaskTracker::new();
+        let mut copies = Vec::with_capacity(listeners.len());
+        let mut sockets = Vec::with_capacity(listeners.len());
         for (socket, listener) in listeners {
             let listener = Arc::new(listener);
-            entries.push(listener.clone());
-            accept_loops.spawn(accept_loop(
+            // Without a copy, accepting again after a failed handover goes without it.
+            if let Ok(copy) = socket.as_fd().try_clone_to_owned() {
+                copies.push((copy, listener.clone()));
+            }
+            sockets.push((socket, listener));
+        }
+        let server = Server {
+            accept_loops: TaskTracker::new(),
+            connections: TaskTracker::new(),
+            stopping: Arc::default(),
+            listeners: copies.into(),
+            relay: relay.clone(),
+        };
+        server.accept(sockets.into_iter());
+        server
+    }
+
+    /// Starts an accept loop on each socket, for its listen entry.
+    fn accept(&self, sockets: impl Iterator<Item = (TcpListener, Arc<Listener>)>) {
+        let stopping = self.stopping();
+        for (socket, listener) in sockets {
+            self.accept_loops.spawn(accept_loop(
                 socket,
                 listener,
-                relay.clone(),
-                connections.clone(),
+                self.relay.clone(),
+                self.connections.clone(),
                 stopping.clone(),
             ));
         }
-        accept_loops.close();
-        Server {
-            accept_loops,
-            connections,
-            stopping: Arc::new(Mutex::new(stopping)),
-            entries: entries.into(),
-            relay: relay.clone(),
+        self.accept_loops.close();
+    }
+
+    /// Accepts again, after a handover that failed (the new relay is gone), on the same
+    /// listening sockets; the connections taken back are then resumed as ones that never
+    /// stopped.
+    pub fn accept_again(&self) {
+        {
+            let mut current = self.stopping.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.is_draining() {
+                *current = Arc::default();
+            }
         }
+        self.accept_loops.reopen();
+        self.connections.reopen();
+        let sockets = self.listeners.iter().filter_map(|(fd, listener)| {
+            let socket = std::net::TcpListener::from(fd.try_clone().ok()?);
+            socket.set_nonblocking(true).ok()?;
+            Some((TcpListener::from_std(socket).ok()?, listener.clone()))
+        });
+        self.accept(sockets);
     }
 
     fn stopping(&self) -> Arc<Stopping> {
@@ -95,7 +128,8 @@ impl Server {
     }
 
     /// Carries on with connections handed over: by the relay this one replaced, or back
-    /// from a new relay that did not take them.
+    /// from a new relay that did not take them (after a refusal, as connections of a relay
+    /// that no longer accepts).
     pub fn resume(&self, parked: Vec<Parked>) {
         let stopping = {
             let mut current = self.stopping.lock().unwrap_or_else(PoisonError::into_inner);
@@ -113,8 +147,9 @@ impl Server {
                 State::Forwarding(forwarding, record) => (*record, Begin::Resumed(forwarding)),
                 State::Opening(opening) => {
                     let entry = self
-                        .entries
+                        .listeners
                         .iter()
+                        .map(|(_, entry)| entry)
                         .find(|entry| entry.addr == opening.listen);
                     let (Some(entry), Ok(peer), Ok(local)) =
                         (entry, client.peer_addr(), client.local_addr())

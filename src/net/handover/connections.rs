@@ -47,7 +47,7 @@ pub async fn send(
     stream: &tokio::net::UnixStream,
     connections: &[Item<BorrowedFd<'_>>],
     metrics: &str,
-) -> io::Result<usize> {
+) -> Result<usize, NotTaken> {
     let fds: usize = connections.iter().map(|(_, fds)| fds.len()).sum();
     write_all(
         stream,
@@ -67,7 +67,7 @@ pub async fn send(
             count += 1;
         }
         if count == 0 {
-            return Err(io::Error::other("a connection with too many descriptors"));
+            return Err(io::Error::other("a connection with too many descriptors").into());
         }
         let (batch, after) = rest.split_at(count);
         rest = after;
@@ -98,11 +98,23 @@ pub async fn say_bye(stream: &tokio::net::UnixStream) -> io::Result<()> {
     write_all(stream, b"bye\n").await
 }
 
-fn refused(answer: &str) -> io::Error {
+/// Why the new relay has not taken the connections.
+#[derive(Debug, thiserror::Error)]
+pub enum NotTaken {
+    /// It answered, and refused them: it serves, without them.
+    #[error("the new relay refused: {0}")]
+    Refused(String),
+    /// It closed the connection, did not answer in time, or said something else: it may
+    /// be gone.
+    #[error("{0}")]
+    Failed(#[from] io::Error),
+}
+
+fn refused(answer: &str) -> NotTaken {
     match answer.strip_prefix("refuse ") {
-        Some(why) => io::Error::other(format!("the new relay refused: {why}")),
-        None if answer.is_empty() => io::Error::other("the new relay closed the connection"),
-        None => io::Error::other(format!("the new relay said {answer:?}")),
+        Some(why) => NotTaken::Refused(why.to_owned()),
+        None if answer.is_empty() => io::Error::other("the new relay closed the connection").into(),
+        None => io::Error::other(format!("the new relay said {answer:?}")).into(),
     }
 }
 
