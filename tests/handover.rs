@@ -549,8 +549,7 @@ async fn a_new_relay_that_mismatches_crashes_goes_silent_or_refuses_leaves_every
         }
         relay.next_message("upgrade: offering the sockets to the next relay").await;
 
-        let mut live = 20;
-        for stand in [Stand::Mismatch, Stand::Crash, Stand::Silent] {
+        for (live, stand) in (20..).zip([Stand::Mismatch, Stand::Crash, Stand::Silent]) {
             let release = CancellationToken::new();
             let standing = tokio::spawn(stand_in(socket.clone(), stand, release.clone()));
             match stand {
@@ -572,11 +571,10 @@ async fn a_new_relay_that_mismatches_crashes_goes_silent_or_refuses_leaves_every
             progress.more(1 << 20).await;
             start(Kind::Exchange, 0x10_0000 + ((stand as u64) << 8));
             accepted.recv().await.unwrap();
-            live += 1;
         }
 
         // A later upgrade works, and takes every connection.
-        let mut new = RelayProcess::start_with(config.clone(), &args).await;
+        let new = RelayProcess::start_with(config.clone(), &args).await;
         assert_eq!(new.addr(), addr);
         let taken = relay.next_message("upgrade: the new relay took every connection").await;
         assert_eq!(taken["connections"], 23);
