@@ -169,6 +169,20 @@ async fn client(
     progress: Arc<Progress>,
     port: mpsc::UnboundedSender<(u16, u64)>,
 ) -> Result<Moved, String> {
+    client_holding(relay, kind, seed, stop, progress, port, None).await
+}
+
+/// [`client`], sending only the first `n` bytes of its hello until `go`, where `hold` is
+/// `(n, go)`.
+async fn client_holding(
+    relay: SocketAddr,
+    kind: Kind,
+    seed: u64,
+    stop: CancellationToken,
+    progress: Arc<Progress>,
+    port: mpsc::UnboundedSender<(u16, u64)>,
+    hold: Option<(usize, CancellationToken)>,
+) -> Result<Moved, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if matches!(kind, Kind::Stalled | Kind::HalfClosed) {
         // A fixed buffer, not one the kernel grows: the bytes wait in the relay.
@@ -182,6 +196,14 @@ async fn client(
     let mut opening = hello_for(NAME);
     opening.push(KINDS.iter().position(|k| *k == kind).unwrap() as u8);
     opening.extend_from_slice(&seed.to_be_bytes());
+    if let Some((first, go)) = hold {
+        writer
+            .write_all(&opening[..first])
+            .await
+            .map_err(|e| e.to_string())?;
+        go.cancelled().await;
+        opening.drain(..first);
+    }
     writer
         .write_all(&opening)
         .await
@@ -609,4 +631,187 @@ async fn a_new_relay_that_mismatches_crashes_goes_silent_or_refuses_leaves_every
     })
     .await
     .expect("the failed-handover test did not finish within 120 s");
+}
+
+/// A DNS server's stand-in that holds every query until `open`, then passes the held ones
+/// and all later ones to `server`; each query it gets is announced on `asked`.
+async fn gate(
+    server: SocketAddr,
+    open: CancellationToken,
+    asked: mpsc::UnboundedSender<()>,
+) -> SocketAddr {
+    let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    let pass = move |query: Vec<u8>, from: SocketAddr, socket: Arc<tokio::net::UdpSocket>| async move {
+        let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        upstream.send_to(&query, server).await.unwrap();
+        let mut reply = vec![0u8; 4096];
+        let n = upstream.recv(&mut reply).await.unwrap();
+        // A relay that has exited is not there to take it.
+        let _ = socket.send_to(&reply[..n], from).await;
+    };
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    let (n, from) = received.unwrap();
+                    let _ = asked.send(());
+                    if open.is_cancelled() {
+                        tokio::spawn(pass(buf[..n].to_vec(), from, socket.clone()));
+                    } else {
+                        held.push((buf[..n].to_vec(), from));
+                    }
+                }
+                () = open.cancelled(), if !held.is_empty() => {
+                    for (query, from) in held.drain(..) {
+                        tokio::spawn(pass(query, from, socket.clone()));
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// Waits until the relay's socket from `client` has nothing left unread in the kernel: the
+/// relay holds what the client sent. Polls /proc/net/tcp, which has no notification.
+async fn read_by_the_relay(relay: SocketAddr, client: SocketAddr) {
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("loopback IPv4 here"),
+    };
+    let (local, remote) = (hex(relay), hex(client));
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let queue = table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let ours =
+                fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str());
+            ours.then(|| fields[4].split_once(':').map(|(_, rx)| rx.to_owned()))
+                .flatten()
+        });
+        if queue.as_deref() == Some("00000000") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_still_opening_are_opened_again_by_the_new_relay() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+        let (ended_tx, mut upstream_ended) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (accepted, ended) = (accepted_tx.clone(), ended_tx.clone());
+                tokio::spawn(async move { ended.send(upstream_side(stream, accepted).await) });
+            }
+        });
+        let dns = common::dns_server(vec![(NAME, vec!["127.0.0.1".parse().unwrap()])]).await;
+        let open = CancellationToken::new();
+        let (asked_tx, mut asked) = mpsc::unbounded_channel();
+        let gate = gate(dns, open.clone(), asked_tx).await;
+        let config = serde_json::json!({
+            "allow": [NAME],
+            "upstream_port": upstream.port(),
+            "resolver": {"nameservers": [gate.to_string()]},
+            "private_destinations": ["127.0.0.0/8"],
+            "timeouts": {"hello_ms": 30000, "connect_ms": 30000, "drain_s": 5},
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+        ];
+        let mut relay = RelayProcess::start_with(config.clone(), &args).await;
+        let addr = relay.addr();
+        let stop = CancellationToken::new();
+        let progress = Arc::new(Progress::default());
+        let (port_tx, mut ports) = mpsc::unbounded_channel();
+        // One sends half its hello, which the relay reads and holds; the other its whole
+        // hello, and the relay waits for DNS to answer.
+        let go = CancellationToken::new();
+        let half = Some((hello_for(NAME).len() / 2, go.clone()));
+        let (stopping, moving) = (stop.clone(), progress.clone());
+        let halfway = tokio::spawn(client_holding(
+            addr,
+            Kind::Exchange,
+            0x100,
+            stopping,
+            moving,
+            port_tx.clone(),
+            half,
+        ));
+        let (port, _) = ports.recv().await.unwrap();
+        read_by_the_relay(addr, SocketAddr::from(([127, 0, 0, 1], port))).await;
+        let (stopping, moving) = (stop.clone(), progress.clone());
+        let connecting = tokio::spawn(client(
+            addr,
+            Kind::Exchange,
+            0x200,
+            stopping,
+            moving,
+            port_tx,
+        ));
+        asked.recv().await.unwrap();
+
+        let mut new = RelayProcess::start_with(config.clone(), &args).await;
+        let taken = relay
+            .next_message("upgrade: the new relay took every connection")
+            .await;
+        assert_eq!(
+            taken["connections"], 2,
+            "both, though neither is forwarded yet"
+        );
+        assert!(relay.wait().await.success());
+        open.cancel();
+        go.cancel();
+        for _ in 0..2 {
+            accepted.recv().await.unwrap();
+        }
+        progress.more(64 * 1024).await;
+        stop.cancel();
+        let mut moved = HashMap::new();
+        for (seed, client) in [(0x100, halfway), (0x200, connecting)] {
+            moved.insert(seed, client.await.unwrap().unwrap());
+        }
+        for _ in 0..2 {
+            let (seed, (sent, received)) = upstream_ended.recv().await.unwrap().unwrap();
+            assert_eq!((received, sent), moved[&seed], "{seed:x}");
+        }
+        let overhead = hello_for(NAME).len() as u64 + 9;
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let line = new.next_connection().await;
+            let said = (line["outcome"].as_str(), line["reason"].as_str());
+            assert_eq!(said, (Some("forwarded"), Some("closed")), "{line}");
+            assert_eq!(line["sni"], NAME);
+            lines.push((
+                line["bytes_up"].as_u64().unwrap(),
+                line["bytes_down"].as_u64().unwrap(),
+            ));
+        }
+        let mut want: Vec<(u64, u64)> = moved
+            .values()
+            .map(|(sent, received)| (sent + overhead, *received))
+            .collect();
+        lines.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(lines, want);
+    })
+    .await
+    .expect("the opening-handover test did not finish within 120 s");
 }
