@@ -395,6 +395,11 @@ async fn two_hundred_connections_carry_on_across_three_upgrades_with_every_byte_
                 .next_message("upgrade: the new relay took every connection")
                 .await;
             assert_eq!(taken["connections"], connections as u64, "round {round}");
+            // The stalled connections' bytes went over in their pipes.
+            assert!(
+                taken["piped_bytes"].as_u64() > Some(0),
+                "round {round}: {taken}"
+            );
             new.next_message("upgrade: took over the old relay's connections")
                 .await;
             assert!(

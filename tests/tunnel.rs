@@ -437,10 +437,11 @@ async fn groups_by_user_decide_a_connect_listeners_requests() {
     .await
 }
 
-/// An upgrade hands a CONNECT listener over like a TLS one: a tunnel open through the old
-/// relay finishes there, the new relay answers the next request on the same address.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_hands_a_connect_listener_over_and_drains_its_tunnels() {
+/// An upgrade hands the CONNECT listener over with its tunnels: one forwarding, and one
+/// answered with `200` whose hello has not come yet, which the new relay opens again from
+/// the request without answering twice.
+#[tokio::test]
+async fn an_upgrade_hands_a_connect_listener_over_with_its_tunnels() {
     within(async {
         let upstream = Upstream::bind("127.0.0.1").await;
         let pinned = upstream.addr.to_string();
@@ -459,31 +460,52 @@ async fn an_upgrade_hands_a_connect_listener_over_and_drains_its_tunnels() {
         let mut at_upstream = upstream.accept().await;
         let mut hello = vec![0; hello_for(NAME).len()];
         at_upstream.read_exact(&mut hello).await.unwrap();
+        // Answered, its hello still to come: the upstream connected for it goes, unused.
+        let (mut waiting, head) = ask(&old, &connect(&format!("{NAME}:443"))).await;
+        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+        drop(upstream.accept().await);
 
         let mut new = RelayProcess::start_with(config, &args).await;
         assert_eq!(new.addr(), old.addr());
-        old.next_message("handed over to the new relay: no longer accepting")
+        let taken = old
+            .next_message("upgrade: the new relay took every connection")
             .await;
-        // Its accept loop has ended once it drains (the handover's `bye` can come a moment
-        // before): from then on only the new relay takes connections.
-        old.next_message("draining").await;
-        let (client, head) = ask(&new, &connect(&format!("{NAME}:443"))).await;
-        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
-        drop(client);
-        assert_eq!(
-            field(&new.next_connection().await, "connect"),
-            format!("{NAME}:443")
+        assert_eq!(taken["connections"], 2);
+        assert!(
+            old.wait().await.success(),
+            "exits at once: nothing to drain"
         );
-
-        // The old relay's tunnel still carries bytes, and the old relay exits once it ends.
+        // The answered one is opened again from its request: a new upstream connection,
+        // its hello goes there, and the first bytes back are the upstream's, not a second
+        // 200.
+        let mut second = upstream.accept().await;
+        waiting.write_all(&hello_for(NAME)).await.unwrap();
+        second.read_exact(&mut hello).await.unwrap();
+        assert_eq!(hello, hello_for(NAME));
+        second.write_all(b"pong").await.unwrap();
+        let mut pong = [0; 4];
+        waiting.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"pong");
+        // The forwarding tunnel carries on through the new relay.
         live.write_all(b"ping").await.unwrap();
         let mut ping = [0; 4];
         at_upstream.read_exact(&mut ping).await.unwrap();
         assert_eq!(&ping, b"ping");
-        drop((live, at_upstream));
-        let log = old.next_connection().await;
-        assert_eq!(field(&log, "outcome"), "forwarded", "{log}");
-        assert!(old.wait().await.success());
+        // And the new relay takes new ones.
+        let (client, head) = ask(&new, &connect(&format!("{NAME}:443"))).await;
+        assert_eq!(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+        drop(client);
+        drop(upstream.accept().await);
+        assert_eq!(
+            field(&new.next_connection().await, "connect"),
+            format!("{NAME}:443")
+        );
+        drop((live, at_upstream, waiting, second));
+        for _ in 0..2 {
+            let log = new.next_connection().await;
+            assert_eq!(field(&log, "outcome"), "forwarded", "{log}");
+            assert_eq!(field(&log, "connect"), format!("{NAME}:443"));
+        }
     })
     .await
 }

@@ -54,6 +54,12 @@ pub async fn hand_over(server: &Server, relay: &Relay, handed: HandedOver) -> Ha
         serving_again,
     } = handed;
     let parked = server.park_connections().await;
+    let (buffered, piped) = parked
+        .iter()
+        .map(Parked::held)
+        .fold((0, 0), |(b, p), (buffered, piped)| {
+            (b + buffered, p + piped)
+        });
     let described: Result<Vec<_>, String> = parked.iter().map(Parked::to_wire).collect();
     // After parking: every byte moved is counted in them.
     let metrics = relay.metrics().render(relay.counters(), true);
@@ -80,6 +86,8 @@ pub async fn hand_over(server: &Server, relay: &Relay, handed: HandedOver) -> Ha
             successor.bye();
             tracing::info!(
                 connections = taken,
+                buffered_bytes = buffered,
+                piped_bytes = piped,
                 "upgrade: the new relay took every connection"
             );
         }

@@ -147,6 +147,7 @@ pub async fn serve(server: Server, relay: Arc<Relay>, mut requests: Requests) {
             }
         }
     }
+    server.close_listeners();
     // No client will take an edge's ready connections now.
     relay.pools().close();
     let timeouts = relay.settings().config.timeouts;

@@ -127,6 +127,14 @@ struct KeepaliveWire {
 }
 
 impl Parked {
+    /// Bytes it holds that were read and not yet written: in buffers, and in pipes.
+    pub fn held(&self) -> (u64, u64) {
+        match &self.state {
+            State::Opening(_) => (0, 0),
+            State::Forwarding(forwarding, _) => forwarding.copying.held(),
+        }
+    }
+
     /// The connection as one line of JSON and its descriptors (borrowed: this relay keeps
     /// them until the next one has taken them).
     pub fn to_wire(&self) -> Result<(String, Vec<BorrowedFd<'_>>), String> {

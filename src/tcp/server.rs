@@ -32,9 +32,11 @@ pub struct Server {
     /// What the connections watch; a new one for connections taken back after a handover
     /// that failed, since the old one has ended.
     stopping: Arc<Mutex<Arc<Stopping>>>,
-    /// Copies of the listening sockets, each with its listen entry: to open again a
-    /// connection handed over while opening, and to accept again after a handover failed.
-    listeners: Arc<[(OwnedFd, Arc<Listener>)]>,
+    /// The listen entries, to open again a connection handed over while opening.
+    entries: Arc<[Arc<Listener>]>,
+    /// Copies of the listening sockets, each with its entry, to accept again after a
+    /// handover failed; closed once the relay stops for good.
+    copies: Arc<Mutex<Vec<(OwnedFd, Arc<Listener>)>>>,
     relay: Arc<Relay>,
 }
 
@@ -50,8 +52,12 @@ impl Server {
     pub fn start(listeners: Vec<(TcpListener, Listener)>, relay: &Arc<Relay>) -> Server {
         let mut copies = Vec::with_capacity(listeners.len());
         let mut sockets = Vec::with_capacity(listeners.len());
-        for (socket, listener) in listeners {
-            let listener = Arc::new(listener);
+        let entries = listeners
+            .iter()
+            .map(|(_, listener)| Arc::new(listener.clone()))
+            .collect::<Vec<_>>();
+        for ((socket, _), listener) in listeners.into_iter().zip(&entries) {
+            let listener = listener.clone();
             // Without a copy, accepting again after a failed handover goes without it.
             if let Ok(copy) = socket.as_fd().try_clone_to_owned() {
                 copies.push((copy, listener.clone()));
@@ -62,7 +68,8 @@ impl Server {
             accept_loops: TaskTracker::new(),
             connections: TaskTracker::new(),
             stopping: Arc::default(),
-            listeners: copies.into(),
+            entries: entries.into(),
+            copies: Arc::new(Mutex::new(copies)),
             relay: relay.clone(),
         };
         server.accept(sockets.into_iter());
@@ -96,12 +103,22 @@ impl Server {
         }
         self.accept_loops.reopen();
         self.connections.reopen();
-        let sockets = self.listeners.iter().filter_map(|(fd, listener)| {
+        let copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
+        let sockets = copies.iter().filter_map(|(fd, listener)| {
             let socket = std::net::TcpListener::from(fd.try_clone().ok()?);
             socket.set_nonblocking(true).ok()?;
             Some((TcpListener::from_std(socket).ok()?, listener.clone()))
         });
         self.accept(sockets);
+    }
+
+    /// Closes the copies of the listening sockets: the relay stops for good, and a socket
+    /// nobody accepts on must not complete handshakes.
+    pub fn close_listeners(&self) {
+        self.copies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     fn stopping(&self) -> Arc<Stopping> {
@@ -147,9 +164,8 @@ impl Server {
                 State::Forwarding(forwarding, record) => (*record, Begin::Resumed(forwarding)),
                 State::Opening(opening) => {
                     let entry = self
-                        .listeners
+                        .entries
                         .iter()
-                        .map(|(_, entry)| entry)
                         .find(|entry| entry.addr == opening.listen);
                     let (Some(entry), Ok(peer), Ok(local)) =
                         (entry, client.peer_addr(), client.local_addr())

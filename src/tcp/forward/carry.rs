@@ -87,6 +87,18 @@ impl Copying {
     }
 }
 
+impl Copying {
+    /// Bytes read and not yet written: in buffers, and in pipes.
+    pub fn held(&self) -> (u64, u64) {
+        let buffered = |one: &OneWay| (one.buffer.len() - one.written) as u64;
+        let piped = |one: &OneWay| one.pipe_fds().map_or(0, |(pending, _)| u64::from(pending));
+        (
+            buffered(&self.up) + buffered(&self.down),
+            piped(&self.up) + piped(&self.down),
+        )
+    }
+}
+
 impl OneWay {
     /// The bytes in its pipe and the pipe's ends, if it has one.
     #[cfg(target_os = "linux")]
