@@ -36,12 +36,12 @@ pub struct Server {
     entries: Arc<[Arc<Listener>]>,
     /// Copies of the listening sockets, each with its entry, to accept again after a
     /// handover failed; closed once the relay stops for good.
-    copies: Arc<Mutex<Vec<Copy>>>,
+    copies: Arc<Mutex<Vec<SpareListener>>>,
     relay: Arc<Relay>,
 }
 
 /// A copy of a listening socket, with its listen entry.
-type Copy = (OwnedFd, Arc<Listener>);
+type SpareListener = (OwnedFd, Arc<Listener>);
 
 /// No limit: a connection handed over was admitted already, by the relay before.
 const ADMITTED: Limits = Limits {
