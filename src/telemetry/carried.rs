@@ -187,6 +187,30 @@ r_hello_seconds_bucket{le=\"+Inf\"} 5
     }
 
     #[test]
+    fn a_real_exposition_carried_onto_itself_doubles_every_count_and_keeps_its_gauges() {
+        let real = include_str!("../../tests/fixtures/metrics/openmetrics.txt");
+        let doubled = Carried::parse(real).apply(real);
+        assert_eq!(doubled.lines().count(), real.lines().count());
+        let mut kind = "";
+        for (was, now) in real.lines().zip(doubled.lines()) {
+            if let Some(rest) = was.strip_prefix("# TYPE ") {
+                kind = rest.rsplit(' ').next().unwrap();
+            }
+            let (Some((series, a)), Some((same, b))) = (sample(was), sample(now)) else {
+                continue;
+            };
+            if was.starts_with('#') {
+                assert_eq!(was, now);
+                continue;
+            }
+            assert_eq!(series, same);
+            let (a, b) = (a.parse::<f64>().unwrap(), b.parse::<f64>().unwrap());
+            let want = if cumulative(kind) { a * 2.0 } else { a };
+            assert_eq!(b, want, "{kind} {series}");
+        }
+    }
+
+    #[test]
     fn a_family_the_new_relay_lacks_is_dropped_and_bad_values_are_left_alone() {
         let own = "# HELP r_new New.\n# TYPE r_new counter\nr_new_total 1\n# EOF\n";
         assert_eq!(Carried::parse(OLD).apply(own), own);
