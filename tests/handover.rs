@@ -327,6 +327,24 @@ fn total(metrics: &str, family: &str) -> f64 {
         .sum()
 }
 
+/// What each upstream side moved, by seed, as it ends.
+type Ended = mpsc::UnboundedReceiver<Result<(u64, Moved), String>>;
+
+/// One [`upstream_side`] per connection `listener` accepts: each announces itself once it
+/// has the hello, and what it moved once it ends.
+fn serve_upstream(listener: TcpListener) -> (mpsc::UnboundedReceiver<()>, Ended) {
+    let (accepted_tx, accepted) = mpsc::unbounded_channel();
+    let (ended_tx, ended) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (accepted, ended) = (accepted_tx.clone(), ended_tx.clone());
+            tokio::spawn(async move { ended.send(upstream_side(stream, accepted).await) });
+        }
+    });
+    (accepted, ended)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_carry_on_across_three_upgrades_with_every_byte_in_order() {
     tokio::time::timeout(Duration::from_secs(240), async {
@@ -334,15 +352,7 @@ async fn two_hundred_connections_carry_on_across_three_upgrades_with_every_byte_
         let mut config = pinned_config(&[NAME], listener.local_addr().unwrap());
         config["admin"] = "127.0.0.1:0".into();
         config["timeouts"]["drain_s"] = 60.into();
-        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
-        let (ended_tx, mut upstream_ended) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (accepted, ended) = (accepted_tx.clone(), ended_tx.clone());
-                tokio::spawn(async move { ended.send(upstream_side(stream, accepted).await) });
-            }
-        });
+        let (mut accepted, mut upstream_ended) = serve_upstream(listener);
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("upgrade.sock");
         let args = [
@@ -546,15 +556,7 @@ async fn a_new_relay_that_mismatches_crashes_goes_silent_or_refuses_leaves_every
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut config = pinned_config(&[NAME], listener.local_addr().unwrap());
         config["timeouts"]["drain_s"] = 60.into();
-        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
-        let (ended_tx, mut upstream_ended) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (accepted, ended) = (accepted_tx.clone(), ended_tx.clone());
-                tokio::spawn(async move { ended.send(upstream_side(stream, accepted).await) });
-            }
-        });
+        let (mut accepted, mut upstream_ended) = serve_upstream(listener);
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("upgrade.sock");
         let args = ["--listen", "127.0.0.1:0", "--upgrade-socket", socket.to_str().unwrap()];
@@ -713,15 +715,7 @@ async fn connections_still_opening_are_opened_again_by_the_new_relay() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
-        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
-        let (ended_tx, mut upstream_ended) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (accepted, ended) = (accepted_tx.clone(), ended_tx.clone());
-                tokio::spawn(async move { ended.send(upstream_side(stream, accepted).await) });
-            }
-        });
+        let (mut accepted, mut upstream_ended) = serve_upstream(listener);
         let dns = common::dns_server(vec![(NAME, vec!["127.0.0.1".parse().unwrap()])]).await;
         let open = CancellationToken::new();
         let (asked_tx, mut asked) = mpsc::unbounded_channel();

@@ -190,14 +190,7 @@ pub fn take(path: &Path) -> Result<Option<Taken>, HandoverError> {
         RecvFlags::CMSG_CLOEXEC,
     )
     .map_err(|e| io_error(path, "receive the sockets")(e.into()))?;
-    let fds: Vec<OwnedFd> = control
-        .drain()
-        .filter_map(|message| match message {
-            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let fds = descriptors(&mut control);
     let text = &text[..received.bytes];
     let (version, roles) = std::str::from_utf8(text)
         .map_err(|_| ())
@@ -274,6 +267,18 @@ impl Answer {
         connections::answer(&self.stream, &format!("refuse {why}"))
             .map_err(io_error(&self.path, "wait for the old relay"))
     }
+}
+
+/// The descriptors that came with a message; anything else in its control data is dropped.
+fn descriptors(control: &mut RecvAncillaryBuffer<'_>) -> Vec<OwnedFd> {
+    control
+        .drain()
+        .filter_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// One line, at most [`MAX_MESSAGE`] bytes of it.

@@ -208,27 +208,25 @@ impl Pipe {
         } else {
             pipe::fcntl_getpipe_size(&write)?
         };
-        OPEN_PIPES.fetch_add(1, Ordering::Relaxed);
-        OPEN_PIPE_BYTES.fetch_add(capacity, Ordering::Relaxed);
-        Ok(Pipe {
-            read,
-            write,
-            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
-            pending: 0,
-        })
+        Ok(Pipe::counted(read, write, capacity, 0))
     }
 
     /// A pipe handed over by the relay this one replaced, holding `pending` bytes.
     pub fn from_fds(read: OwnedFd, write: OwnedFd, pending: u32) -> io::Result<Pipe> {
         let capacity = pipe::fcntl_getpipe_size(&write)?;
+        Ok(Pipe::counted(read, write, capacity, pending))
+    }
+
+    /// The pipe, counted among those open until it is dropped.
+    fn counted(read: OwnedFd, write: OwnedFd, capacity: usize, pending: u32) -> Pipe {
         OPEN_PIPES.fetch_add(1, Ordering::Relaxed);
         OPEN_PIPE_BYTES.fetch_add(capacity, Ordering::Relaxed);
-        Ok(Pipe {
+        Pipe {
             read,
             write,
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             pending,
-        })
+        }
     }
 
     /// Its two ends, to hand the pipe to the next relay: read, then write.

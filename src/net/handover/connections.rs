@@ -16,8 +16,8 @@
 //! The old relay keeps every connection, and resumes them itself, until `taken`.
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+    RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, recvmsg,
+    sendmsg,
 };
 use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
@@ -203,14 +203,7 @@ pub fn receive(stream: &UnixStream, first: &str) -> Result<Received, String> {
             RecvFlags::CMSG_CLOEXEC,
         )
         .map_err(|e| format!("receiving a batch: {e}"))?;
-        let mut batch_fds: Vec<OwnedFd> = control
-            .drain()
-            .filter_map(|message| match message {
-                RecvAncillaryMessage::ScmRights(fds) => Some(fds),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let mut batch_fds = super::descriptors(&mut control);
         if got.bytes == 0 {
             return Err("the old relay closed the connection mid-handover".into());
         }
