@@ -814,3 +814,101 @@ async fn connections_still_opening_are_opened_again_by_the_new_relay() {
     .await
     .expect("the opening-handover test did not finish within 120 s");
 }
+
+/// A new relay raises its own descriptor limit for the connections coming, within its hard
+/// limit; one whose hard limit is too low refuses them, and the old relay keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_relay_raises_its_descriptor_limit_or_refuses_what_would_not_fit() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = pinned_config(&[NAME], listener.local_addr().unwrap());
+        config["timeouts"]["drain_s"] = 60.into();
+        let (mut accepted, mut upstream_ended) = serve_upstream(listener);
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+        ];
+        let relay = RelayProcess::start_with(config.clone(), &args).await;
+        let addr = relay.addr();
+        let stop = CancellationToken::new();
+        let progress = Arc::new(Progress::default());
+        let (port_tx, _ports) = mpsc::unbounded_channel();
+        let clients: Vec<_> = (0..40u64)
+            .map(|i| {
+                let (stop, progress, port) = (stop.clone(), progress.clone(), port_tx.clone());
+                (
+                    i << 8,
+                    tokio::spawn(client(addr, Kind::Idle, i << 8, stop, progress, port)),
+                )
+            })
+            .collect();
+        for _ in 0..40 {
+            accepted.recv().await.unwrap();
+        }
+        let under = |limit: &str| {
+            let mut launcher = std::process::Command::new("prlimit");
+            launcher
+                .arg(format!("--nofile={limit}"))
+                .arg("--")
+                .arg(common::binary());
+            launcher
+        };
+        let mut old = relay;
+        let mut raised = RelayProcess::spawn(under("64:4096"), config.clone(), &args).await;
+        let said = raised
+            .next_message("upgrade: raised the descriptor limit for the connections coming")
+            .await;
+        assert!(said["limit"].as_u64().unwrap() > 80, "{said}");
+        raised
+            .next_message("upgrade: took over the old relay's connections")
+            .await;
+        assert_eq!(
+            old.next_message("upgrade: the new relay took every connection")
+                .await["connections"],
+            40
+        );
+        assert!(old.wait().await.success());
+        old = raised;
+        old.next_message("upgrade: offering the sockets to the next relay")
+            .await;
+
+        let _refusing = RelayProcess::spawn(under("64:64"), config.clone(), &args).await;
+        let kept = old
+            .next_message(
+                "upgrade: the new relay did not take the connections; they stay with this relay",
+            )
+            .await;
+        assert_eq!(
+            (kept["connections"].as_u64(), kept["serving"].as_bool()),
+            (Some(40), Some(false)),
+            "{kept}"
+        );
+        assert!(
+            kept["error"].as_str().unwrap().contains("hard limit 64"),
+            "{kept}"
+        );
+
+        stop.cancel();
+        let mut moved = HashMap::new();
+        for (seed, client) in clients {
+            moved.insert(seed, client.await.unwrap().unwrap());
+        }
+        for _ in 0..40 {
+            let (seed, (sent, received)) = upstream_ended.recv().await.unwrap().unwrap();
+            assert_eq!((received, sent), moved[&seed], "{seed:x}");
+        }
+        for _ in 0..40 {
+            assert_eq!(old.next_connection().await["reason"], "closed");
+        }
+        assert!(
+            old.wait().await.success(),
+            "drained once its connections ended"
+        );
+    })
+    .await
+    .expect("the descriptor-limit test did not finish within 120 s");
+}
