@@ -112,11 +112,16 @@ impl Started {
         self.relay.set_phase(Phase::Serving);
         self.relay.start_pools(&self.relay.settings());
         let server = Server::start(self.listeners, &self.relay);
-        if let Some(offer) = self.offer {
+        let offering = self.offer.map(|offer| {
             let (stopper, relay) = (self.stopper.clone(), self.relay.clone());
-            tokio::spawn(upgrade::offer(offer, stopper, server.clone(), relay));
-        }
+            tokio::spawn(upgrade::offer(offer, stopper, server.clone(), relay))
+        });
         shutdown::serve(server, self.relay, self.requests).await;
+        // The offer ends at the stop signal, taking its socket file away: let it, before
+        // the process ends (bounded: it may be waiting on a relay that hangs).
+        if let Some(offering) = offering {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), offering).await;
+        }
     }
 }
 
