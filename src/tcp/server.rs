@@ -55,12 +55,10 @@ impl Server {
     pub fn start(listeners: Vec<(TcpListener, Listener)>, relay: &Arc<Relay>) -> Server {
         let mut copies = Vec::with_capacity(listeners.len());
         let mut sockets = Vec::with_capacity(listeners.len());
-        let entries = listeners
-            .iter()
-            .map(|(_, listener)| Arc::new(listener.clone()))
-            .collect::<Vec<_>>();
-        for ((socket, _), listener) in listeners.into_iter().zip(&entries) {
-            let listener = listener.clone();
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (socket, listener) in listeners {
+            let listener = Arc::new(listener);
+            entries.push(listener.clone());
             // Without a copy, accepting again after a failed handover goes without it.
             if let Ok(copy) = socket.as_fd().try_clone_to_owned() {
                 copies.push((copy, listener.clone()));
